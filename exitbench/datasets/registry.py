@@ -1,0 +1,40 @@
+"""Test-set registry: ``--dataset NAME[:PATH]`` resolves to a TestSet factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from exitbench.datasets.base import DatasetError, TestSet
+from exitbench.plugins import PluginError, Registry, call_factory
+
+#: name -> factory(path: str | None, **options) -> TestSet. Options every factory may receive:
+#: ``sample_rate`` (the model's rate), ``resample`` (bool), ``split``, ``variant``, ``limit``,
+#: and any ``--dataset-opt key=value`` given by the user; a factory ignores what it does not take.
+DATASETS = Registry(
+    "dataset",
+    "exitbench.datasets",
+    {
+        "synthetic": "exitbench.datasets.synthetic:SyntheticMixtures",
+    },
+)
+
+
+def parse_dataset_arg(arg: str) -> tuple[str, str | None]:
+    """Split ``NAME[:PATH]`` (a PATH may itself contain ':' only after the first one)."""
+    name, sep, path = arg.partition(":")
+    if not name:
+        raise DatasetError(f"--dataset {arg!r}: expected NAME or NAME:PATH")
+    return name, (path if sep else None)
+
+
+def open_testset(arg: str, **options: Any) -> TestSet:
+    """Open a test set from ``NAME[:PATH]`` and options; DatasetError with a clear reason otherwise."""
+    name, path = parse_dataset_arg(arg)
+    try:
+        factory = DATASETS.get(name)
+    except PluginError as exc:
+        raise DatasetError(str(exc)) from exc
+    testset = call_factory(factory, path=path, **options)
+    if not isinstance(testset, TestSet):
+        raise DatasetError(f"dataset {name!r} returned {type(testset).__name__}, not a TestSet")
+    return testset

@@ -1,0 +1,270 @@
+"""The pure unit of work: utterances in, Arrow tables out (called unchanged by Ray actors and tasks).
+
+Two halves, so that a GPU actor never waits on CPU metrics:
+``forward_utterance`` runs the model (every level), fixes the permutation and computes the exact
+block statistics; ``utterance_metrics`` computes the per-utterance metrics (SDR, PESQ, STOI) from
+the waveforms it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from exitbench.datasets.base import TestSet, Utterance, UtteranceError
+from exitbench.harness.spec import RecordSettings
+from exitbench.metrics import (
+    apply_permutation,
+    best_permutation,
+    block_starts,
+    block_stats,
+    pesq_score,
+    sdr,
+    si_snr,
+    snr,
+    stoi_score,
+)
+from exitbench.models.base import ExitModel
+from exitbench.results.schema import BLOCKS, ERRORS, STAT_COLUMNS, UTTERANCES
+
+
+@dataclass
+class LevelRecord:
+    """What the model half hands to the metrics half for one utterance."""
+
+    utt_id: str
+    sample_rate: int
+    mixture: np.ndarray  # [N]
+    sources: np.ndarray  # [S, N]
+    estimates: np.ndarray  # [L', S, N], permuted; L' = L static levels (+1 for dynamic)
+    level_names: list[str]
+    level_macs: list[float]  # MACs spent on the whole utterance per level
+    permutation: list[int]
+    blocks: pa.Table
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class ModelOutputError(RuntimeError):
+    """The model raised, or returned NaN/Inf or wrong shapes, for one utterance."""
+
+
+def check_compatible(model: ExitModel, utt: Utterance) -> None:
+    """Raise UtteranceError when the utterance cannot go through this model."""
+    utt.validate()
+    if utt.sample_rate != model.sample_rate:
+        raise UtteranceError(utt.id, f"sample rate {utt.sample_rate} Hz differs from the model's"
+                                     f" {model.sample_rate} Hz (pass --resample to resample)")
+    if utt.sources.shape[0] != model.num_sources:
+        raise UtteranceError(utt.id, f"{utt.sources.shape[0]} reference source(s) but the model"
+                                     f" separates {model.num_sources}")
+
+
+def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
+    """Run every level on one utterance; permutation by SI-SNR on the deepest level, shared by all."""
+    check_compatible(model, utt)
+    n = utt.num_samples
+    nb = model.num_blocks(n)
+    mix_t = torch.from_numpy(np.ascontiguousarray(utt.mixture, dtype=np.float32)).to(model.device)
+    try:
+        with torch.inference_mode():
+            out = model.forward_all(mix_t)
+    except Exception as exc:
+        raise ModelOutputError(f"model raised {type(exc).__name__}: {exc}") from exc
+    try:
+        out.validate(model.num_levels, model.num_sources, n, nb)
+    except ValueError as exc:
+        raise ModelOutputError(str(exc)) from exc
+
+    est = out.estimates.detach().float().cpu().numpy()
+    perm = list(best_permutation(est[-1], utt.sources))
+    est = apply_permutation(est, perm)
+    names = list(model.levels)
+    level_macs = [model.macs_per_sample(i) * n for i in range(model.num_levels)]
+    macs_blocks = None
+    if out.dynamic is not None:
+        dyn = apply_permutation(out.dynamic.estimates.detach().float().cpu().numpy(), perm)
+        est = np.concatenate([est, dyn[None]], axis=0)
+        names.append("dynamic")
+        macs_blocks = out.dynamic.macs.detach().double().cpu().numpy()
+        level_macs.append(float(macs_blocks.sum()))
+
+    stats = block_stats(est, utt.sources, utt.mixture, model.block_size)  # each [L', S, B]
+    n_lv, n_src, n_blk = stats["n"].shape
+    lv, src, blk = np.meshgrid(np.arange(n_lv), np.arange(n_src), np.arange(n_blk), indexing="ij")
+    starts = block_starts(n, model.block_size)
+    macs = np.empty((n_lv, n_src, n_blk))
+    for level in range(model.num_levels):
+        macs[level] = stats["n"][level] * model.macs_per_sample(level)
+    if macs_blocks is not None:
+        macs[-1] = macs_blocks[None, :]
+
+    def per_level(t: torch.Tensor | None, static_only: bool = True) -> np.ndarray | None:
+        if t is None:
+            return None
+        a = apply_permutation(t.detach().double().cpu().numpy(), perm)  # [L, S, B]
+        if n_lv > model.num_levels:  # the dynamic row has no prediction of its own
+            a = np.concatenate([a, np.full((1,) + a.shape[1:], np.nan)], axis=0)
+        return a
+
+    alpha, beta = per_level(out.alpha), per_level(out.beta)
+    router = None
+    if out.router_logits is not None:
+        r = out.router_logits.detach().double().cpu().numpy().T  # [L, B]
+        if n_lv > model.num_levels:
+            r = np.concatenate([r, np.full((1, n_blk), np.nan)], axis=0)
+        router = np.broadcast_to(r[:, None, :], (n_lv, n_src, n_blk))
+
+    cols: dict[str, Any] = {
+        "utt_id": pa.array([utt.id] * lv.size, pa.string()),
+        "block": blk.ravel().astype(np.int32),
+        "level": lv.ravel().astype(np.int16),
+        "source": src.ravel().astype(np.int16),
+        "start": np.broadcast_to(starts[None, None, :], lv.shape).ravel().astype(np.int64),
+        "n": stats["n"].ravel().astype(np.int64),
+    }
+    for c in STAT_COLUMNS[1:]:
+        cols[c] = stats[c].ravel()
+    for name, arr in (("alpha", alpha), ("beta", beta), ("router_logit", router)):
+        cols[name] = pa.nulls(lv.size, pa.float64()) if arr is None else \
+            pa.array(arr.ravel(), pa.float64(), from_pandas=True)  # NaN -> null
+    cols["macs"] = macs.ravel()
+    blocks = pa.table(cols, schema=BLOCKS)
+    return LevelRecord(utt.id, utt.sample_rate, utt.mixture.astype(np.float64),
+                       utt.sources.astype(np.float64), est.astype(np.float64), names, level_macs, perm,
+                       blocks, dict(utt.metadata))
+
+
+def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
+    """Every per-utterance metric for every level and source, and for the unprocessed mixture."""
+    ref, mix, est = rec.sources, rec.mixture, rec.estimates
+    n_src = ref.shape[0]
+    mix_s = np.broadcast_to(mix, ref.shape)
+    notes: list[str] = []
+    nan = np.full(n_src, np.nan)
+
+    def sdr_of(e: np.ndarray) -> np.ndarray:
+        if "sdr" not in settings.metrics:
+            return nan
+        try:
+            return sdr(e, ref, backend=settings.sdr_backend)
+        except Exception as exc:  # BSS-eval can fail on degenerate signals; keep the row
+            notes.append(f"sdr: {type(exc).__name__}: {exc}")
+            return nan
+
+    def perceptual(e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        pq_, st, es = nan.copy(), nan.copy(), nan.copy()
+        for s in range(n_src):
+            if "pesq" in settings.metrics:
+                pq_[s], why = pesq_score(e[s], ref[s], rec.sample_rate)
+                if why:
+                    notes.append(f"pesq[{s}]: {why}")
+            if "stoi" in settings.metrics:
+                st[s] = stoi_score(e[s], ref[s], rec.sample_rate, extended=False)
+                es[s] = stoi_score(e[s], ref[s], rec.sample_rate, extended=True)
+        return pq_, st, es
+
+    mix_si, mix_snr, mix_sdr = si_snr(mix_s, ref), snr(mix_s, ref), sdr_of(np.array(mix_s))
+    mix_note_start = len(notes)
+    mix_pesq, mix_stoi, mix_estoi = perceptual(mix_s)
+    mix_notes = notes[mix_note_start:]
+    input_snr = mix_snr  # SNR of each source in the mixture, dB
+    rows: dict[str, list] = {f.name: [] for f in UTTERANCES}
+    for level, name in enumerate(rec.level_names):
+        notes.clear()
+        notes.extend(mix_notes)
+        e = est[level]
+        e_si, e_snr, e_sdr = si_snr(e, ref), snr(e, ref), sdr_of(e)
+        e_pesq, e_stoi, e_estoi = perceptual(e)
+        note = "; ".join(notes) or None
+        for s in range(n_src):
+            vals = {
+                "utt_id": rec.utt_id, "level": level, "level_name": name, "source": s,
+                "si_snr": e_si[s], "si_snri": e_si[s] - mix_si[s], "snr": e_snr[s],
+                "snri": e_snr[s] - mix_snr[s], "sdr": e_sdr[s], "sdri": e_sdr[s] - mix_sdr[s],
+                "pesq": e_pesq[s], "stoi": e_stoi[s], "estoi": e_estoi[s],
+                "mix_si_snr": mix_si[s], "mix_snr": mix_snr[s], "mix_sdr": mix_sdr[s],
+                "mix_pesq": mix_pesq[s], "mix_stoi": mix_stoi[s], "mix_estoi": mix_estoi[s],
+                "input_snr": input_snr[s], "duration": mix.shape[0] / rec.sample_rate,
+                "num_samples": mix.shape[0], "macs": rec.level_macs[level],
+                "permutation": json.dumps(rec.permutation), "metric_notes": note,
+                "metadata": json.dumps(rec.metadata, sort_keys=True, default=str),
+            }
+            for k, v in vals.items():
+                rows[k].append(float(v) if isinstance(v, np.floating) else v)
+    return pa.Table.from_pydict(rows, schema=UTTERANCES)
+
+
+def error_table(errors: list[tuple[str, str, str]]) -> pa.Table:
+    """Rows of (utt_id, stage, reason) as the errors table."""
+    return pa.table({"utt_id": [e[0] for e in errors], "stage": [e[1] for e in errors],
+                     "reason": [e[2] for e in errors]}, schema=ERRORS)
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as one readable line (no traceback)."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {msg}" if not isinstance(exc, (UtteranceError, ModelOutputError)) \
+        else (exc.reason if isinstance(exc, UtteranceError) else msg)
+
+
+def load_and_forward(model: ExitModel, testset: TestSet, utt_id: str
+                     ) -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
+    """Load and run one utterance; an error becomes an (utt_id, stage, reason) triple."""
+    try:
+        utt = testset.load(utt_id)
+    except UtteranceError as exc:
+        return None, (utt_id, "load", exc.reason)
+    except Exception as exc:
+        return None, (utt_id, "load", one_line(exc))
+    try:
+        return forward_utterance(model, utt), None
+    except UtteranceError as exc:
+        return None, (utt_id, "validate", exc.reason)
+    except ModelOutputError as exc:
+        return None, (utt_id, "model", one_line(exc))
+    except Exception as exc:  # a bug in the harness or model must not kill the run; keep a trace
+        tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+        return None, (utt_id, "model", f"{one_line(exc)} [{tb}]")
+
+
+def metrics_or_error(rec: LevelRecord, settings: RecordSettings
+                     ) -> tuple[pa.Table | None, tuple[str, str, str] | None]:
+    """Per-utterance metrics; an unexpected failure becomes an error triple."""
+    try:
+        return utterance_metrics(rec, settings), None
+    except Exception as exc:
+        return None, (rec.utt_id, "metrics", one_line(exc))
+
+
+def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], settings: RecordSettings,
+                 on_utterance: Callable[[str], None] | None = None) -> dict[str, pa.Table]:
+    """Record a shard in-process: blocks, utterances and errors tables for ``utt_ids``."""
+    blocks, utts, errors = [], [], []
+    for utt_id in utt_ids:
+        rec, err = load_and_forward(model, testset, utt_id)
+        if rec is not None:
+            table, err = metrics_or_error(rec, settings)
+            if table is not None:
+                blocks.append(rec.blocks)
+                utts.append(table)
+        if err is not None:
+            errors.append(err)
+        if on_utterance is not None:
+            on_utterance(utt_id)
+    return assemble_shard(blocks, utts, errors)
+
+
+def assemble_shard(blocks: list[pa.Table], utts: list[pa.Table], errors: list[tuple[str, str, str]]
+                   ) -> dict[str, pa.Table]:
+    """Concatenate per-utterance pieces into a shard's tables."""
+    return {
+        "blocks": pa.concat_tables(blocks) if blocks else BLOCKS.empty_table(),
+        "utterances": pa.concat_tables(utts) if utts else UTTERANCES.empty_table(),
+        "errors": error_table(errors),
+    }

@@ -1,0 +1,189 @@
+"""Turn a run spec into a finished recording: resolve, shard, execute, compact, write the manifest."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import socket
+import subprocess
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import pyarrow as pa
+
+import exitbench
+from exitbench.datasets.base import TestSet
+from exitbench.datasets.registry import open_testset, parse_dataset_arg
+from exitbench.harness.spec import RunSpec, compute_run_id
+from exitbench.models.base import ExitModel
+from exitbench.models.registry import ResolvedModel, resolve_model
+from exitbench.results.schema import LEVELS
+from exitbench.results.store import ResultStore, json_dumps
+
+
+@dataclass
+class PreparedRun:
+    """A spec resolved against the file system: the model, the test set, the shards, the run id."""
+
+    spec: RunSpec
+    resolved: ResolvedModel
+    testset: TestSet
+    utt_ids: list[str]
+    run_id: str
+
+    @property
+    def model(self) -> ExitModel:
+        return self.resolved.model
+
+    def shards(self) -> list[list[str]]:
+        """Fixed shard membership: consecutive runs of ``shard_size`` ids in the test set's order."""
+        k = self.spec.settings.shard_size
+        return [self.utt_ids[i:i + k] for i in range(0, len(self.utt_ids), k)]
+
+
+@dataclass
+class RunOutcome:
+    """What a recording did."""
+
+    run_id: str
+    root: Path
+    already_complete: bool
+    num_utterances: int
+    num_errors: int
+    shards_done: int
+    shards_skipped: int
+    rows: dict[str, int] = field(default_factory=dict)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+
+
+class ShardExecutor(Protocol):
+    """Runs shards and publishes each through ``store.write_shard`` as it finishes."""
+
+    def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
+            on_utterance: Callable[[int], None]) -> None: ...
+
+
+def open_for_model(spec: RunSpec, model: ExitModel) -> TestSet:
+    """Open the spec's test set with the model's rate and the spec's options."""
+    options: dict[str, Any] = dict(spec.dataset_options)
+    options.setdefault("sample_rate", model.sample_rate)
+    options["resample"] = spec.settings.resample
+    if spec.settings.limit is not None:
+        options["limit"] = spec.settings.limit
+    return open_testset(spec.dataset, **options)
+
+
+def prepare(spec: RunSpec) -> PreparedRun:
+    """Resolve the model and test set and compute the run id (raises clear errors on bad input)."""
+    resolved = resolve_model(spec.model)
+    testset = open_for_model(spec, resolved.model)
+    ids = testset.ids()
+    if spec.settings.limit is not None:
+        ids = ids[: spec.settings.limit]
+    name, _ = parse_dataset_arg(spec.dataset)
+    run_id = compute_run_id(resolved.identity, name, testset.fingerprint(),
+                            tuple(sorted(spec.dataset_options)), spec.settings)
+    return PreparedRun(spec, resolved, testset, ids, run_id)
+
+
+def git_commit() -> str | None:
+    """The harness's git commit, if it runs from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def base_manifest(p: PreparedRun) -> dict[str, Any]:
+    """The manifest row of a run, status 'running'."""
+    ck = p.resolved.checkpoint
+    name, path = parse_dataset_arg(p.spec.dataset)
+    return {
+        "run_id": p.run_id, "status": "running", "model": p.spec.model,
+        "architecture": ck.architecture if ck else p.spec.model,
+        "checkpoint_path": str(Path(ck.path).resolve()) if ck else None,
+        "checkpoint_sha256": ck.sha256 if ck else p.resolved.identity,
+        "step": ck.step if ck else None,
+        "dataset": name, "dataset_path": path, "dataset_fingerprint": p.testset.fingerprint(),
+        "sample_rate": p.model.sample_rate, "num_sources": p.model.num_sources,
+        "block_size": p.model.block_size, "num_levels": p.model.num_levels,
+        "num_utterances": len(p.utt_ids), "num_errors": None,
+        "settings": json_dumps(asdict(p.spec.settings)), "spec": p.spec.to_json(),
+        "model_metadata": json_dumps(ck.metadata if ck else {}),
+        "harness_version": exitbench.__version__, "schema_version": exitbench.SCHEMA_VERSION,
+        "git_commit": git_commit(), "host": socket.gethostname(), "started_at": _now(),
+        "finished_at": None,
+    }
+
+
+def levels_table(p: PreparedRun, store: ResultStore) -> pa.Table:
+    """The levels table: static levels from the model, the dynamic one from realised MACs."""
+    m = p.model
+    rows = [{"level": i, "name": m.levels[i], "kind": "static", "macs_per_sample": m.macs_per_sample(i),
+             "gmacs": m.gmacs_per_second(i), "params": m.num_parameters(i)} for i in range(m.num_levels)]
+    utts = store.read_shards(p.run_id, "utterances").to_pandas()
+    dyn = utts[(utts["level"] == m.num_levels) & (utts["source"] == 0)]
+    if len(dyn):
+        mps = float(dyn["macs"].sum() / dyn["num_samples"].sum())
+        rows.append({"level": m.num_levels, "name": "dynamic", "kind": "dynamic", "macs_per_sample": mps,
+                     "gmacs": mps * m.sample_rate / 1e9, "params": m.num_parameters()})
+    return pa.Table.from_pylist(rows, schema=LEVELS)
+
+
+def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, force: bool = False,
+            on_start: Callable[[int, int], None] | None = None,
+            on_utterance: Callable[[int], None] | None = None) -> RunOutcome:
+    """Record a prepared run into ``root``: only the missing shards; then compact and finish."""
+    store = ResultStore(root)
+    if force:
+        store.delete_run(p.run_id)
+    shards = p.shards()
+    if store.is_complete(p.run_id):
+        m = store.read_manifest(p.run_id) or {}
+        return RunOutcome(p.run_id, store.root, True, len(p.utt_ids), int(m.get("num_errors") or 0),
+                          0, len(shards), errors=_errors(store, p.run_id))
+    manifest = base_manifest(p)
+    old = store.read_manifest(p.run_id)
+    if old and old.get("started_at"):
+        manifest["started_at"] = old["started_at"]  # a resumed run keeps its first start
+    store.write_manifest(manifest)
+    done = store.finished_shards(p.run_id)
+    todo = {i: ids for i, ids in enumerate(shards) if i not in done}
+    if on_start:
+        on_start(sum(len(v) for v in todo.values()), sum(len(shards[i]) for i in done))
+    executor.run(p, store, todo, on_utterance or (lambda k: None))
+    missing = set(range(len(shards))) - store.finished_shards(p.run_id)
+    if missing:
+        manifest["status"] = "failed"
+        store.write_manifest(manifest)
+        raise RuntimeError(f"{len(missing)} shard(s) did not finish: {sorted(missing)[:10]}")
+    rows = store.compact(p.run_id, extra={"levels": levels_table(p, store)})
+    manifest.update(status="complete", finished_at=_now(), num_errors=rows["errors"])
+    store.write_manifest(manifest)
+    store.drop_staging(p.run_id)
+    return RunOutcome(p.run_id, store.root, False, len(p.utt_ids), rows["errors"], len(todo),
+                      len(shards) - len(todo), rows, _errors(store, p.run_id))
+
+
+def _errors(store: ResultStore, run_id: str) -> list[dict[str, Any]]:
+    path = store.table_dir("errors", run_id) / "part-0.parquet"
+    if not path.exists():
+        return []
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pylist()
+
+
+def load_spec_json(text: str) -> RunSpec:
+    """A run spec from its JSON (as stored in a manifest)."""
+    return RunSpec.from_json(text)
+
+
+

@@ -1,0 +1,134 @@
+"""The model contract: an ExitModel computes every level of a dynamic-compute model in one call."""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class DynamicOutput:
+    """The model's own input-adaptive execution (e.g. router-driven slimming).
+
+    ``estimates`` is ``[S, N]``; ``macs`` the realised multiply-accumulates per block ``[B]``;
+    ``level_share`` optionally ``[B, L]``, the fraction of each block run at each level.
+    """
+
+    estimates: torch.Tensor
+    macs: torch.Tensor
+    level_share: torch.Tensor | None = None
+
+
+@dataclass
+class LevelOutputs:
+    """Everything ``forward_all`` returns for one mixture of N samples cut into B blocks."""
+
+    estimates: torch.Tensor  # [L, S, N]
+    alpha: torch.Tensor | None = None  # [L, S, B] inverse-gamma shape of the per-block error variance
+    beta: torch.Tensor | None = None  # [L, S, B] inverse-gamma scale
+    router_logits: torch.Tensor | None = None  # [B, L]
+    dynamic: DynamicOutput | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self, num_levels: int, num_sources: int, num_samples: int, num_blocks: int) -> None:
+        """Raise ValueError naming the first tensor whose shape or values break the contract."""
+        def check(name: str, t: torch.Tensor | None, shape: tuple[int, ...]) -> None:
+            if t is None:
+                return
+            if tuple(t.shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {shape}")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"model output {name} contains NaN or Inf")
+
+        check("estimates", self.estimates, (num_levels, num_sources, num_samples))
+        check("alpha", self.alpha, (num_levels, num_sources, num_blocks))
+        check("beta", self.beta, (num_levels, num_sources, num_blocks))
+        if (self.alpha is None) != (self.beta is None):
+            raise ValueError("alpha and beta must be given together")
+        check("router_logits", self.router_logits, (num_blocks, num_levels))
+        if self.dynamic is not None:
+            check("dynamic.estimates", self.dynamic.estimates, (num_sources, num_samples))
+            check("dynamic.macs", self.dynamic.macs, (num_blocks,))
+
+
+class ExitModel(abc.ABC):
+    """A dynamic-compute model wrapped for evaluation.
+
+    Subclasses set ``levels`` (cheapest first), ``sample_rate``, ``num_sources``, ``block_size``
+    and implement ``forward_all`` and ``macs_per_sample``. ``module`` is the torch module (for
+    parameter counts, device moves and eval mode).
+    """
+
+    levels: tuple[str, ...] = ()
+    sample_rate: int = 8000
+    num_sources: int = 2
+    block_size: int = 2000
+    module: torch.nn.Module
+
+    @abc.abstractmethod
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        """Run every level on a mono mixture ``[N]`` and return their outputs."""
+
+    @abc.abstractmethod
+    def macs_per_sample(self, level: int | str) -> float:
+        """Cumulative multiply-accumulates per input sample to produce ``level``'s output."""
+
+    # -- conveniences shared by every model -------------------------------------------------
+    @property
+    def num_levels(self) -> int:
+        return len(self.levels)
+
+    def level_index(self, level: int | str) -> int:
+        """Index of a level given by index or name."""
+        if isinstance(level, str):
+            try:
+                return self.levels.index(level)
+            except ValueError:
+                raise KeyError(f"unknown level {level!r}; levels are {list(self.levels)}") from None
+        if not 0 <= level < self.num_levels:
+            raise KeyError(f"level {level} out of range 0..{self.num_levels - 1}")
+        return int(level)
+
+    def num_blocks(self, num_samples: int) -> int:
+        """Blocks of ``block_size`` samples covering ``num_samples`` (the last may be shorter)."""
+        return max(1, math.ceil(num_samples / self.block_size))
+
+    def gmacs_per_second(self, level: int | str) -> float:
+        """Giga-MACs per second of audio at ``level``."""
+        return self.macs_per_sample(level) * self.sample_rate / 1e9
+
+    def num_parameters(self, level: int | str | None = None) -> int:
+        """Parameters used to produce ``level`` (all of them when None or not overridden)."""
+        return sum(p.numel() for p in self.module.parameters())
+
+    @property
+    def device(self) -> torch.device:
+        try:
+            return next(self.module.parameters()).device
+        except StopIteration:
+            return torch.device("cpu")
+
+    def to(self, device: str | torch.device) -> "ExitModel":
+        """Move the wrapped module; returns self."""
+        self.module.to(device)
+        return self
+
+    def eval(self) -> "ExitModel":
+        """Put the wrapped module in eval mode; returns self."""
+        self.module.eval()
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able summary for the manifest and the levels table."""
+        return {
+            "levels": list(self.levels),
+            "sample_rate": self.sample_rate,
+            "num_sources": self.num_sources,
+            "block_size": self.block_size,
+            "macs_per_sample": [self.macs_per_sample(i) for i in range(self.num_levels)],
+            "parameters": [self.num_parameters(i) for i in range(self.num_levels)],
+        }
