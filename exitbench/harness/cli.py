@@ -10,6 +10,7 @@ from typing import Any, Callable, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
     TimeRemainingColumn
 from rich.table import Table
@@ -37,7 +38,7 @@ USER_ERRORS: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, P
 
 def fail(message: str, code: int = 2) -> None:
     """Print one error line and exit."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -128,7 +129,7 @@ def report_outcome(outcome: Any, quiet: bool = False) -> None:
 
     if outcome.already_complete:
         console.print(f"run {outcome.run_id} is already complete in {outcome.root}: nothing to do"
-                      " (use --force to record it again)", highlight=False)
+                      " (use --force to record it again)", highlight=False, soft_wrap=True)
     con = connect(outcome.root)
     rows = con.execute(
         """
@@ -150,7 +151,8 @@ def report_outcome(outcome: Any, quiet: bool = False) -> None:
         console.print(f"[bold red]{outcome.num_errors} utterance(s) failed[/] (see the errors table):",
                       highlight=False)
         for e in outcome.errors[:10]:
-            console.print(f"  {e['utt_id']} [{e['stage']}]: {e['reason']}", highlight=False)
+            console.print(f"  {e['utt_id']} [{e['stage']}]: {e['reason']}", highlight=False, soft_wrap=True,
+                          markup=False)
         if len(outcome.errors) > 10:
             console.print(f"  ... and {len(outcome.errors) - 10} more")
 

@@ -1,0 +1,29 @@
+"""Shared fixtures: a small synthetic recording made once per session, and the test plug-ins."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "plugins"))
+
+from exitbench.harness.local import LocalExecutor  # noqa: E402
+from exitbench.harness.runner import execute, prepare  # noqa: E402
+from exitbench.harness.spec import RecordSettings, RunSpec  # noqa: E402
+
+
+def record_local(root: Path, model: str = "press-s", dataset: str = "synthetic",
+                 options: tuple = (("num_utterances", "5"),), **settings) -> object:
+    """Record in-process into ``root`` and return the RunOutcome."""
+    spec = RunSpec(model, dataset, tuple(sorted(options)), RecordSettings(**settings))
+    return execute(prepare(spec), root, LocalExecutor())
+
+
+@pytest.fixture(scope="session")
+def synthetic_run(tmp_path_factory):
+    """One recording of the shipped separator on 5 synthetic mixtures, with every metric."""
+    root = tmp_path_factory.mktemp("results")
+    outcome = record_local(root, shard_size=2)
+    return outcome

@@ -1,0 +1,40 @@
+"""Test-only model factories, reached through the ``module:factory`` plug-in path like a user's own."""
+
+from __future__ import annotations
+
+import torch
+
+from exitbench.models.base import ExitModel, LevelOutputs
+from exitbench.models.registry import resolve_model
+
+
+class Faulty(ExitModel):
+    """Wraps the shipped separator; misbehaves on mixtures longer than ``threshold`` samples."""
+
+    def __init__(self, mode: str, threshold: int):
+        self.inner = resolve_model("press-s").model
+        self.module = self.inner.module
+        self.levels, self.sample_rate = self.inner.levels, self.inner.sample_rate
+        self.num_sources, self.block_size = self.inner.num_sources, self.inner.block_size
+        self.mode, self.threshold = mode, threshold
+
+    def macs_per_sample(self, level: int | str) -> float:
+        return self.inner.macs_per_sample(level)
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        out = self.inner.forward_all(mixture)
+        if mixture.shape[-1] > self.threshold:
+            if self.mode == "raise":
+                raise RuntimeError("CUDA-like failure inside the model")
+            out.estimates[1, 0, 100] = float("nan")
+        return out
+
+
+def nan_on_long() -> ExitModel:
+    """Emits NaN at exit 2 for mixtures longer than 2 s at 8 kHz."""
+    return Faulty("nan", 16000)
+
+
+def raise_on_long() -> ExitModel:
+    """Raises for mixtures longer than 2 s at 8 kHz."""
+    return Faulty("raise", 16000)
