@@ -15,6 +15,16 @@ DATASETS = Registry(
     "exitbench.datasets",
     {
         "synthetic": "exitbench.datasets.synthetic:SyntheticMixtures",
+        "wsj0-2mix": "exitbench.datasets.folders:wsj0_2mix",
+        "wsj0-3mix": "exitbench.datasets.folders:wsj0_3mix",
+        "wham": "exitbench.datasets.folders:Wham",
+        "whamr": "exitbench.datasets.folders:Whamr",
+        "voicebank": "exitbench.datasets.folders:VoiceBank",
+        "dns": "exitbench.datasets.folders:Dns",
+        "librimix": "exitbench.datasets.manifest:librimix",
+        "manifest": "exitbench.datasets.manifest:manifest",
+        "demo": "exitbench.datasets.folders:demo",
+        "demo-enhance": "exitbench.datasets.folders:demo_enhance",
     },
 )
 
