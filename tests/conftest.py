@@ -21,6 +21,25 @@ def record_local(root: Path, model: str = "press-s", dataset: str = "synthetic",
     return execute(prepare(spec), root, LocalExecutor())
 
 
+PLUGINS = str(Path(__file__).parent / "plugins")
+
+
+@pytest.fixture(scope="session")
+def ray_session(tmp_path_factory):
+    """One local Ray cluster for the whole test session (ray.init costs seconds)."""
+    import os
+
+    import ray
+
+    marker_dir = tmp_path_factory.mktemp("ray-markers")
+    env = {"PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]),
+           "EXITBENCH_TEST_KILL_MARKER": str(marker_dir / "kill-once")}
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": env})
+    yield marker_dir / "kill-once"
+    ray.shutdown()
+
+
 @pytest.fixture(scope="session")
 def synthetic_run(tmp_path_factory):
     """One recording of the shipped separator on 5 synthetic mixtures, with every metric."""

@@ -38,3 +38,29 @@ def nan_on_long() -> ExitModel:
 def raise_on_long() -> ExitModel:
     """Raises for mixtures longer than 2 s at 8 kHz."""
     return Faulty("raise", 16000)
+
+
+class DiesOnce(Faulty):
+    """Kills its own worker process with SIGKILL on the first forward after ``marker`` is armed."""
+
+    def __init__(self, marker: str):
+        super().__init__("ok", 10**12)
+        self.marker = marker
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        import os
+        import signal
+        from pathlib import Path
+
+        armed = Path(self.marker)
+        if armed.exists():
+            armed.unlink()  # only once: the restarted actor's retry must succeed
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward_all(mixture)
+
+
+def dies_once() -> ExitModel:
+    """SIGKILLs its worker once, when the file named by EXITBENCH_TEST_KILL_MARKER exists."""
+    import os
+
+    return DiesOnce(os.environ.get("EXITBENCH_TEST_KILL_MARKER", "/nonexistent"))

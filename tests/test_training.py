@@ -1,0 +1,144 @@
+"""Training recipes: the Student-t NLL, PIT, dynamic mixing, and tiny CPU runs that learn and load."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+from scipy.stats import multivariate_t
+
+from exitbench.models.losses import block_sums, invgamma_nll, pit_level_losses, router_regularisers
+from exitbench.models.registry import resolve_model
+from exitbench.models.train import load_config, train
+from exitbench.models.training_data import fixed_set, load_pool, make_example
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # two cores shared with other jobs: one intra-op thread is several times faster here
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_nll_is_multivariate_student_t():
+    rng = np.random.default_rng(0)
+    for n, alpha, beta in [(3, 2.5, 0.7), (10, 7.0, 0.01), (1, 3.0, 2.0)]:
+        e = rng.standard_normal(n) * 0.3
+        # e | s2 ~ N(0, s2 I), s2 ~ InvGamma(alpha, beta)  =>  e ~ t_{2 alpha}(0, beta/alpha I)
+        ref = -multivariate_t(loc=np.zeros(n), shape=np.eye(n) * beta / alpha, df=2 * alpha).logpdf(e)
+        got = invgamma_nll(torch.tensor(float((e**2).sum())), torch.tensor(float(n)),
+                           torch.tensor(alpha), torch.tensor(beta))
+        assert float(got) == pytest.approx(ref, rel=1e-5)
+
+
+def test_block_sums_partial_last_block():
+    energy, counts = block_sums(torch.ones(2, 7), 3)
+    assert energy.tolist() == [[3, 3, 1], [3, 3, 1]] and counts.tolist() == [3, 3, 1]
+
+
+def test_pit_chooses_the_swapped_permutation_shared_by_levels():
+    torch.manual_seed(0)
+    refs = torch.randn(2, 2, 4000)
+    est = refs[:, [1, 0]][:, None].repeat(1, 3, 1, 1) + 0.01 * torch.randn(2, 3, 2, 4000)
+    est[1] = refs[1][None] + 0.01 * torch.randn(3, 2, 4000)  # item 1 in order
+    alpha = torch.full((2, 3, 2, 2), 3.0)
+    beta = torch.full((2, 3, 2, 2), 2e-4)
+    losses, perm = pit_level_losses(est, refs, alpha, beta, 2000)
+    assert perm.tolist() == [1, 0]
+    assert float(losses["neg_snr"]) < -3 * 35  # three levels at about 40 dB each
+
+
+def test_router_regularisers_pull_toward_target_and_balance():
+    logits = torch.zeros(2, 5, 4, requires_grad=True)
+    widths = torch.tensor([0.125, 0.25, 0.5, 1.0])
+    reg = router_regularisers(logits, widths, target=0.2)
+    assert float(reg["balance"].detach()) == pytest.approx(0.0, abs=1e-6)
+    assert float(reg["utilization"]) == pytest.approx(widths.mean().item())
+    reg["efficiency"].backward()
+    # lowering utilisation means moving mass to the narrow levels
+    assert logits.grad[..., 0].mean() < 0 < logits.grad[..., 3].mean()
+    collapsed = router_regularisers(torch.tensor([[[10.0, 0, 0, 0]]]), widths, 0.2)
+    assert float(collapsed["balance"]) > 1.0
+
+
+def write_corpus(root, rate=8000):
+    rng = np.random.default_rng(0)
+    base = root / f"{rate // 1000}k"
+    for split in ("train", "valid"):
+        for spk in ("a", "b", "c"):
+            d = base / "speech" / split / spk
+            d.mkdir(parents=True)
+            for i in range(2):
+                sf.write(d / f"{i}.flac", (rng.standard_normal(rate * (1 + i)) * 0.1).astype(np.float32), rate)
+        (base / "noise" / split).mkdir(parents=True)
+        sf.write(base / "noise" / split / "n.flac", (rng.standard_normal(rate * 3) * 0.1).astype(np.float32), rate)
+    (root / "corpus.json").write_text(json.dumps({"name": "fake"}))
+
+
+def test_corpus_pool_and_dynamic_mixing(tmp_path):
+    write_corpus(tmp_path)
+    pool = load_pool(tmp_path, 8000, "train", need_noise=True)
+    assert set(pool.speech) == {"a", "b", "c"} and len(pool.noise) == 1
+    assert pool.description["corpus_json"] == {"name": "fake"}
+    rng = np.random.default_rng(1)
+    for task, s in (("separation", 2), ("enhancement", 1)):
+        mix, src = make_example(rng, pool, task, 12000, 8000, 5.0, (-5.0, 15.0), (-30.0, -15.0))
+        assert mix.shape == (12000,) and src.shape == (s, 12000)
+        if task == "separation":
+            np.testing.assert_allclose(mix, src.sum(0), atol=1e-6)
+            ratio = 10 * math.log10((src[0] ** 2).sum() / (src[1] ** 2).sum())
+            assert abs(ratio) <= 5.0 + 1e-3  # random gain within +-5 dB
+        else:
+            snr = 10 * math.log10((src[0] ** 2).sum() / ((mix - src[0]) ** 2).sum())
+            assert -5.01 <= snr <= 15.01
+    a = fixed_set(pool, "separation", 3, 1.0, 8000, seed=0)
+    b = fixed_set(pool, "separation", 3, 1.0, 8000, seed=0)
+    assert torch.equal(a[0], b[0])
+
+
+def test_missing_corpus_without_fallback_is_an_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no speech corpus"):
+        load_pool(tmp_path, 8000, "train", need_noise=False, synthetic_fallback=False)
+
+
+def test_config_rejects_unknown_keys():
+    cfg = load_config("tiny-press")
+    cfg["train"] = {**cfg["train"], "batchsize": 3}
+    with pytest.raises(ValueError, match="batchsize"):
+        load_config(cfg)
+
+
+@pytest.mark.parametrize("name, levels", [("tiny-press", ("exit1", "exit2")),
+                                          ("tiny-slimdemucs", ("uf0.125", "uf0.25", "uf0.5", "uf1.0"))])
+def test_tiny_config_trains_and_checkpoint_loads(tmp_path, name, levels):
+    cfg = load_config(name)
+    cfg["train"]["max_steps"] = 30
+    path = train(cfg, tmp_path)
+    log = json.loads(path.with_suffix(".log.json").read_text())
+    totals = [r["total"] for r in log["train"]]
+    assert len(totals) == 30
+    assert np.mean(totals[-8:]) < np.mean(totals[:8])  # the loss falls
+    resolved = resolve_model(str(path))
+    assert resolved.model.levels == levels
+    meta = resolved.checkpoint.metadata
+    assert meta["step"] == 30 and meta["trained"] and set(meta["validation"]["si_snri"]) == set(levels)
+    assert meta["data"]["train"]["source"].startswith("synthetic")
+    n = 3 * resolved.model.block_size + 17
+    resolved.model.forward_all(torch.randn(n) * 0.05).validate(len(levels), resolved.model.num_sources, n, 4)
+
+
+def test_wall_clock_budget_stops_training(tmp_path):
+    cfg = load_config("tiny-press")
+    cfg["train"].update(max_steps=100_000, steps_per_epoch=10_000)
+    t0 = time.monotonic()
+    path = train(cfg, tmp_path, max_minutes=0.05)
+    assert time.monotonic() - t0 < 15
+    meta = resolve_model(str(path)).checkpoint.metadata
+    assert 0 < meta["step"] < 100_000 and meta["final"]
