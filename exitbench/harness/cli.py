@@ -282,6 +282,12 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
     out.print(t)
 
 
+
+
+# command modules register themselves on ``app``
+from exitbench.harness import cli_policies  # noqa: E402,F401
+
+
 def main() -> None:
     """Console-script entry point."""
     app()

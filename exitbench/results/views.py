@@ -15,7 +15,7 @@ EXTRA_TABLES = ("replays", "replay_blocks", "sweeps")
 
 
 def _has_parquet(folder: Path) -> bool:
-    return folder.is_dir() and any(folder.glob("*/*.parquet"))
+    return folder.is_dir() and any(folder.glob("**/*.parquet"))
 
 
 def connect(root: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -25,7 +25,7 @@ def connect(root: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckD
     for name in list(TABLES) + list(EXTRA_TABLES):
         folder = root / name
         if _has_parquet(folder):
-            glob = (folder / "*" / "*.parquet").as_posix().replace("'", "''")
+            glob = (folder / "**" / "*.parquet").as_posix().replace("'", "''")
             con.execute(
                 f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{glob}',"
                 f" hive_partitioning = true, union_by_name = true, hive_types = {{'run': VARCHAR}})"
@@ -38,10 +38,17 @@ def connect(root: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckD
     return con
 
 
-def query(root: str | os.PathLike, sql: str) -> "pa.Table":
+def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
+    """Run SQL and return an Arrow table (DuckDB 1.x and 2.x name the call differently)."""
+    rel = con.sql(sql, params=params or None)
+    fetch = getattr(rel, "to_arrow_table", None) or rel.arrow
+    return fetch()
+
+
+def query(root: str | os.PathLike, sql: str) -> pa.Table:
     """Run one SQL statement over a results root and return an Arrow table."""
     con = connect(root)
     try:
-        return con.execute(sql).fetch_arrow_table()
+        return fetch_arrow(con, sql)
     finally:
         con.close()

@@ -1,0 +1,95 @@
+"""``exitbench replay`` and ``exitbench sweep-policies``: exit policies over a stored recording."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from exitbench.harness.cli import ResultsOpt, app, console, guarded, out
+from exitbench.policies import PolicyError, RecordingError
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@app.command()
+def replay(
+    run: str = typer.Argument(..., help="run id (or a unique prefix) in the results root"),
+    policy: list[str] = typer.Option(..., "--policy", "-p",
+                                     help="policy spec, e.g. probabilistic:t=20,p=0.9, static:l=2, oracle:t=15,"
+                                          " uniform:seed=1, router (repeatable)"),
+    target: Optional[float] = typer.Option(None, "--target", "-t",
+                                           help="regret target t (dB) for policies without their own t"),
+    results: Path = ResultsOpt,
+    seed: int = typer.Option(0, help="seed for random policies"),
+) -> None:
+    """Replay exit policies over a recording: exact metrics of the stitched output, stored under the root."""
+    from exitbench.results.replays import load_block_arrays, replay_run, resolve_run_id, store_replay
+
+    def go() -> list[dict[str, Any]]:
+        run_id = resolve_run_id(results, run)
+        arrays = load_block_arrays(results, run_id)
+        summaries = []
+        for spec in policy:
+            res = replay_run(results, run_id, spec, target, seed, arrays=arrays)
+            folder = store_replay(results, res)
+            summaries.append(res.summary() | {"folder": str(folder)})
+        return summaries
+
+    for s in guarded_policy(go):
+        t = Table(title=f"{s['policy']} on run {s['run']}", show_header=False)
+        t.add_row("GMAC/s", f"{s['gmacs']:.4f}")
+        t.add_row("mean SI-SNRi (dB)", f"{s['si_snri']:.3f}")
+        t.add_row("mean SNRi (dB)", f"{s['snri']:.3f}")
+        t.add_row(f"mean one-sided regret at t={s['t']:g} dB", f"{s['regret']:.3f}")
+        total = sum(s["histogram"].values()) or 1
+        for name, c in s["histogram"].items():
+            t.add_row(f"blocks at {name}", f"{c} ({100 * c / total:.1f}%)")
+        out.print(t)
+        console.print(f"stored: {s['folder']}", highlight=False, soft_wrap=True)
+
+
+def guarded_policy(fn: Any) -> Any:
+    """``guarded`` that also turns policy/recording mismatches into one line."""
+    def wrapped() -> Any:
+        try:
+            return fn()
+        except (PolicyError, RecordingError) as exc:
+            raise ValueError(str(exc)) from None
+    return guarded(wrapped)
+
+
+@app.command("sweep-policies")
+def sweep_policies(
+    run: str = typer.Argument(..., help="run id (or a unique prefix)"),
+    targets: str = typer.Option("10,15,20", help="exit-SNR targets t in dB, comma-separated"),
+    policy: list[str] = typer.Option([], "--policy", "-p",
+                                     help="only these policies (names or specs); default: every one the"
+                                          " recording supports"),
+    results: Path = ResultsOpt,
+) -> None:
+    """Run every policy over its whole range (all thresholds in one pass) and store the curves."""
+    from exitbench.results.replays import resolve_run_id, sweep_run
+
+    def go() -> Any:
+        run_id = resolve_run_id(results, run)
+        return run_id, sweep_run(results, run_id, _floats(targets), policy or None)
+
+    run_id, frame = guarded_policy(go)
+    for name, why in frame.attrs.get("skipped", {}).items():
+        console.print(f"skipped {name}: {why}", highlight=False, soft_wrap=True)
+    t = Table(title=f"policy sweep of run {run_id}: {len(frame)} configurations")
+    for c in ("policy", "t", "configs", "GMAC/s range", "best SI-SNRi", "min regret"):
+        t.add_column(c, justify="right")
+    for (name, tt), g in frame.groupby(["policy", "t"], sort=False):
+        t.add_row(name, f"{tt:g}", str(len(g)), f"{g.gmacs.min():.3f}-{g.gmacs.max():.3f}",
+                  f"{g.si_snri.max():.2f}", f"{g.regret.min():.3f}")
+    out.print(t)
+    console.print(f"stored: {results}/sweeps/run={run_id}/part-0.parquet (view `sweeps`)", highlight=False)

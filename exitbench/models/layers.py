@@ -1,0 +1,107 @@
+"""Pieces shared by the reference architectures: block pooling, channel norm, inverse-gamma heads."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def num_blocks(num_samples: int, block_size: int) -> int:
+    """Blocks of ``block_size`` samples covering ``num_samples`` (the last may be shorter)."""
+    return max(1, math.ceil(num_samples / block_size))
+
+
+def frame_block_index(num_frames: int, hop: int, block_size: int, num_samples: int,
+                      device: torch.device | str = "cpu") -> torch.Tensor:
+    """Block index of each frame whose first new sample is ``m * hop``; frames past the end join the last block."""
+    b = num_blocks(num_samples, block_size)
+    idx = torch.arange(num_frames, device=device) * hop // block_size
+    return idx.clamp_(max=b - 1)
+
+
+def block_mean(x: torch.Tensor, index: torch.Tensor, num_blocks_: int) -> torch.Tensor:
+    """Mean of ``x [..., M]`` over the frames of each block given by ``index [M]`` -> ``[..., B]``.
+
+    Uses index_add (not a matmul) so that pooling adds no MACs to FlopCounterMode's count.
+    """
+    out = x.new_zeros(*x.shape[:-1], num_blocks_)
+    out.index_add_(x.dim() - 1, index, x)
+    counts = torch.bincount(index, minlength=num_blocks_).clamp_(min=1).to(x.dtype)
+    return out / counts
+
+
+def block_power(signal: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Mean power of ``signal [..., N]`` in each block -> ``[..., B]`` (the last block by its own length)."""
+    n = signal.shape[-1]
+    b = num_blocks(n, block_size)
+    padded = F.pad(signal, (0, b * block_size - n))
+    energy = padded.pow(2).reshape(*signal.shape[:-1], b, block_size).sum(-1)
+    lengths = torch.full((b,), float(block_size), device=signal.device, dtype=signal.dtype)
+    lengths[-1] = n - (b - 1) * block_size
+    return energy / lengths
+
+
+class ChannelNorm(nn.Module):
+    """Layer norm over channels of each frame (cLN): frame-local, so a block's output does not
+    depend on the rest of the utterance beyond the receptive field."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(x.transpose(1, 2)).transpose(1, 2)
+
+
+class InvGammaHead(nn.Module):
+    """Per-block raw inverse-gamma increments from pooled features: ``[batch, C, B] -> [batch, 2, B]``."""
+
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv1d(channels, hidden, 1), nn.PReLU(), nn.Conv1d(hidden, 2, 1))
+        # start from a moderately confident, mixture-sized variance
+        nn.init.zeros_(self.net[2].weight)
+        nn.init.zeros_(self.net[2].bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return self.net(pooled)
+
+    def macs_per_block(self) -> int:
+        """MACs of one block's head (two pointwise convs)."""
+        return self.net[0].in_channels * self.net[0].out_channels + self.net[2].in_channels * 2
+
+
+def accumulate_inverse_gamma(raw: list[torch.Tensor], ref_power: torch.Tensor, alpha_min: float,
+                             eps: float = 1e-8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Turn per-exit raw head outputs into accumulated (alpha, beta), as PRESS does.
+
+    ``raw[l]`` is ``[..., 2, B]`` (channels a_l, c_l); ``ref_power [..., B]`` the block's mixture power.
+    The rule (every exit l >= 1 refines exit l-1):
+
+      alpha_0 = alpha_min + softplus(a_0),          alpha_l = alpha_{l-1} + softplus(a_l)
+      m_0     = (ref_power + eps) * exp(c_0),       m_l     = m_{l-1} * exp(-softplus(c_l))
+      beta_l  = m_l * (alpha_l - 1)
+
+    so alpha is non-decreasing (confidence grows with depth), alpha > alpha_min > 1 keeps the mean
+    finite, and the predicted mean error variance E[sigma^2] = beta/(alpha-1) = m is non-increasing
+    across exits. Scaling m_0 by the mixture power makes the prediction scale-equivariant.
+    Returns ``alpha, beta`` of shape ``[..., L, B]``.
+    """
+    alphas, betas = [], []
+    alpha = mean = None
+    for level, r in enumerate(raw):
+        a, c = r.float().unbind(-2)
+        if level == 0:
+            alpha = alpha_min + F.softplus(a)
+            log_mean = torch.log(ref_power.float() + eps) + c.clamp(-30.0, 30.0)
+        else:
+            alpha = alpha + F.softplus(a)
+            log_mean = log_mean - F.softplus(c)
+        # floor keeps beta a normal float32 in silent blocks; the sequence stays non-increasing
+        mean = torch.exp(log_mean.clamp(min=-80.0))
+        alphas.append(alpha)
+        betas.append(mean * (alpha - 1.0))
+    return torch.stack(alphas, -2), torch.stack(betas, -2)

@@ -1,0 +1,337 @@
+"""A slimmable DEMUCS speech enhancer (16 kHz) with a per-frame router choosing the utilization factor.
+
+In the style of facebookresearch/denoiser ``demucs.py`` (no resampling, causal LSTM by default):
+
+  encoder i   Conv1d(chin, v*h_i, K, S) + ReLU, Conv1d(v*h_i, 2*h_i, 1) + GLU          -> h_i channels
+  bottleneck  LSTM(h_last, h_last, lstm_layers) (+ Linear when bidirectional), full width
+  decoder i   (input + skip_i) Conv1d(h_i, 2*v*h_i, 1) + GLU, ConvTranspose1d(v*h_i, chout, K, S) (+ ReLU)
+
+One weight set serves every utilization factor v in ``widths``: only the INNER width of each
+conv block (v*h_i) is sliced, so block inputs/outputs, skips and the LSTM stay full width.
+Levels are ``uf<v>`` cheapest first.
+
+Router: Conv1d(1, C, R, stride R) + ReLU, GRU(C, C), Conv1d(C, L, 1): logits per router frame
+of R samples. Training mixes the level outputs frame-wise with straight-through Gumbel-softmax
+weights; evaluation takes the argmax. The ``dynamic`` output of ``forward_all`` is that frame-wise
+selection of the level outputs; its realised MACs per block are the router's MACs plus, for each
+frame, the chosen level's MACs per sample times the frame's samples in the block.
+
+Each level has an inverse-gamma head on its last decoder block's inner features pooled per block
+of T samples: alpha = alpha_min + softplus(a), E[sigma^2] = P_mix(block) * exp(c), beta = E[sigma^2](alpha-1)
+(levels are independent here, not accumulated).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from exitbench.models.base import DynamicOutput, ExitModel, LevelOutputs
+from exitbench.models.layers import (InvGammaHead, accumulate_inverse_gamma, block_mean, block_power,
+                                     frame_block_index, num_blocks)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "S": {"hidden": 24, "depth": 4, "lstm_layers": 2, "router_channels": 32},
+    "M": {"hidden": 48, "depth": 5, "lstm_layers": 2, "router_channels": 48},
+    "tiny": {"hidden": 8, "depth": 3, "lstm_layers": 1, "router_channels": 8},  # CPU tests
+}
+
+DEFAULTS: dict[str, Any] = {
+    "size": "S",
+    "sample_rate": 16000,
+    "block_size": 4000,
+    "kernel_size": 8,
+    "stride": 4,
+    "growth": 2,
+    "bidirectional": False,
+    "widths": [0.125, 0.25, 0.5, 1.0],
+    "router_hop": 400,
+    "var_hidden": 32,
+    "alpha_min": 2.0,
+    "normalize": True,
+    "floor": 1e-3,
+}
+
+
+def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
+    """Defaults, then the size preset, then the given keys; raises on unknown keys."""
+    config = dict(config or {})
+    size = config.get("size", DEFAULTS["size"])
+    if size not in PRESETS:
+        raise ValueError(f"unknown slimdemucs size {size!r}; known: {', '.join(PRESETS)}")
+    out = {**DEFAULTS, **PRESETS[size], **config}
+    known = set(DEFAULTS) | set(PRESETS[size])
+    unknown = set(out) - known
+    if unknown:
+        raise ValueError(f"unknown slimdemucs config keys {sorted(unknown)}; known: {sorted(known)}")
+    out["widths"] = [float(v) for v in out["widths"]]
+    if out["widths"] != sorted(out["widths"]) or not all(0 < v <= 1 for v in out["widths"]):
+        raise ValueError(f"widths must be increasing in (0, 1], got {out['widths']}")
+    if out["block_size"] % out["router_hop"]:
+        raise ValueError("block_size must be a multiple of router_hop (router frames never straddle blocks)")
+    return out
+
+
+def inner(channels: int, v: float) -> int:
+    """Sliced inner width of a block of ``channels`` at utilization ``v``."""
+    return max(1, int(round(v * channels)))
+
+
+class SlimEncoderBlock(nn.Module):
+    """Conv(K, S) to a sliceable inner width, ReLU, 1x1 to 2*out (full), GLU."""
+
+    def __init__(self, chin: int, chout: int, k: int, s: int):
+        super().__init__()
+        self.conv = nn.Conv1d(chin, chout, k, s)
+        self.point = nn.Conv1d(chout, 2 * chout, 1)
+        self.chin, self.chout, self.k = chin, chout, k
+
+    def forward(self, x: torch.Tensor, v: float) -> torch.Tensor:
+        c = inner(self.chout, v)
+        x = F.relu(F.conv1d(x, self.conv.weight[:c], self.conv.bias[:c], stride=self.conv.stride))
+        return F.glu(F.conv1d(x, self.point.weight[:, :c], self.point.bias), dim=1)
+
+    def macs_per_frame(self, v: float) -> int:
+        c = inner(self.chout, v)
+        return c * self.chin * self.k + c * 2 * self.chout
+
+    def params(self, v: float) -> int:
+        c = inner(self.chout, v)
+        return c * self.chin * self.k + c + 2 * self.chout * c + 2 * self.chout
+
+
+class SlimDecoderBlock(nn.Module):
+    """1x1 to 2*inner (sliced, GLU), transposed conv(K, S) from the inner width to full ``chout``."""
+
+    def __init__(self, chin: int, chout: int, k: int, s: int, last: bool):
+        super().__init__()
+        self.point = nn.Conv1d(chin, 2 * chin, 1)
+        self.deconv = nn.ConvTranspose1d(chin, chout, k, s)
+        self.chin, self.chout, self.k, self.last = chin, chout, k, last
+
+    def forward(self, x: torch.Tensor, v: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns the block output and its inner (post-GLU) features."""
+        c = inner(self.chin, v)
+        rows = torch.cat([torch.arange(c), torch.arange(self.chin, self.chin + c)]).to(x.device)
+        h = F.glu(F.conv1d(x, self.point.weight[rows], self.point.bias[rows]), dim=1)
+        y = F.conv_transpose1d(h, self.deconv.weight[:c], self.deconv.bias, stride=self.deconv.stride)
+        return (y if self.last else F.relu(y)), h
+
+    def macs_per_frame(self, v: float) -> int:
+        c = inner(self.chin, v)
+        return self.chin * 2 * c + c * self.chout * self.k
+
+    def params(self, v: float) -> int:
+        c = inner(self.chin, v)
+        return 2 * c * self.chin + 2 * c + c * self.chout * self.k + self.chout
+
+
+class Router(nn.Module):
+    """Per-frame level logits: frame filterbank, GRU, pointwise classifier."""
+
+    def __init__(self, hop: int, channels: int, num_levels: int):
+        super().__init__()
+        self.hop = hop
+        self.frontend = nn.Conv1d(1, channels, hop, stride=hop)
+        self.gru = nn.GRU(channels, channels, batch_first=True)
+        self.out = nn.Conv1d(channels, num_levels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x [batch, N]`` -> logits ``[batch, ceil(N/hop), L]``."""
+        x = F.pad(x, (0, (-x.shape[-1]) % self.hop)).unsqueeze(1)
+        f = F.relu(self.frontend(x)).transpose(1, 2)
+        g, _ = self.gru(f)
+        return self.out(g.transpose(1, 2)).transpose(1, 2)
+
+    def macs_per_sample(self) -> float:
+        c = self.frontend.out_channels
+        per_frame = c * self.hop + 3 * (c * c + c * c) + c * self.out.out_channels
+        return per_frame / self.hop
+
+
+class SlimDemucsNet(nn.Module):
+    """The torch module: every utilization factor's enhancement plus router logits."""
+
+    def __init__(self, cfg: dict[str, Any]):
+        super().__init__()
+        self.cfg = cfg
+        k, s, h = cfg["kernel_size"], cfg["stride"], cfg["hidden"]
+        chans = [int(h * cfg["growth"] ** i) for i in range(cfg["depth"])]
+        self.encoder = nn.ModuleList()
+        self.decoder = nn.ModuleList()
+        chin = 1
+        for i, c in enumerate(chans):
+            self.encoder.append(SlimEncoderBlock(chin, c, k, s))
+            # decoder[0] is the deepest; built in reverse so decoder[-1] outputs the waveform
+            self.decoder.insert(0, SlimDecoderBlock(c, chin, k, s, last=(i == 0)))
+            chin = c
+        self.lstm = nn.LSTM(chin, chin, cfg["lstm_layers"], batch_first=True,
+                            bidirectional=cfg["bidirectional"])
+        self.lstm_proj = nn.Linear(2 * chin, chin) if cfg["bidirectional"] else None
+        self.var_heads = nn.ModuleList(InvGammaHead(inner(chans[0], v), cfg["var_hidden"])
+                                       for v in cfg["widths"])
+        self.router = Router(cfg["router_hop"], cfg["router_channels"], len(cfg["widths"]))
+
+    def valid_length(self, n: int) -> int:
+        """Smallest length >= n that the strided encoder/decoder maps back exactly (as in denoiser)."""
+        k, s = self.cfg["kernel_size"], self.cfg["stride"]
+        length = n
+        for _ in range(self.cfg["depth"]):
+            length = max(math.ceil((length - k) / s) + 1, 1)
+        for _ in range(self.cfg["depth"]):
+            length = (length - 1) * s + k
+        return int(length)
+
+    def input_scale(self, mixture: torch.Tensor) -> torch.Tensor:
+        """Per-utterance std (population, so one sample works) the net normalises by, as denoiser does."""
+        if not self.cfg["normalize"]:
+            return torch.ones_like(mixture[:, :1])
+        return mixture.std(-1, correction=0, keepdim=True)
+
+    def forward_level(self, mixture: torch.Tensor, v: float, level: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One utilization factor: ``mixture [batch, N]`` -> estimate ``[batch, N]``, raw head ``[batch, 2, B]``."""
+        cfg = self.cfg
+        n = mixture.shape[-1]
+        std = self.input_scale(mixture)
+        x = F.pad(mixture / (cfg["floor"] + std), (0, self.valid_length(n) - n)).unsqueeze(1)
+        skips = []
+        for enc in self.encoder:
+            x = enc(x, v)
+            skips.append(x)
+        y, _ = self.lstm(x.transpose(1, 2))
+        if self.lstm_proj is not None:
+            y = self.lstm_proj(y)
+        x = y.transpose(1, 2)
+        feats = None
+        for dec in self.decoder:
+            skip = skips.pop()
+            x = x + skip[..., : x.shape[-1]]
+            x, feats = dec(x, v)
+        est = x[:, 0, :n] * std
+        hop = cfg["stride"]  # the last decoder's input frames advance by one stride
+        b = num_blocks(n, cfg["block_size"])
+        index = frame_block_index(feats.shape[-1], hop, cfg["block_size"], n, device=mixture.device)
+        raw = self.var_heads[level](block_mean(feats, index, b))
+        return est, raw
+
+    def forward(self, mixture: torch.Tensor, levels: list[int] | None = None,
+                router: bool = True) -> dict[str, torch.Tensor]:
+        """``mixture [batch, N]`` -> ``estimates [batch, L', 1, N]``, ``alpha, beta [batch, L', 1, B]``
+        and, with ``router``, ``router_logits [batch, ceil(N/R), L]``."""
+        cfg = self.cfg
+        levels = list(range(len(cfg["widths"]))) if levels is None else list(levels)
+        ref = block_power(mixture, cfg["block_size"])
+        ests, alphas, betas = [], [], []
+        for level in levels:
+            est, raw = self.forward_level(mixture, cfg["widths"][level], level)
+            a, b = accumulate_inverse_gamma([raw], ref, cfg["alpha_min"])  # independent per level
+            ests.append(est)
+            alphas.append(a[:, 0])
+            betas.append(b[:, 0])
+        out = {
+            "estimates": torch.stack(ests, 1).unsqueeze(2),
+            "alpha": torch.stack(alphas, 1).unsqueeze(2),
+            "beta": torch.stack(betas, 1).unsqueeze(2),
+        }
+        if router:
+            out["router_logits"] = self.router(mixture / (cfg["floor"] + self.input_scale(mixture)))
+        return out
+
+
+def frame_select(estimates: torch.Tensor, weights: torch.Tensor, hop: int) -> torch.Tensor:
+    """Mix level outputs frame-wise: ``estimates [..., L, N]``, ``weights [..., F, L]`` -> ``[..., N]``."""
+    n = estimates.shape[-1]
+    w = weights.transpose(-1, -2).repeat_interleave(hop, dim=-1)[..., :n]  # [..., L, N]
+    return (w * estimates).sum(-2)
+
+
+class SlimDemucsModel(ExitModel):
+    """ExitModel wrapper: levels ``uf<v>``, a router-driven ``dynamic`` output with realised MACs."""
+
+    def __init__(self, config: dict[str, Any] | None = None):
+        self.config = resolve_config(config)
+        self.module = SlimDemucsNet(self.config)
+        self.levels = tuple(f"uf{v}" for v in self.config["widths"])
+        self.sample_rate = int(self.config["sample_rate"])
+        self.num_sources = 1
+        self.block_size = int(self.config["block_size"])
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        """Every utilization factor, the router's per-block logits and its own frame-wise execution."""
+        if mixture.dim() != 1:
+            raise ValueError(f"forward_all takes a mono mixture [N], got shape {tuple(mixture.shape)}")
+        n = mixture.shape[0]
+        hop, T = self.config["router_hop"], self.block_size
+        with torch.no_grad():
+            out = self.module(mixture.to(self.device, torch.float32)[None])
+        logits = out["router_logits"][0]  # [F, L]
+        choice = logits.argmax(-1)
+        onehot = F.one_hot(choice, self.num_levels).to(logits.dtype)
+        est = out["estimates"][0]  # [L, 1, N]
+        dyn = frame_select(est[:, 0], onehot, hop)[None]
+        # realised MACs: each frame's samples inside the utterance at the chosen level, plus the router
+        b = self.num_blocks(n)
+        frame_len = torch.clamp(n - torch.arange(len(choice), device=logits.device) * hop, max=hop).to(torch.float64)
+        level_macs = torch.tensor([self.macs_per_sample(i) for i in range(self.num_levels)],
+                                  dtype=torch.float64, device=logits.device)
+        block_of_frame = torch.arange(len(choice), device=logits.device) * hop // T
+        macs = torch.zeros(b, dtype=torch.float64, device=logits.device)
+        macs.index_add_(0, block_of_frame, level_macs[choice] * frame_len)
+        share = torch.zeros(b, self.num_levels, dtype=torch.float64, device=logits.device)
+        share.index_add_(0, block_of_frame, onehot.to(torch.float64) * frame_len[:, None])
+        block_len = share.sum(-1, keepdim=True)
+        macs += block_len[:, 0] * self.router_macs_per_sample()
+        block_logits = block_mean(logits.transpose(0, 1), block_of_frame, b).transpose(0, 1)
+        return LevelOutputs(
+            estimates=est, alpha=out["alpha"][0], beta=out["beta"][0], router_logits=block_logits,
+            dynamic=DynamicOutput(estimates=dyn, macs=macs, level_share=share / block_len),
+        )
+
+    def macs_per_sample(self, level: int | str) -> float:
+        """Convs at the level's inner width plus the full-width LSTM, per input sample (long-input limit)."""
+        v = self.config["widths"][self.level_index(level)]
+        net, c = self.module, self.config
+        total = 0.0
+        for i, (enc, dec) in enumerate(zip(net.encoder, reversed(net.decoder))):
+            rate = c["stride"] ** (i + 1)  # samples per frame at this depth
+            total += (enc.macs_per_frame(v) + dec.macs_per_frame(v)) / rate
+        return total + self.lstm_macs_per_sample()
+
+    def lstm_macs_per_sample(self) -> float:
+        """LSTM bottleneck MACs per sample, declared analytically (FlopCounterMode misses LSTM kernels)."""
+        c = self.config
+        h = self.module.lstm.hidden_size
+        dirs = 2 if c["bidirectional"] else 1
+        per_step = 0
+        for layer in range(c["lstm_layers"]):
+            din = h if layer == 0 else h * dirs
+            per_step += dirs * 4 * (din * h + h * h)
+        if c["bidirectional"]:
+            per_step += 2 * h * h
+        return per_step / c["stride"] ** c["depth"]
+
+    def router_macs_per_sample(self) -> float:
+        """Router MACs per sample (paid only by the dynamic execution)."""
+        return self.module.router.macs_per_sample()
+
+    def num_parameters(self, level: int | str | None = None) -> int:
+        """Parameters touched at ``level`` (sliced convs, LSTM, that level's head); all when None."""
+        if level is None:
+            return super().num_parameters()
+        l = self.level_index(level)
+        v = self.config["widths"][l]
+        net = self.module
+        total = sum(e.params(v) for e in net.encoder) + sum(d.params(v) for d in net.decoder)
+        total += sum(p.numel() for p in net.lstm.parameters())
+        if net.lstm_proj is not None:
+            total += sum(p.numel() for p in net.lstm_proj.parameters())
+        return total + sum(p.numel() for p in net.var_heads[l].parameters())
+
+
+def build_slimdemucs(config: dict[str, Any] | None = None) -> SlimDemucsModel:
+    """Registry factory: a freshly initialised slimmable DEMUCS from a (partial) config."""
+    return SlimDemucsModel(config)

@@ -1,0 +1,334 @@
+"""Training recipes for the reference architectures, stopped by step count or wall clock.
+
+``train(config, out_dir)`` reads a TOML config (see ``exitbench/models/configs/``), trains with
+dynamic mixing, validates every epoch on a fixed set (SI-SNRi per level), and writes
+``<out_dir>/<name>.pt`` (checkpoint format of :mod:`exitbench.models.checkpoint`, rewritten each
+epoch so a killed run still leaves one) and ``<out_dir>/<name>.log.json``.
+
+Command line: ``python -m exitbench.models.train CONFIG OUT_DIR [--device cuda] [--max-minutes 8.5]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from exitbench.models.checkpoint import save_checkpoint
+from exitbench.models.losses import (level_losses, pit_level_losses, router_regularisers, si_snr_db,
+                                     snr_db)
+from exitbench.models.registry import ARCHITECTURES
+from exitbench.models.slimdemucs import frame_select
+from exitbench.models.training_data import MixingStream, fixed_set, load_pool
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10 on some GPU images: the TOML reader pip vendors is the same code
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ImportError:
+        from pip._vendor import tomli as tomllib  # type: ignore[no-redef]
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "max_steps": 1_000_000, "max_minutes": None,
+    "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "num_workers": 0,
+    "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16,
+}
+DATA_DEFAULTS: dict[str, Any] = {
+    "corpus": ".corpus", "segment_seconds": 4.0, "gain_db": 5.0, "snr_db": [-5.0, 15.0],
+    "level_db": [-30.0, -15.0], "valid_items": 64, "valid_seconds": 4.0, "synthetic_fallback": True,
+}
+LOSS_DEFAULTS: dict[str, Any] = {
+    "nll_weight": 1.0, "snr_weight": 1.0, "router_weight": 1.0, "efficiency_weight": 50.0,
+    "target_utilization": 0.5, "balance_weight": 1.0, "gumbel_tau": 1.0,
+}
+
+
+def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
+    """A training config from a dict, a TOML path, or a name in ``configs/``; defaults filled in."""
+    if not isinstance(config, dict):
+        path = Path(config)
+        if not path.is_file() and (CONFIG_DIR / f"{config}.toml").is_file():
+            path = CONFIG_DIR / f"{config}.toml"
+        if not path.is_file():
+            raise FileNotFoundError(f"training config {str(config)!r} not found (nor in {CONFIG_DIR})")
+        with open(path, "rb") as f:
+            config = tomllib.load(f)
+        config.setdefault("name", path.stem)
+    config = dict(config)
+    for key in ("name", "architecture", "task", "model"):
+        if key not in config:
+            raise ValueError(f"training config lacks {key!r}")
+    if config["task"] not in ("separation", "enhancement"):
+        raise ValueError(f"task must be 'separation' or 'enhancement', got {config['task']!r}")
+    for section, defaults in (("train", TRAIN_DEFAULTS), ("data", DATA_DEFAULTS), ("loss", LOSS_DEFAULTS)):
+        given = dict(config.get(section, {}))
+        unknown = set(given) - set(defaults)
+        if unknown:
+            raise ValueError(f"unknown keys in [{section}]: {sorted(unknown)}")
+        config[section] = {**defaults, **given}
+    return config
+
+
+def _lr_at(step: int, frac: float, cfg: dict[str, Any]) -> float:
+    """Linear warm-up, then cosine decay over the run's progress ``frac`` (time or steps) to 5%."""
+    base = cfg["lr"]
+    if step < cfg["warmup_steps"]:
+        return base * (step + 1) / cfg["warmup_steps"]
+    return base * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+class Trainer:
+    """Holds model, optimiser, data and the step function of one training run."""
+
+    def __init__(self, config: dict[str, Any], out_dir: Path, device: str | None, max_minutes: float | None):
+        self.start = time.monotonic()  # the wall-clock budget includes model set-up and corpus loading
+        self.cfg = config
+        self.tcfg, self.dcfg, self.lcfg = config["train"], config["data"], config["loss"]
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        minutes = max_minutes if max_minutes is not None else self.tcfg["max_minutes"]
+        self.budget_s = None if minutes is None else float(minutes) * 60
+        torch.manual_seed(self.tcfg["seed"])
+        self.model = ARCHITECTURES.get(config["architecture"])(config["model"])
+        self.net = self.model.module.to(self.device)
+        self.sr = self.model.sample_rate
+        self.is_slim = config["architecture"] == "slimdemucs"
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg["lr"])
+        self.amp = self.device.type == "cuda" and self.tcfg["amp"] == "bf16"
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        need_noise = config["task"] == "enhancement"
+        self.train_pool = load_pool(self.dcfg["corpus"], self.sr, "train", need_noise, self.dcfg["synthetic_fallback"])
+        valid_pool = load_pool(self.dcfg["corpus"], self.sr, "valid", need_noise, self.dcfg["synthetic_fallback"])
+        mix_kw = {k: self.dcfg[k] for k in ("gain_db", "snr_db", "level_db")}
+        self.valid = fixed_set(valid_pool, config["task"], self.dcfg["valid_items"], self.dcfg["valid_seconds"],
+                               self.sr, self.tcfg["seed"], **mix_kw)
+        self.data_desc = {"task": config["task"], "sample_rate": self.sr, "train": self.train_pool.description,
+                          "valid": valid_pool.description, "valid_items": self.dcfg["valid_items"],
+                          "valid_seconds": self.dcfg["valid_seconds"], "mixing": mix_kw,
+                          "segment_seconds": self.dcfg["segment_seconds"]}
+        self.mix_kw = mix_kw
+        self.step = 0
+        self.epoch = 0
+        self.log: list[dict[str, Any]] = []
+        self.valid_log: list[dict[str, Any]] = []
+
+    # -- data ---------------------------------------------------------------------------------
+    def loader(self, seconds: float | None, batch_size: int, seed_offset: int) -> Any:
+        """An endless iterator of (mixture [b, N], sources [b, S, N]) on the device."""
+        stream = MixingStream(self.train_pool, self.cfg["task"], seconds, self.sr,
+                              self.tcfg["seed"] + seed_offset, **self.mix_kw)
+        workers = int(self.tcfg["num_workers"])
+        dl = torch.utils.data.DataLoader(
+            stream, batch_size=batch_size, num_workers=workers, pin_memory=self.device.type == "cuda",
+            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
+        for mix, src in dl:
+            yield mix.to(self.device, non_blocking=True), src.to(self.device, non_blocking=True)
+
+    # -- one step -----------------------------------------------------------------------------
+    def losses(self, mix: torch.Tensor, src: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Total training loss and its parts for one batch."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            out = self.net(mix)
+        T, lc = self.model.block_size, self.lcfg
+        if not self.is_slim:
+            parts, _ = pit_level_losses(out["estimates"], src, out["alpha"], out["beta"], T,
+                                        lc["nll_weight"], lc["snr_weight"])
+            return parts
+        per = level_losses(out["estimates"], src, out["alpha"], out["beta"], T, lc["nll_weight"], lc["snr_weight"])
+        parts = {k: v.mean() for k, v in per.items()}
+        logits = out["router_logits"].float()
+        weights = F.gumbel_softmax(logits, tau=lc["gumbel_tau"], hard=True)
+        # level outputs are detached: the router learns from the dynamic output, the backbone from the levels
+        dyn = frame_select(out["estimates"][:, :, 0].detach().float(), weights, self.model.config["router_hop"])
+        widths = torch.tensor(self.model.config["widths"], device=logits.device)
+        reg = router_regularisers(logits, widths, lc["target_utilization"])
+        parts["dyn_neg_snr"] = -snr_db(dyn, src[:, 0].float()).mean()
+        parts["efficiency"], parts["balance"], parts["utilization"] = reg["efficiency"], reg["balance"], reg["utilization"]
+        parts["total"] = (parts["total"] + lc["router_weight"] * parts["dyn_neg_snr"]
+                          + lc["efficiency_weight"] * reg["efficiency"] + lc["balance_weight"] * reg["balance"])
+        return parts
+
+    def train_step(self, mix: torch.Tensor, src: torch.Tensor, lr: float) -> dict[str, float]:
+        """One optimiser step; returns the loss parts as floats."""
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        parts = self.losses(mix, src)
+        if not torch.isfinite(parts["total"]):
+            raise FloatingPointError(f"non-finite loss at step {self.step}: "
+                                     f"{ {k: float(v) for k, v in parts.items()} }")
+        self.opt.zero_grad(set_to_none=True)
+        parts["total"].backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.tcfg["grad_clip"])
+        self.opt.step()
+        self.step += 1
+        return {**{k: float(v.detach()) for k, v in parts.items()}, "grad_norm": float(norm)}
+
+    # -- validation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self) -> dict[str, Any]:
+        """SI-SNRi per level (PIT on the deepest level, shared), NLL per sample, router use for slim."""
+        self.net.eval()
+        mixes, srcs = self.valid
+        si, nll, dyn_si, util = [], [], [], []
+        for i in range(0, len(mixes), self.tcfg["valid_batch"]):
+            mix = mixes[i:i + self.tcfg["valid_batch"]].to(self.device)
+            src = srcs[i:i + self.tcfg["valid_batch"]].to(self.device)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                out = self.net(mix)
+            est = out["estimates"].float()  # [b, L, S, N]
+            if src.shape[1] > 1:
+                _, perm_idx = pit_level_losses(est[:, -1:], src, out["alpha"][:, -1:], out["beta"][:, -1:],
+                                               self.model.block_size, 0.0, 1.0)
+                perms = torch.tensor([[0, 1], [1, 0]], device=src.device)[perm_idx]
+                src = src.gather(1, perms[..., None].expand_as(src))
+            base = si_snr_db(mix[:, None].expand_as(src), src)  # [b, S]
+            si.append((si_snr_db(est, src[:, None]) - base[:, None]).mean(2))  # [b, L]
+            per = level_losses(est, src, out["alpha"], out["beta"], self.model.block_size, 1.0, 0.0)
+            nll.append(per["nll"])
+            if self.is_slim:
+                logits = out["router_logits"].float()
+                onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
+                dyn = frame_select(est[:, :, 0], onehot, self.model.config["router_hop"])
+                dyn_si.append(si_snr_db(dyn, src[:, 0]) - base[:, 0])
+                util.append((onehot * torch.tensor(self.model.config["widths"], device=onehot.device)).sum(-1).mean(-1))
+        self.net.train()
+        si_all = torch.cat(si).mean(0).tolist()
+        result: dict[str, Any] = {
+            "step": self.step, "epoch": self.epoch, "elapsed_s": round(time.monotonic() - self.start, 1),
+            "si_snri": {name: round(v, 3) for name, v in zip(self.model.levels, si_all)},
+            "nll_per_sample": round(float(torch.cat(nll).mean()), 4),
+        }
+        if self.is_slim:
+            result["dynamic_si_snri"] = round(float(torch.cat(dyn_si).mean()), 3)
+            result["dynamic_utilization"] = round(float(torch.cat(util).mean()), 4)
+        return result
+
+    # -- output -------------------------------------------------------------------------------
+    def save(self, final: bool) -> Path:
+        """Write the checkpoint and the JSON log (atomically replaced)."""
+        name = self.cfg["name"]
+        path = self.out_dir / f"{name}.pt"
+        dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
+        metadata = {
+            "step": self.step, "epoch": self.epoch, "final": final,
+            "wall_time_s": round(time.monotonic() - self.start, 1), "device": dev, "host": socket.gethostname(),
+            "torch": torch.__version__, "data": self.data_desc,
+            "train_config": {k: v for k, v in self.cfg.items()},
+            "validation": self.valid_log[-1] if self.valid_log else None,
+            "trained": self.step > 0,
+        }
+        # plain JSON types only: the checkpoint is read back with torch.load(weights_only=True)
+        metadata = json.loads(json.dumps(metadata, default=str))
+        save_checkpoint(path, self.cfg["architecture"], self.model.config, self.net.state_dict(), metadata)
+        log_path = self.out_dir / f"{name}.log.json"
+        tmp = log_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps({"name": name, "metadata": {k: v for k, v in metadata.items()},
+                                   "train": self.log, "validation": self.valid_log}, indent=1, default=str))
+        os.replace(tmp, log_path)
+        return path
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def run(self) -> Path:
+        """Main phase on crops, optional fine-tune on whole utterances, final validation and save."""
+        t, reserve = self.tcfg, 0.0
+        main_budget = None if self.budget_s is None else self.budget_s * (1 - t["finetune_fraction"])
+        main_steps = int(t["max_steps"] * (1 - t["finetune_fraction"]))
+        data = self.loader(self.dcfg["segment_seconds"], t["batch_size"], 0)
+        # a step-0 validation gives the baseline and how long the final validation will take
+        t0 = time.monotonic()
+        self.valid_log.append(self.validate())
+        reserve = 1.5 * (time.monotonic() - t0) + 2.0
+        self.net.train()
+        while self.step < main_steps:
+            if main_budget is not None and self.elapsed() + reserve >= main_budget:
+                break
+            frac = self.step / main_steps if main_budget is None else self.elapsed() / main_budget
+            frac = max(frac, self.step / main_steps)
+            self._step_and_log(next(data), _lr_at(self.step, frac, t), "main")
+            if self.step % t["steps_per_epoch"] == 0:
+                reserve = self._end_epoch()
+        if t["finetune_fraction"] > 0:
+            data = self.loader(None, 1, 1)
+            while self.step < t["max_steps"]:
+                if self.budget_s is not None and self.elapsed() + reserve >= self.budget_s:
+                    break
+                self._step_and_log(next(data), t["lr"] * 0.05, "finetune")
+        if not self.valid_log or self.valid_log[-1]["step"] != self.step:
+            self.epoch += 1
+            self.valid_log.append(self.validate())
+        return self.save(final=True)
+
+    def _step_and_log(self, batch: tuple[torch.Tensor, torch.Tensor], lr: float, phase: str) -> None:
+        parts = self.train_step(*batch, lr)
+        if self.step % self.tcfg["log_every"] == 0 or self.step == 1:
+            self.log.append({"step": self.step, "phase": phase, "lr": lr,
+                             "elapsed_s": round(self.elapsed(), 2), **{k: round(v, 5) for k, v in parts.items()}})
+
+    def _end_epoch(self) -> float:
+        """Validate and save; returns the time to keep in reserve for the final validation and save."""
+        t0 = time.monotonic()
+        self.epoch += 1
+        self.valid_log.append(self.validate())
+        self.save(final=False)
+        return 1.5 * (time.monotonic() - t0) + 2.0
+
+
+def train(config_path_or_dict: str | os.PathLike | dict[str, Any], out_dir: str | os.PathLike,
+          device: str | None = None, max_minutes: float | None = None) -> Path:
+    """Train one model from a config; returns the final checkpoint path."""
+    config = load_config(config_path_or_dict)
+    return Trainer(config, Path(out_dir), device, max_minutes).run()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Command line entry: train one config."""
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("config", help="TOML path or a name in exitbench/models/configs")
+    p.add_argument("out_dir")
+    p.add_argument("--device", default=None)
+    p.add_argument("--max-minutes", type=float, default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads for this process")
+    p.add_argument("--corpus", default=None, help="corpus root, overriding the config's [data] corpus")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a config value (VALUE read as JSON, else as a string); repeatable")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config)
+    if args.corpus:
+        config["data"]["corpus"] = args.corpus
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        section, dot, name = key.partition(".")
+        if not (sep and dot):
+            p.error(f"--set wants SECTION.KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        config.setdefault(section, {})[name] = value
+    config = load_config(config)  # re-check the overridden keys
+    path = train(config, args.out_dir, args.device, args.max_minutes)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
