@@ -10,7 +10,7 @@ from exitbench.policies.base import POLICIES, Param, Policy
 from exitbench.policies.builtin import Oracle, Probabilistic, Router, Static
 from exitbench.policies.probability import level_probabilities
 from exitbench.policies.replay import replay
-from exitbench.policies.sweep import COLUMNS, staircase_curve, sweep
+from exitbench.policies.sweep import COLUMNS, grid_index, staircase_curve, sweep
 from exitbench.policies.synthetic import random_block_table
 
 TARGETS = [8.0, 14.0]
@@ -109,3 +109,12 @@ def test_plugin_policy_goes_through_the_generic_sweep(arrays):
     deep = frame[frame.policy == "deepest"]
     assert deep.params.tolist() == ["k=0", "k=2"]
     _close(deep.iloc[1], frame[frame.policy == "static"].iloc[0])
+
+
+def test_grid_index_equals_searchsorted_on_edges():
+    for grid in (np.linspace(0, 1, 101), np.round(np.linspace(0, 1, 101), 10), np.linspace(-3, 40, 7),
+                 np.array([0.0, 0.1, 0.5, 0.9])):
+        rng = np.random.default_rng(0)
+        values = np.concatenate([grid, np.nextafter(grid, -np.inf), np.nextafter(grid, np.inf),
+                                 rng.uniform(grid[0] - 1, grid[-1] + 1, 1000), [np.nan, -np.inf, np.inf]])
+        assert np.array_equal(grid_index(grid, values), np.searchsorted(grid, values, side="right"))
