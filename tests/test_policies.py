@@ -13,7 +13,7 @@ from torchmetrics.functional.audio import scale_invariant_signal_noise_ratio
 
 from exitbench.policies import BlockArrays, PolicyError, RecordingError, parse_policy
 from exitbench.policies.arrays import STAT_COLUMNS, DynamicArrays
-from exitbench.policies.base import POLICIES, Policy
+from exitbench.policies.base import POLICIES
 from exitbench.policies.builtin import Oracle, Probabilistic, Router, Static, Uniform
 from exitbench.policies.probability import condition_probability, level_probabilities
 from exitbench.policies.replay import replay

@@ -89,7 +89,8 @@ def test_a_failing_model_gives_error_rows_and_the_run_goes_on(tmp_path, factory,
     ts = SyntheticMixtures(num_utterances=6)
     long_ids = {i for i in ts.ids() if ts.load(i).num_samples > 16000}
     assert 0 < len(long_ids) < 6
-    result = runner.invoke(app, ["run", "--model", f"exitbench_testmodels:{factory}", "--dataset", "synthetic",
+    result = runner.invoke(app, ["run", "--executor", "local", "--model", f"exitbench_testmodels:{factory}",
+                                 "--dataset", "synthetic",
                                  "--dataset-opt", "num_utterances=6", "--metrics", "none", "-r", str(tmp_path)])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output
@@ -158,7 +159,7 @@ def test_run_id_follows_checkpoint_bytes_and_settings(tmp_path):
     (["--metrics", "pesq,bogus"], "unknown metrics"),
 ])
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, fragment):
-    result = runner.invoke(app, ["run", "-r", str(tmp_path), *args])
+    result = runner.invoke(app, ["run", "--executor", "local", "-r", str(tmp_path), *args])
     assert result.exit_code == 2
     assert fragment in result.output and "Traceback" not in result.output
 
@@ -166,7 +167,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, args, fragment):
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    result = runner.invoke(app, ["run", "-r", str(tmp_path), "--model", str(bad)])
+    result = runner.invoke(app, ["run", "--executor", "local", "-r", str(tmp_path), "--model", str(bad)])
     assert result.exit_code == 2 and "cannot be read" in result.output
 
 

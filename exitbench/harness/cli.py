@@ -176,7 +176,7 @@ def run(
     resample: bool = typer.Option(False, help="resample audio whose rate differs from the model's"),
     limit: Optional[int] = typer.Option(None, help="record only the first N utterances"),
     shard_size: int = typer.Option(8, help="utterances per shard (the unit of resumption)"),
-    executor: str = typer.Option("local", help="local (in-process) or ray"),
+    executor: str = typer.Option("ray", help="ray (local cluster, or --address) or local (in-process)"),
     workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/2)"),
     gpus_per_worker: Optional[float] = typer.Option(None, help="ray: GPUs per model actor (fractions allowed)"),
     cpus_per_metric_task: float = typer.Option(1.0, help="ray: CPUs per metric task"),
@@ -213,15 +213,17 @@ def run(
 def demo(
     model: str = ModelOpt,
     results: Path = ResultsOpt,
-    executor: str = typer.Option("local", help="local (in-process) or ray"),
+    out: Path = typer.Option(Path("reports"), "--out", "-o", help="where the HTML report is written"),
+    executor: str = typer.Option("ray", help="ray (a local cluster, default) or local (in-process)"),
     metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi"),
+    report: bool = typer.Option(True, help="write the HTML report after recording"),
 ) -> None:
-    """Record the shipped model on the bundled demo set into ./results and print a table per level."""
-    from exitbench.datasets.registry import DATASETS
+    """Record the shipped model on the bundled real-speech demo set, print a table per level, write a report.
 
-    dataset = "demo" if "demo" in DATASETS else "synthetic"
-    if model.startswith("slimdemucs") and "demo-enhance" in DATASETS:
-        dataset = "demo-enhance"
+    The separator (press-s, default) runs on `demo` (8 kHz two-speaker mixtures); the enhancer
+    (--model slimdemucs-s) on `demo-enhance` (16 kHz noisy speech).
+    """
+    dataset = "demo-enhance" if model.startswith("slimdemucs") else "demo"
 
     def go() -> Any:
         spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics)))
@@ -229,6 +231,12 @@ def demo(
 
     outcome = guarded(go)
     report_outcome(outcome)
+    if report:
+        from exitbench.reports.build import build_report
+
+        with console.status("drawing the report..."):
+            path = guarded(lambda: build_report(results, [outcome.run_id], out))
+        console.print(f"report: {path}", highlight=False, soft_wrap=True)
     if outcome.num_errors:
         raise typer.Exit(1)
 
@@ -285,7 +293,7 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
 
 
 # command modules register themselves on ``app``
-from exitbench.harness import cli_policies  # noqa: E402,F401
+from exitbench.harness import cli_policies, cli_report, cli_sweep  # noqa: E402,F401
 
 
 def main() -> None:

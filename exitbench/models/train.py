@@ -42,7 +42,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "max_steps": 1_000_000, "max_minutes": None,
-    "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "num_workers": 0,
+    "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "num_workers": 0, "init": None,
     "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16,
 }
 DATA_DEFAULTS: dict[str, Any] = {
@@ -125,6 +125,15 @@ class Trainer:
         self.mix_kw = mix_kw
         self.step = 0
         self.epoch = 0
+        self.initial_step = 0
+        if self.tcfg["init"]:  # continue from a checkpoint: its weights, and its step count in the metadata
+            from exitbench.models.checkpoint import load_checkpoint
+
+            ckpt = load_checkpoint(self.tcfg["init"])
+            self.net.load_state_dict(ckpt.state_dict)
+            self.initial_step = int(ckpt.metadata.get("step") or 0)
+            self.data_desc["init"] = {"checkpoint": str(self.tcfg["init"]), "sha256": ckpt.sha256,
+                                      "step": self.initial_step}
         self.log: list[dict[str, Any]] = []
         self.valid_log: list[dict[str, Any]] = []
 
@@ -226,7 +235,7 @@ class Trainer:
         path = self.out_dir / f"{name}.pt"
         dev = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else platform.processor() or "cpu"
         metadata = {
-            "step": self.step, "epoch": self.epoch, "final": final,
+            "step": self.initial_step + self.step, "epoch": self.epoch, "final": final,
             "wall_time_s": round(time.monotonic() - self.start, 1), "device": dev, "host": socket.gethostname(),
             "torch": torch.__version__, "data": self.data_desc,
             "train_config": {k: v for k, v in self.cfg.items()},

@@ -23,7 +23,7 @@ from exitbench.policies.arrays import BlockArrays
 from exitbench.policies.base import BUILTIN_POLICIES, Policy, PolicyError, get_policy_class, split_spec
 from exitbench.policies.builtin import DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, Probabilistic, Router, Static, Uniform
 from exitbench.policies.probability import level_probabilities
-from exitbench.policies.replay import composite_from_sums, summarize, utterance_gmacs, utterance_sum
+from exitbench.policies.replay import composite_from_sums, summarize, utterance_gmacs
 
 COLUMNS = ("policy", "params", "t", "p", "gmacs", "regret", "si_snri", "snri")
 _SUM_STATS = ("sum_est", "e_est", "dot_est_ref")

@@ -1,0 +1,287 @@
+"""``exitbench sweep``, ``compare``, ``history`` and ``registry``: many runs at once, and regressions between them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from exitbench.harness.cli import app, console, fail, guarded, out
+
+_VERDICT_STYLE = {"worse": "bold red", "better": "green", "same": "", "n/a": "dim"}
+
+
+def _fmt(v: Any, p: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.{p}f}"
+    return str(v)
+
+
+def _int(v: Any) -> str:
+    """An integer-valued cell (NaN/None as '-')."""
+    try:
+        return "-" if v is None or v != v else str(int(v))
+    except (TypeError, ValueError):
+        return str(v)
+
+
+def _policy_guard(fn: Any) -> Any:
+    """``guarded`` that also turns policy/recording mismatches and bad specs into one line."""
+    from exitbench.policies import PolicyError, RecordingError
+
+    def wrapped() -> Any:
+        try:
+            return fn()
+        except (PolicyError, RecordingError) as exc:
+            raise ValueError(str(exc)) from None
+    return guarded(wrapped)
+
+
+# -- sweep ------------------------------------------------------------------------------------------
+@app.command()
+def sweep(
+    spec: Path = typer.Argument(..., help="TOML sweep spec (see examples/sweep.toml)"),
+    results: Optional[Path] = typer.Option(None, "--results", "-r",
+                                           help="results root (default: the spec's `results`, else ./results)"),
+    executor: Optional[str] = typer.Option(None, help="local or ray (default: the spec's settings.executor)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (runs and policy configurations) only"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
+) -> None:
+    """Record every (checkpoint, test set) of a spec once, then replay every policy configuration.
+
+    Recordings whose run id is complete in the results root are skipped, and so are replays already
+    stored there, so a second invocation does nothing and an interrupted one resumes. Policies a
+    model cannot run (e.g. router on a model without one) are skipped with the reason. Exit code 1
+    when a recording failed or had utterance errors, 2 on a bad spec, 130 on Ctrl-C.
+    """
+    from exitbench.harness.cli import record
+    from exitbench.harness.sweep import load_sweep_spec, run_sweep
+
+    sp = guarded(lambda: load_sweep_spec(spec))
+    if executor is not None:
+        if executor not in ("local", "ray"):
+            fail(f"--executor must be 'local' or 'ray', not {executor!r}")
+        sp.executor = executor
+    root = results or sp.results or Path("results")
+    pairs = sp.run_specs()
+    console.print(f"sweep {sp.name}: {len(sp.checkpoints)} checkpoint(s) × {len(sp.testsets)} test set(s) ="
+                  f" {len(pairs)} recording(s); {len(sp.policies)} policy grid(s); targets"
+                  f" {', '.join(f'{t:g}' for t in sp.targets)} dB; results in {root}", highlight=False)
+    if dry_run:
+        t = Table(title="plan")
+        for c in ("checkpoint", "step", "test set", "options", "policy configurations (for 4 levels)"):
+            t.add_column(c)
+        for ck, ts, _ in pairs:
+            configs = [c for g in sp.policies for c in g.configurations(4, sp.targets)]
+            t.add_row(ck.model, _int(ck.step), ts.dataset, ",".join(f"{k}={v}" for k, v in ts.options),
+                      f"{len(configs)}: " + ", ".join(configs[:6]) + (" ..." if len(configs) > 6 else ""))
+        out.print(t)
+        return
+    ex_kw = sp.executor_options if sp.executor == "ray" else {}
+
+    def record_fn(run_spec: Any) -> Any:
+        return record(run_spec, root, sp.executor, quiet=quiet, **ex_kw)
+
+    def log(msg: str) -> None:
+        console.print(f"[yellow]{msg}[/]" if "skipping" in msg or "failed" in msg else msg, highlight=False,
+                      soft_wrap=True)
+
+    report = _policy_guard(lambda: run_sweep(sp, root, record_fn, log))
+    t = Table(title=f"recordings in {root}")
+    for c in ("checkpoint", "step", "test set", "run", "status", "errors"):
+        t.add_column(c)
+    for r in report.recordings.itertuples(index=False):
+        style = "red" if r.status == "failed" or r.num_errors else ""
+        t.add_row(Path(str(r.checkpoint)).name, _int(r.step), r.dataset, _fmt(r.run_id), r.status,
+                  str(r.num_errors) if not r.detail else r.detail, style=style)
+    out.print(t)
+    if len(report.replays):
+        t = Table(title="policy replays (mean over utterances; regret at the policy's t)")
+        for c in ("run", "step", "policy", "status", "t", "GMAC/s", "SI-SNRi dB", "regret dB"):
+            t.add_column(c, justify="right" if c in ("step", "t", "GMAC/s", "SI-SNRi dB", "regret dB") else "left")
+        for r in report.replays.itertuples(index=False):
+            t.add_row(str(r.run_id)[:10], _int(r.step), r.policy, r.status, _fmt(r.t, 0), _fmt(r.gmacs, 3),
+                      _fmt(r.si_snri), _fmt(r.regret), style="dim" if r.status == "skipped" else "")
+        out.print(t)
+    counts = report.replays["status"].value_counts().to_dict() if len(report.replays) else {}
+    rec_counts = report.recordings["status"].value_counts().to_dict()
+    console.print("recordings: " + ", ".join(f"{v} {k}" for k, v in rec_counts.items())
+                  + "; replays: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
+                  + "; curves: " + (", ".join(f"{k[:10]} {v}" for k, v in report.curves.items()) or "none"),
+                  highlight=False, soft_wrap=True)
+    if report.failed:
+        raise typer.Exit(1)
+
+
+# -- compare ----------------------------------------------------------------------------------------
+@app.command()
+def compare(
+    base: str = typer.Argument(..., help="base run id (or unique prefix)"),
+    candidate: str = typer.Argument(..., help="candidate run id (or unique prefix)"),
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results root of the base run"),
+    candidate_results: Optional[Path] = typer.Option(
+        None, "--candidate-results", help="results root of the candidate (default: --results), e.g. a CI run"),
+    metric: str = typer.Option("si_snri", "--metric", "-m",
+                               help="comma list of si_snri, si_snr, snri, snr, sdri, sdr, pesq, stoi, estoi"),
+    tolerance: str = typer.Option("0.1", help="smallest change that matters, in the metric's units: one number"
+                                              " or metric=value pairs (si_snri=0.2,pesq=0.05)"),
+    policy: list[str] = typer.Option([], "--policy", "-p",
+                                     help="policy spec to replay and compare per utterance (repeatable); default:"
+                                          " oracle:t=15, probabilistic:t=15,p=0.9 and router where supported"),
+    confidence: float = typer.Option(0.95, help="bootstrap confidence level"),
+    resamples: int = typer.Option(2000, help="bootstrap resamples"),
+    seed: int = typer.Option(0, help="bootstrap seed"),
+    targets: str = typer.Option("10,15,20", help="targets t (dB) of the curve-level regret comparison"),
+    at_gmacs: Optional[float] = typer.Option(None, help="compute (GMAC/s) at which regret curves are compared;"
+                                                        " default: midway between the base's cheapest and"
+                                                        " dearest level"),
+    no_curves: bool = typer.Option(False, "--no-curves", help="skip the curve-level comparison"),
+) -> None:
+    """Paired comparison of a candidate run against a base run on the same test set (a CI gate).
+
+    Per level and per policy configuration: the per-utterance deltas (candidate − base, each
+    utterance's metric averaged over sources), their mean and a bootstrap confidence interval. A
+    row is 'worse' only when the whole interval lies below −tolerance, 'better' when above
+    +tolerance, else 'same'. Curve-level readouts (area under the Pareto front of mean SI-SNRi vs
+    GMAC/s, regret at a fixed compute) are shown but not significance-tested and do not gate.
+    Exit code 1 when any row is 'worse', 0 otherwise, 2 on bad input (e.g. different test sets).
+    """
+    from exitbench.results.compare import compare_runs
+
+    def go() -> Any:
+        ts = [float(x) for x in targets.split(",") if x.strip()]
+        return compare_runs(results, base, candidate, candidate_root=candidate_results,
+                            metrics=metric.split(","), tolerance=tolerance, policies=policy or None,
+                            confidence=confidence, resamples=resamples, seed=seed, targets=ts,
+                            at_gmacs=at_gmacs, curves=not no_curves)
+
+    cmp = _policy_guard(go)
+    b, c = cmp.base, cmp.candidate
+    console.print(f"base {b['run_id']} ({Path(str(b['checkpoint_path'] or b['model'])).name}, step {_int(b['step'])})"
+                  f" vs candidate {c['run_id']} ({Path(str(c['checkpoint_path'] or c['model'])).name}, step"
+                  f" {_int(c['step'])}) on {b['dataset']}", highlight=False, soft_wrap=True)
+    pct = f"{100 * cmp.confidence:g}%"
+    t = Table(title=f"paired per-utterance deltas (candidate − base), {pct} bootstrap CI")
+    for col in ("kind", "name", "metric", "n", "base", "candidate", "delta", f"{pct} CI", "tol", "verdict"):
+        t.add_column(col, justify="right" if col in ("n", "base", "candidate", "delta", "tol") else "left")
+    for r in cmp.rows.itertuples(index=False):
+        t.add_row(r.kind, r.name, r.metric, str(r.n), _fmt(r.base), _fmt(r.candidate), _fmt(r.delta, 3),
+                  f"[{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]", _fmt(r.tolerance, 3), r.verdict,
+                  style=_VERDICT_STYLE.get(r.verdict, ""))
+    out.print(t)
+    if len(cmp.curves):
+        t = Table(title=f"curves (not significance-tested; regret at {_fmt(cmp.at_gmacs, 3)} GMAC/s)")
+        for col in ("readout", "policy", "t", "base", "candidate", "delta", "better", "verdict"):
+            t.add_column(col)
+        for r in cmp.curves.itertuples(index=False):
+            t.add_row(r.readout, r.policy, _fmt(r.t, 0), _fmt(r.base, 3), _fmt(r.candidate, 3), _fmt(r.delta, 3),
+                      r.better, r.verdict)
+        out.print(t)
+    for note in cmp.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    n_bad = len(cmp.regressions)
+    if n_bad:
+        console.print(f"[bold red]REGRESSION:[/] {n_bad} row(s) significantly worse beyond tolerance",
+                      highlight=False)
+        raise typer.Exit(1)
+    console.print("no significant regression beyond tolerance", highlight=False)
+
+
+# -- history ----------------------------------------------------------------------------------------
+@app.command()
+def history(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results root"),
+    model_glob: Optional[str] = typer.Option(None, "--model-glob",
+                                             help="only runs whose checkpoint path or name matches this glob"),
+    group: Optional[str] = typer.Option(None, "--group", help="test set: dataset name or fingerprint prefix"
+                                                              " (needed when runs cover several)"),
+    metric: str = typer.Option("si_snri", "--metric", "-m", help="comma list of metrics (as in compare)"),
+    policy: list[str] = typer.Option([], "--policy", "-p", help="also track these policy configurations"),
+    tolerance: str = typer.Option("0.1", help="smallest drop that counts (as in compare)"),
+    confidence: float = typer.Option(0.95, help="bootstrap confidence level"),
+    out_fig: Optional[Path] = typer.Option(None, "--out", "-o", help="write the figure here (PNG, PDF, SVG)"),
+    fail_on_regression: bool = typer.Option(False, help="exit code 1 when any step regressed"),
+) -> None:
+    """Metrics against training step over the checkpoints of one training run, regressions marked.
+
+    The group is the complete runs of one test set that carry a step in their checkpoint metadata,
+    one per step. Each step is compared with the previous one by the paired bootstrap (as in
+    `exitbench compare`); a significant drop beyond tolerance is marked REGRESSION (red circles in
+    the figure).
+    """
+    from exitbench.results.history import history as build, plot_history
+
+    hist = _policy_guard(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
+                                       confidence))
+    t = Table(title=f"history on {hist.dataset} ({hist.fingerprint[:12]}): {len(hist.runs)} step(s)")
+    for col in ("step", "run", "name", "metric", "mean", "Δ prev", "CI", "verdict"):
+        t.add_column(col, justify="right" if col in ("step", "mean", "Δ prev") else "left")
+    for r in hist.table.itertuples(index=False):
+        ci = "" if math.isnan(r.ci_low) else f"[{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]"
+        t.add_row(str(r.step), r.run_id[:10], r.name, r.metric, _fmt(r.mean), _fmt(r.delta, 3), ci,
+                  "REGRESSION" if r.regression else r.verdict, style="bold red" if r.regression else "")
+    out.print(t)
+    for note in hist.notes:
+        console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    if out_fig is not None:
+        path = guarded(lambda: plot_history(hist, out_fig))
+        console.print(f"figure: {path}", highlight=False)
+    for r in hist.regressions.itertuples(index=False):
+        console.print(f"[bold red]REGRESSION[/] at step {r.step} ({r.run_id}): {r.name} {r.metric}"
+                      f" {_fmt(r.delta, 3)} vs the previous step, CI [{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]",
+                      highlight=False, soft_wrap=True)
+    n_bad = len(hist.regressions)
+    console.print(f"{n_bad} regression(s)" if n_bad else "no regression", highlight=False)
+    if n_bad and fail_on_regression:
+        raise typer.Exit(1)
+
+
+# -- registry ---------------------------------------------------------------------------------------
+@app.command()
+def registry(
+    results: Path = typer.Option(Path("results"), "--results", "-r", help="results root"),
+    run: Optional[str] = typer.Option(None, help="run id prefix"),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", "-c",
+                                         help="checkpoint path, glob or sha256 prefix (repeatable: any of them)"),
+    step: Optional[str] = typer.Option(None, help="training step: N, A..B, A.. or ..B"),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="test-set name (glob allowed)"),
+    fingerprint: Optional[str] = typer.Option(None, help="test-set fingerprint prefix"),
+    since: Optional[str] = typer.Option(None, help="started on or after (ISO date or date-time, UTC)"),
+    until: Optional[str] = typer.Option(None, help="started on or before (a bare date includes that day)"),
+    harness_version: Optional[str] = typer.Option(None, help="exitbench version that recorded it (glob allowed)"),
+    schema_version: Optional[int] = typer.Option(None, help="only runs of this schema version"),
+    status: Optional[str] = typer.Option(None, help="running, complete or failed"),
+    any_schema: bool = typer.Option(False, "--any-schema", help="list runs of other schema versions too"),
+    csv: bool = typer.Option(False, help="print CSV (every manifest column) instead of a table"),
+) -> None:
+    """List and filter the runs of a results root: checkpoint, step, test set, date, version, status.
+
+    Refuses (exit code 2) to mix runs written with another schema version than this exitbench's,
+    unless --any-schema or --schema-version selects them.
+    """
+    import sys
+
+    from exitbench.results.registry import list_runs
+
+    df = guarded(lambda: list_runs(results, run=run, checkpoint=checkpoint or None, step=step, dataset=dataset,
+                                   fingerprint=fingerprint, since=since, until=until,
+                                   harness_version=harness_version, schema_version=schema_version,
+                                   status=status, any_schema=any_schema))
+    if csv:
+        sys.stdout.write(df.drop(columns=["started"]).to_csv(index=False))
+        return
+    t = Table(title=f"{len(df)} run(s) in {results}")
+    for c in ("run", "status", "checkpoint", "sha256", "step", "test set", "utts", "errors", "version",
+              "schema", "started"):
+        t.add_column(c, no_wrap=c in ("run", "started", "sha256"))
+    for r in df.itertuples(index=False):
+        t.add_row(r.run_id, r.status, Path(str(r.checkpoint_path or r.model)).name,
+                  str(r.checkpoint_sha256 or "")[:12], _int(r.step), r.dataset,
+                  _int(r.num_utterances), _int(r.num_errors),
+                  _fmt(r.harness_version), _int(r.schema_version), _fmt(r.started_at))
+    out.print(t)
