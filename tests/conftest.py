@@ -9,6 +9,13 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent / "plugins"))
 
+import torch  # noqa: E402
+
+# One intra-op thread for the whole session: small tensors on a shared two-core machine run faster
+# and steadier so, and raising the count again later trips an MKL bug in batched float64 solves
+# (torch 2.13 CPU: "Pivots given to lu_solve must all be greater or equal to 1").
+torch.set_num_threads(1)
+
 from exitbench.harness.local import LocalExecutor  # noqa: E402
 from exitbench.harness.runner import execute, prepare  # noqa: E402
 from exitbench.harness.spec import RecordSettings, RunSpec  # noqa: E402

@@ -30,13 +30,6 @@ BROKEN_EXIT = 2  # the candidate's exit3 decoder outputs silence: a real, determ
 # (the deepest exit, which fixes the source permutation of every level, is left intact)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two oversubscribed torch threads are 5-15x slower than one on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

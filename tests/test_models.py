@@ -13,13 +13,6 @@ from exitbench.models.registry import resolve_model
 from exitbench.models.slimdemucs import build_slimdemucs, frame_select
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # small tensors on a shared two-core machine: one intra-op thread is faster and steadier
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -121,7 +121,7 @@ def test_a_model_that_raises_gives_error_rows_on_ray(ray_session, tmp_path):
 def test_ctrl_c_leaves_nothing_partial_visible(tmp_path):
     """SIGINT to a real `exitbench run --executor ray`: finished shards kept, no partial file readable."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
-    cmd = [sys.executable, "-m", "exitbench.harness.cli", "run", "--executor", "ray", "--workers", "1",
+    cmd = [sys.executable, "-m", "exitbench", "run", "--executor", "ray", "--workers", "1",
            "--dataset", "synthetic", "--dataset-opt", "num_utterances=40", "--shard-size", "1",
            "--metrics", "stoi", "-r", str(tmp_path), "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

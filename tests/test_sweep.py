@@ -54,13 +54,6 @@ name = "router"
 OPTIONS = (("num_utterances", "4"), ("seconds", "0.5"))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two oversubscribed torch threads are 5-15x slower than one on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

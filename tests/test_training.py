@@ -18,13 +18,6 @@ from exitbench.models.train import load_config, train
 from exitbench.models.training_data import fixed_set, load_pool, make_example
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # two cores shared with other jobs: one intra-op thread is several times faster here
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def test_nll_is_multivariate_student_t():

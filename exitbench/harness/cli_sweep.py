@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from exitbench.harness.cli import app, console, fail, guarded, out
+from exitbench.harness.cli_policies import guarded_policy
 
 _VERDICT_STYLE = {"worse": "bold red", "better": "green", "same": "", "n/a": "dim"}
 
@@ -28,18 +29,6 @@ def _int(v: Any) -> str:
         return "-" if v is None or v != v else str(int(v))
     except (TypeError, ValueError):
         return str(v)
-
-
-def _policy_guard(fn: Any) -> Any:
-    """``guarded`` that also turns policy/recording mismatches and bad specs into one line."""
-    from exitbench.policies import PolicyError, RecordingError
-
-    def wrapped() -> Any:
-        try:
-            return fn()
-        except (PolicyError, RecordingError) as exc:
-            raise ValueError(str(exc)) from None
-    return guarded(wrapped)
 
 
 # -- sweep ------------------------------------------------------------------------------------------
@@ -91,7 +80,7 @@ def sweep(
         console.print(f"[yellow]{msg}[/]" if "skipping" in msg or "failed" in msg else msg, highlight=False,
                       soft_wrap=True)
 
-    report = _policy_guard(lambda: run_sweep(sp, root, record_fn, log))
+    report = guarded_policy(lambda: run_sweep(sp, root, record_fn, log))
     t = Table(title=f"recordings in {root}")
     for c in ("checkpoint", "step", "test set", "run", "status", "errors"):
         t.add_column(c)
@@ -160,7 +149,7 @@ def compare(
                             confidence=confidence, resamples=resamples, seed=seed, targets=ts,
                             at_gmacs=at_gmacs, curves=not no_curves)
 
-    cmp = _policy_guard(go)
+    cmp = guarded_policy(go)
     b, c = cmp.base, cmp.candidate
     console.print(f"base {b['run_id']} ({Path(str(b['checkpoint_path'] or b['model'])).name}, step {_int(b['step'])})"
                   f" vs candidate {c['run_id']} ({Path(str(c['checkpoint_path'] or c['model'])).name}, step"
@@ -216,7 +205,7 @@ def history(
     """
     from exitbench.results.history import history as build, plot_history
 
-    hist = _policy_guard(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
+    hist = guarded_policy(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
                                        confidence))
     t = Table(title=f"history on {hist.dataset} ({hist.fingerprint[:12]}): {len(hist.runs)} step(s)")
     for col in ("step", "run", "name", "metric", "mean", "Δ prev", "CI", "verdict"):

@@ -23,13 +23,18 @@ def si_snr_from_sums(n: ArrayLike, sum_est: ArrayLike, sum_ref: ArrayLike, e_est
                      dot: ArrayLike, eps: float = DEFAULT_EPS) -> np.ndarray:
     """SI-SNR (dB) with the zero-mean corrections D, E, F: 10·log10(D² / (E·F − D²)); NaN where E ≤ 0."""
     n, sum_est, sum_ref, e_est, e_ref, dot = _f64(n, sum_est, sum_ref, e_est, e_ref, dot)
-    d = dot - sum_est * sum_ref / n
-    e = e_ref - sum_ref**2 / n
-    f = e_est - sum_est**2 / n
+    d = sum_est * (sum_ref / n)
+    np.subtract(dot, d, out=d)  # D; in place because sweeps call this on large arrays
+    e = e_ref - sum_ref * sum_ref / n
+    f = sum_est * (sum_est / n)
+    np.subtract(e_est, f, out=f)
+    f *= e
+    d *= d
     # D²/E is the target energy and F − D²/E the residual energy of the projection; E·F − D² ≥ 0 by
     # Cauchy–Schwarz, so a negative value is rounding and is floored inside energy_ratio_db
+    f -= d
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = energy_ratio_db(d * d, e * f - d * d, eps)
+        out = energy_ratio_db(d, f, eps)
     return np.where(e > 0, out, np.nan)
 
 
@@ -76,9 +81,15 @@ def true_exit_snr_db(n: ArrayLike, e_ref: ArrayLike, e_est: ArrayLike, e_mix: Ar
                      dot_mix_ref: ArrayLike, p_ref: ArrayLike, *, source_axis: int,
                      eps: float = DEFAULT_EPS) -> np.ndarray:
     """True exit-SNR (dB): 10·log10 of min over sources (source_axis) of max(snr, snri, snr_ref)."""
-    r = exit_snr_ratios(n, e_ref, e_est, e_mix, dot_est_ref, dot_mix_ref, p_ref, eps)
-    best = np.maximum(np.maximum(r["snr"], r["snri"]), r["snr_ref"])
-    worst_source = np.min(best, axis=source_axis)
+    n, e_ref, e_est, e_mix, dot_est_ref, dot_mix_ref, p_ref = _f64(
+        n, e_ref, e_est, e_mix, dot_est_ref, dot_mix_ref, p_ref)
+    err = np.maximum(e_ref - 2.0 * dot_est_ref + e_est, _TINY)
+    ref_minus_mix = np.maximum(e_ref - 2.0 * dot_mix_ref + e_mix, 0.0)
+    # the three ratios share one denominator, so their max is the largest numerator over it
+    best = np.maximum(np.maximum(np.maximum(e_ref, 0.0), ref_minus_mix), n * np.maximum(p_ref, 0.0))
+    with np.errstate(over="ignore"):
+        r = np.clip(best / err, 0.0, 1.0 / eps)
+    worst_source = np.min(r, axis=source_axis)
     with np.errstate(divide="ignore"):
         out = 10.0 * np.log10(worst_source)
     return np.maximum(out, 10.0 * np.log10(eps))

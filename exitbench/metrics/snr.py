@@ -22,15 +22,20 @@ _TINY = np.finfo(np.float64).tiny
 def energy_ratio_db(signal_energy: ArrayLike, error_energy: ArrayLike,
                     eps: float = DEFAULT_EPS) -> np.ndarray:
     """10·log10(signal/error) with the error floored at eps·signal and the result clipped to ±10·log10(1/eps)."""
-    num = np.asarray(signal_energy, dtype=np.float64)
-    den = np.asarray(error_energy, dtype=np.float64)
-    num = np.maximum(num, 0.0)  # energies: a tiny negative is rounding, not information
+    sig = np.asarray(signal_energy, dtype=np.float64)
+    err = np.asarray(error_energy, dtype=np.float64)
+    out = np.empty(np.broadcast_shapes(sig.shape, err.shape))
+    np.maximum(sig, 0.0, out=out)  # energies: a tiny negative is rounding, not information
     # floor the error so that cancellation noise around a perfect estimate cannot blow up the ratio
-    den = np.maximum(np.maximum(den, eps * num), _TINY)
+    den = np.asarray(np.maximum(err, eps * out))  # 0-d inputs give a scalar; keep an array to write into
+    np.maximum(den, _TINY, out=den)
+    # in place throughout: policy sweeps call this on [utterances, sources, thresholds] arrays
+    np.divide(out, den, out=out)
     with np.errstate(divide="ignore"):
-        out = 10.0 * np.log10(num / den)
+        np.log10(out, out=out)
+    out *= 10.0
     limit = -10.0 * np.log10(eps)
-    return np.clip(out, -limit, limit)
+    return np.clip(out, -limit, limit, out=out)
 
 
 def _as_pair(est: np.ndarray, ref: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from exitbench.policies import stats as _stats
+from exitbench.metrics.composite import true_exit_snr_db
 
 #: the summed statistics of DESIGN §4, each [K, L, S] float64
 STAT_COLUMNS = ("sum_ref", "sum_est", "sum_mix", "e_ref", "e_est", "e_mix",
@@ -148,12 +148,12 @@ class BlockArrays:
             n = self.n[:, None, None].astype(np.float64)
             p = self.p_ref[:, None, None]
             st = self.stats
-            out = _stats.exit_snr_db(n, st["e_ref"], st["e_est"], st["e_mix"], st["dot_est_ref"],
-                                     st["dot_mix_ref"], p)
+            out = true_exit_snr_db(n, st["e_ref"], st["e_est"], st["e_mix"], st["dot_est_ref"],
+                                   st["dot_mix_ref"], p, source_axis=-1)
             if self.dynamic is not None:
                 d = self.dynamic.stats
-                dyn = _stats.exit_snr_db(n[:, 0], d["e_ref"], d["e_est"], d["e_mix"], d["dot_est_ref"],
-                                         d["dot_mix_ref"], p[:, 0])
+                dyn = true_exit_snr_db(n[:, 0], d["e_ref"], d["e_est"], d["e_mix"], d["dot_est_ref"],
+                                       d["dot_mix_ref"], p[:, 0], source_axis=-1)
                 out = np.concatenate([out, dyn[:, None]], axis=1)
             self._cache["exit_snr"] = out
         return self._cache["exit_snr"]

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from exitbench.policies import stats as _stats
+from exitbench.metrics.composite import si_snr_from_sums, snr_from_sums
 from exitbench.policies.arrays import LEVEL_STATS, BlockArrays
 from exitbench.policies.base import PolicyError
 
@@ -74,8 +74,8 @@ def mixture_metrics(arrays: BlockArrays) -> dict[str, np.ndarray]:
              for name in ("sum_ref", "sum_mix", "e_ref", "e_mix", "dot_mix_ref")}
         n = arrays.utt_samples[:, None].astype(np.float64)
         arrays._cache["mixture_metrics"] = {
-            "si_snr": _stats.si_snr_db(n, s["sum_mix"], s["sum_ref"], s["e_mix"], s["e_ref"], s["dot_mix_ref"]),
-            "snr": _stats.snr_db(s["e_mix"], s["e_ref"], s["dot_mix_ref"]),
+            "si_snr": si_snr_from_sums(n, s["sum_mix"], s["sum_ref"], s["e_mix"], s["e_ref"], s["dot_mix_ref"]),
+            "snr": snr_from_sums(s["e_mix"], s["e_ref"], s["dot_mix_ref"]),
         }
     return arrays._cache["mixture_metrics"]
 
@@ -99,8 +99,8 @@ def composite_from_sums(arrays: BlockArrays, sum_est: np.ndarray, e_est: np.ndar
     extra = (slice(None), slice(None)) + (None,) * (sum_est.ndim - 2)
     n = arrays.utt_samples[rows].astype(np.float64)[(slice(None), None) + (None,) * (sum_est.ndim - 2)]
     sum_ref, e_ref = ref["sum_ref"][rows][extra], ref["e_ref"][rows][extra]
-    si = _stats.si_snr_db(n, sum_est, sum_ref, e_est, e_ref, dot_est_ref)
-    snr = _stats.snr_db(e_est, e_ref, dot_est_ref)
+    si = si_snr_from_sums(n, sum_est, sum_ref, e_est, e_ref, dot_est_ref)
+    snr = snr_from_sums(e_est, e_ref, dot_est_ref)
     return {"si_snr": si, "si_snri": si - mix["si_snr"][rows][extra], "snr": snr,
             "snri": snr - mix["snr"][rows][extra]}
 

@@ -1,0 +1,173 @@
+"""Harness benchmarks (issue 6): overhead, a sequential asteroid-style baseline, worker scaling, memory.
+
+Every figure is a ratio against a baseline measured in the same script on the same data:
+
+    python benchmarks/bench_harness.py overhead   # exitbench run (metrics off) vs a bare forward loop
+    python benchmarks/bench_harness.py asteroid   # exitbench (Ray, all metrics) vs a sequential recipe loop
+    python benchmarks/bench_harness.py scaling    # Ray executor with 1 vs 2 model workers
+    python benchmarks/bench_harness.py memory --n 300   # peak RSS of driver and workers (then --n 3000)
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import threading
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from exitbench.datasets.synthetic import SyntheticMixtures
+from exitbench.harness.local import LocalExecutor
+from exitbench.harness.ray_executor import RayExecutor, ensure_ray
+from exitbench.harness.runner import execute, prepare
+from exitbench.harness.spec import RecordSettings, RunSpec
+from exitbench.models.registry import resolve_model
+
+
+def spec(n: int, seconds: float, metrics: tuple[str, ...], shard: int = 8) -> RunSpec:
+    return RunSpec("press-s", "synthetic", (("num_utterances", str(n)), ("seconds", str(seconds))),
+                   RecordSettings(metrics=metrics, shard_size=shard))
+
+
+def timed(fn) -> tuple[float, object]:
+    t0 = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t0, out
+
+
+def bare_loop(n: int, seconds: float) -> float:
+    """Load each utterance and run every level, nothing else."""
+    model = resolve_model("press-s").model
+    ts = SyntheticMixtures(num_utterances=n, seconds=seconds)
+
+    def go() -> None:
+        with torch.inference_mode():
+            for utt_id in ts.ids():
+                model.forward_all(torch.from_numpy(ts.load(utt_id).mixture))
+    return timed(go)[0]
+
+
+def overhead(args: argparse.Namespace) -> None:
+    torch.set_num_threads(1)  # the same thread count as one Ray model actor
+    n, sec = args.n, args.seconds
+    base = min(bare_loop(n, sec) for _ in range(args.repeat))
+    local = min(timed(lambda: execute(prepare(spec(n, sec, ())), tempfile.mkdtemp(), LocalExecutor()))[0]
+                for _ in range(args.repeat))
+    ensure_ray()
+    ray_t = min(timed(lambda: execute(prepare(spec(n, sec, ())), tempfile.mkdtemp(), RayExecutor(workers=1)))[0]
+                for _ in range(args.repeat))
+    print(f"| {n} utterances x {sec:g} s, metrics off | seconds | ratio to bare loop |")
+    print("| --- | --- | --- |")
+    print(f"| bare forward loop (1 thread) | {base:.2f} | 1.00 |")
+    print(f"| exitbench run --executor local | {local:.2f} | {local / base:.2f} |")
+    print(f"| exitbench run --executor ray, 1 worker (Ray already up) | {ray_t:.2f} | {ray_t / base:.2f} |")
+
+
+def asteroid_loop(n: int, seconds: float) -> float:
+    """The sequential recipe: one utterance at a time, every exit, mir_eval SDR + PESQ + STOI in the loop."""
+    from mir_eval.separation import bss_eval_sources
+    from pesq import pesq
+    from pystoi import stoi
+
+    model = resolve_model("press-s").model
+    ts = SyntheticMixtures(num_utterances=n, seconds=seconds)
+
+    def go() -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            for utt_id in ts.ids():
+                utt = ts.load(utt_id)
+                with torch.inference_mode():
+                    est = model.forward_all(torch.from_numpy(utt.mixture)).estimates.numpy().astype(np.float64)
+                ref = utt.sources.astype(np.float64)
+                for level in range(est.shape[0]):
+                    sdr, _, _, perm = bss_eval_sources(ref, est[level])
+                    for s in range(ref.shape[0]):
+                        e = est[level][perm[s]]
+                        pesq(8000, ref[s], e, "nb")
+                        stoi(ref[s], e, 8000)
+                        stoi(ref[s], e, 8000, extended=True)
+    return timed(go)[0]
+
+
+def asteroid(args: argparse.Namespace) -> None:
+    n, sec = args.n, args.seconds
+    base = asteroid_loop(n, sec)
+    ensure_ray()
+    ours = timed(lambda: execute(prepare(spec(n, sec, ("sdr", "pesq", "stoi"), shard=4)), tempfile.mkdtemp(),
+                                 RayExecutor()))[0]
+    print(f"| {n} utterances x {sec:g} s, every exit, SDR+PESQ+STOI+ESTOI | seconds | speed-up |")
+    print("| --- | --- | --- |")
+    print(f"| sequential recipe loop (mir_eval in the loop) | {base:.2f} | 1.00 |")
+    print(f"| exitbench run --executor ray (defaults, fast-bss-eval) | {ours:.2f} | {base / ours:.2f} |")
+
+
+def scaling(args: argparse.Namespace) -> None:
+    n, sec = args.n, args.seconds
+    ensure_ray()
+    rows = []
+    for workers in (1, 2):
+        t = timed(lambda: execute(prepare(spec(n, sec, ())), tempfile.mkdtemp(),
+                                  RayExecutor(workers=workers)))[0]
+        rows.append((workers, t))
+    print(f"| {n} utterances x {sec:g} s, metrics off | seconds | speed-up |")
+    print("| --- | --- | --- |")
+    for w, t in rows:
+        print(f"| {w} model worker(s) | {t:.2f} | {rows[0][1] / t:.2f} |")
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS per Ray worker process (by pid), sampled every 0.2 s."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peaks: dict[int, tuple[str, int]] = {}
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        while not self.stop.is_set():
+            for p in psutil.process_iter(["pid", "name", "cmdline"]):
+                try:
+                    name = " ".join(p.info["cmdline"] or [])[:40]
+                    if name.startswith("ray::"):
+                        rss = p.memory_info().rss
+                        prev = self.peaks.get(p.pid, (name, 0))
+                        self.peaks[p.pid] = (name, max(prev[1], rss))
+                except Exception:
+                    pass
+            self.stop.wait(0.2)
+
+
+def memory(args: argparse.Namespace) -> None:
+    ensure_ray()
+    # one size per process: ru_maxrss is the peak over the process's whole life
+    for n in (args.n,):
+        sampler = RssSampler()
+        sampler.start()
+        t = timed(lambda: execute(prepare(spec(n, 0.5, (), shard=16)), tempfile.mkdtemp(),
+                                  RayExecutor(workers=1)))[0]
+        sampler.stop.set()
+        sampler.join()
+        driver = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        worker = max((v[1] for v in sampler.peaks.values()), default=0) / 2**20
+        print(f"| {n} | {driver:.0f} | {worker:.0f} | {t:.1f} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory"])
+    p.add_argument("--n", type=int, default=24, help="utterances")
+    p.add_argument("--seconds", type=float, default=3.0, help="mean utterance length")
+    p.add_argument("--repeat", type=int, default=2)
+    args = p.parse_args()
+    {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory}[args.what](args)
+
+
+if __name__ == "__main__":
+    main()
