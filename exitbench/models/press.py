@@ -189,8 +189,9 @@ class PressModel(ExitModel):
         c = self.config
         fc, h, p, k, s, S = (c["enc_channels"], c["hidden"], c["block_hidden"], c["enc_kernel"],
                              c["enc_stride"], c["num_sources"])
-        per_frame = fc * k + fc * h + h * S * h  # encoder, bottleneck, split
-        block = h * p + p * c["kernel_size"] + p * h
+        # channel norms take their statistics with two GEMVs of C MACs each (layers.ChannelNorm)
+        per_frame = fc * k + 2 * fc + fc * h + h * S * h  # encoder, bottleneck (norm + 1x1), split
+        block = h * p + 2 * (2 * p) + p * c["kernel_size"] + p * h
         per_frame += S * (l + 1) * c["blocks_per_exit"] * block
         per_frame += S * (h * fc + fc * k)  # mask and transposed-conv decoder of exit l
         per_block = S * (l + 1) * self.module.var_heads[0].macs_per_block()
