@@ -191,3 +191,30 @@ def test_slim_levels_share_one_weight_set_and_cost_grows(slim):
     unused = sum(p.numel() for p in slim.module.router.parameters())
     unused += sum(sum(p.numel() for p in h.parameters()) for h in slim.module.var_heads[:-1])
     assert params[-1] == slim.num_parameters() - unused
+
+
+def test_recalibration_is_identity_at_one_and_keeps_mean_variance_non_increasing():
+    from exitbench.models.layers import recalibrate
+
+    torch.manual_seed(3)
+    alpha = 2.0 + torch.rand(4, 2, 5).cumsum(0)
+    mean = torch.rand(4, 2, 5).add(0.1).flip(0).cumprod(0)  # non-increasing over levels
+    beta = mean * (alpha - 1)
+    a1, b1 = recalibrate(alpha, beta, {"shape": [1.0] * 4, "scale": [1.0] * 4}, monotone=True)
+    torch.testing.assert_close((a1, b1), (alpha, beta))
+    a2, b2 = recalibrate(alpha, beta, {"shape": [0.5, 1, 1, 2], "scale": [1.0, 3.0, 1.0, 9.0]}, monotone=True)
+    assert (a2 > 1).all()
+    m2 = b2 / (a2 - 1)
+    assert (m2[1:] <= m2[:-1] + 1e-6).all()
+    torch.testing.assert_close(m2[0], mean[0])
+
+
+def test_checkpoint_metadata_with_numpy_scalars_loads_with_weights_only(tmp_path):
+    import numpy as np
+
+    from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
+
+    save_checkpoint(tmp_path / "c.pt", "press", {"scale": [np.float64(1.5)]}, {"w": torch.ones(2)},
+                    {"ks": np.float32(0.25), "step": np.int64(7)})
+    ck = load_checkpoint(tmp_path / "c.pt")
+    assert ck.config["scale"] == [1.5] and ck.step == 7 and abs(ck.metadata["ks"] - 0.25) < 1e-6

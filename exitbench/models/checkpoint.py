@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -50,13 +51,18 @@ def file_sha256(path: str | os.PathLike) -> str:
 def save_checkpoint(path: str | os.PathLike, architecture: str, config: dict[str, Any],
                     state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> str:
     """Write a checkpoint atomically (temporary file, then rename); returns its sha256."""
+    def plain(obj: dict[str, Any]) -> dict[str, Any]:
+        # plain JSON types only: checkpoints are read back with torch.load(weights_only=True),
+        # which refuses numpy scalars and other objects
+        return json.loads(json.dumps(obj, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
+
     payload = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "architecture": architecture,
-        "config": dict(config),
+        "config": plain(dict(config)),
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in state_dict.items()},
-        "metadata": dict(metadata or {}),
+        "metadata": plain(dict(metadata or {})),
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
@@ -86,7 +92,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         payload = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt files
-        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {exc}") from exc
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be read: {first}") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{str(path)!r} is not an exitbench checkpoint (no format={FORMAT!r} key)")
     if payload.get("format_version", 0) > FORMAT_VERSION:

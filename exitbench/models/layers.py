@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -112,3 +113,22 @@ def accumulate_inverse_gamma(raw: list[torch.Tensor], ref_power: torch.Tensor, a
         alphas.append(alpha)
         betas.append(mean * (alpha - 1.0))
     return torch.stack(alphas, -2), torch.stack(betas, -2)
+
+
+def recalibrate(alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,
+                monotone: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Post-hoc per-level recalibration of inverse-gamma predictions ``[L, S, B]``.
+
+    With ``shape[l]`` and ``scale[l]`` fitted on held-out data (scripts/recalibrate.py):
+    alpha' = 1 + shape[l]·(alpha − 1) (confidence) and E'[sigma^2] = scale[l]·E[sigma^2] (level).
+    ``monotone`` keeps the predicted mean variance non-increasing across levels (PRESS's property).
+    """
+    if not calibration:
+        return alpha, beta
+    shape = torch.as_tensor(calibration["shape"], dtype=alpha.dtype, device=alpha.device)[:, None, None]
+    scale = torch.as_tensor(calibration["scale"], dtype=alpha.dtype, device=alpha.device)[:, None, None]
+    mean = beta / (alpha - 1.0) * scale
+    if monotone:
+        mean = torch.cummin(mean, dim=0).values
+    alpha = 1.0 + shape * (alpha - 1.0)
+    return alpha, mean * (alpha - 1.0)

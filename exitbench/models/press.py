@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (ChannelNorm, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.layers import (ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -53,6 +53,7 @@ DEFAULTS: dict[str, Any] = {
     "num_exits": 4,
     "var_hidden": 32,
     "alpha_min": 2.0,
+    "calibration": None,  # {"shape": [...], "scale": [...]} per level, fitted post hoc
 }
 
 
@@ -181,7 +182,8 @@ class PressModel(ExitModel):
             raise ValueError(f"forward_all takes a mono mixture [N], got shape {tuple(mixture.shape)}")
         with torch.no_grad():
             out = self.module(mixture.to(self.device, torch.float32)[None])
-        return LevelOutputs(estimates=out["estimates"][0], alpha=out["alpha"][0], beta=out["beta"][0])
+        alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], self.config["calibration"], monotone=True)
+        return LevelOutputs(estimates=out["estimates"][0], alpha=alpha, beta=beta)
 
     def macs_per_sample(self, level: int | str) -> float:
         """Trunk to exit l + variance heads 0..l + decoder of exit l, per input sample (long-input limit)."""

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exitbench.models.base import DynamicOutput, ExitModel, LevelOutputs
-from exitbench.models.layers import (InvGammaHead, accumulate_inverse_gamma, block_mean, block_power,
+from exitbench.models.layers import (InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
                                      frame_block_index, num_blocks)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -52,6 +52,7 @@ DEFAULTS: dict[str, Any] = {
     "router_hop": 400,
     "var_hidden": 32,
     "alpha_min": 2.0,
+    "calibration": None,  # {"shape": [...], "scale": [...]} per level, fitted post hoc
     "normalize": True,
     "floor": 1e-3,
 }
@@ -269,6 +270,7 @@ class SlimDemucsModel(ExitModel):
         with torch.no_grad():
             out = self.module(mixture.to(self.device, torch.float32)[None])
         logits = out["router_logits"][0]  # [F, L]
+        alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], self.config["calibration"], monotone=False)
         choice = logits.argmax(-1)
         onehot = F.one_hot(choice, self.num_levels).to(logits.dtype)
         est = out["estimates"][0]  # [L, 1, N]
@@ -287,7 +289,7 @@ class SlimDemucsModel(ExitModel):
         macs += block_len[:, 0] * self.router_macs_per_sample()
         block_logits = block_mean(logits.transpose(0, 1), block_of_frame, b).transpose(0, 1)
         return LevelOutputs(
-            estimates=est, alpha=out["alpha"][0], beta=out["beta"][0], router_logits=block_logits,
+            estimates=est, alpha=alpha, beta=beta, router_logits=block_logits,
             dynamic=DynamicOutput(estimates=dyn, macs=macs, level_share=share / block_len),
         )
 
