@@ -15,7 +15,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from exitbench.policies import stats as _stats
+from exitbench.metrics.composite import si_snr_from_sums, snr_from_sums
 from exitbench.policies.arrays import BlockArrays
 from exitbench.policies.builtin import DEFAULT_P_GRID, DEFAULT_TARGETS
 from exitbench.policies.probability import level_probabilities
@@ -41,8 +41,8 @@ def pandas_baseline(arrays: BlockArrays, t: float, thresholds: list[float]) -> t
     utt = pd.DataFrame({"n": arrays.utt_samples,
                         **{name: np.add.reduceat(arrays.stats[name][:, 0, 0], arrays.utt_starts)
                            for name in ("sum_ref", "e_ref", "sum_mix", "e_mix", "dot_mix_ref")}})
-    utt["si_mix"] = _stats.si_snr_db(utt.n, utt.sum_mix, utt.sum_ref, utt.e_mix, utt.e_ref, utt.dot_mix_ref)
-    utt["snr_mix"] = _stats.snr_db(utt.e_mix, utt.e_ref, utt.dot_mix_ref)
+    utt["si_mix"] = si_snr_from_sums(utt.n, utt.sum_mix, utt.sum_ref, utt.e_mix, utt.e_ref, utt.dot_mix_ref)
+    utt["snr_mix"] = snr_from_sums(utt.e_mix, utt.e_ref, utt.dot_mix_ref)
     setup = time.perf_counter() - t0
     rows = []
     t1 = time.perf_counter()
@@ -50,8 +50,8 @@ def pandas_baseline(arrays: BlockArrays, t: float, thresholds: list[float]) -> t
         ok = long[(long.P >= p) | (long.level == lv - 1)]
         chosen = ok.drop_duplicates("blk", keep="first")  # rows are sorted by (block, level)
         g = chosen.groupby("utt")[["macs", "sum_est", "e_est", "dot_est_ref"]].sum().join(utt)
-        si = _stats.si_snr_db(g.n, g.sum_est, g.sum_ref, g.e_est, g.e_ref, g.dot_est_ref) - g.si_mix
-        sn = _stats.snr_db(g.e_est, g.e_ref, g.dot_est_ref) - g.snr_mix
+        si = si_snr_from_sums(g.n, g.sum_est, g.sum_ref, g.e_est, g.e_ref, g.dot_est_ref) - g.si_mix
+        sn = snr_from_sums(g.e_est, g.e_ref, g.dot_est_ref) - g.snr_mix
         rows.append({"p": p, "gmacs": (g.macs / g.n * arrays.sample_rate / 1e9).mean(),
                      "regret": np.maximum(0.0, t - chosen.exit_snr).mean(), "si_snri": si.mean(), "snri": sn.mean()})
     return pd.DataFrame(rows), setup, (time.perf_counter() - t1) / len(thresholds)

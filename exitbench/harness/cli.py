@@ -29,7 +29,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped
 
 #: errors that mean 'bad input': one red line, exit code 2, no traceback
 USER_ERRORS: tuple[type[BaseException], ...] = (DatasetError, CheckpointError, PluginError, UtteranceError,
