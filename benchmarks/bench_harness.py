@@ -6,6 +6,7 @@ Every figure is a ratio against a baseline measured in the same script on the sa
     python benchmarks/bench_harness.py asteroid   # exitbench (Ray, all metrics) vs a sequential recipe loop
     python benchmarks/bench_harness.py scaling    # Ray executor with 1 vs 2 model workers
     python benchmarks/bench_harness.py memory --n 300   # peak RSS of driver and workers (then --n 3000)
+    python benchmarks/bench_harness.py gpu --n 3000 --seconds 5   # on a GPU machine with Ray installed
 """
 
 from __future__ import annotations
@@ -159,14 +160,69 @@ def memory(args: argparse.Namespace) -> None:
         print(f"| {n} | {driver:.0f} | {worker:.0f} | {t:.1f} |")
 
 
+class GpuSampler(threading.Thread):
+    """Mean GPU utilisation from nvidia-smi, sampled every second."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.samples: list[float] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        import subprocess
+
+        while not self.stop.is_set():
+            try:
+                out = subprocess.run(["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                                     capture_output=True, text=True, timeout=5).stdout
+                self.samples.append(float(out.split()[0]))
+            except Exception:
+                pass
+            self.stop.wait(1.0)
+
+
+def gpu(args: argparse.Namespace) -> None:
+    """A WSJ0-2mix-sized set (default 3000 x ~5 s at 8 kHz), every metric at every level, on one GPU.
+
+    The floor is the CPU time of PESQ + STOI + SDR (measured on 20 utterances, scaled) over the cores.
+    """
+    import os
+
+    from exitbench.harness.record import forward_utterance, utterance_metrics
+
+    n, sec = args.n, args.seconds
+    model = resolve_model("press-s").model.to("cuda")
+    probe = SyntheticMixtures(num_utterances=20, seconds=sec)
+    cpu = 0.0
+    for utt in probe:
+        rec = forward_utterance(model, utt)
+        t0 = time.process_time()
+        utterance_metrics(rec, RecordSettings())
+        cpu += time.process_time() - t0
+    floor = cpu / 20 * n / os.cpu_count()
+    ensure_ray()
+    sampler = GpuSampler()
+    sampler.start()
+    wall = timed(lambda: execute(prepare(spec(n, sec, ("sdr", "pesq", "stoi"), shard=16)), tempfile.mkdtemp(),
+                                 RayExecutor()))[0]
+    sampler.stop.set()
+    util = float(np.mean(sampler.samples)) if sampler.samples else float("nan")
+    print(f"| {n} mixtures x ~{sec:g} s, every metric at every level | value |")
+    print("| --- | --- |")
+    print(f"| wall time (s) | {wall:.1f} |")
+    print(f"| metric floor: CPU time of PESQ+STOI+SDR / {os.cpu_count()} cores (s) | {floor:.1f} |")
+    print(f"| wall / floor (goal <= 1.5) | {wall / floor:.2f} |")
+    print(f"| mean GPU utilisation (%) | {util:.0f} |")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory"])
+    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory", "gpu"])
     p.add_argument("--n", type=int, default=24, help="utterances")
     p.add_argument("--seconds", type=float, default=3.0, help="mean utterance length")
     p.add_argument("--repeat", type=int, default=2)
     args = p.parse_args()
-    {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory}[args.what](args)
+    {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory, "gpu": gpu}[args.what](args)
 
 
 if __name__ == "__main__":
