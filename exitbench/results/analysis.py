@@ -422,6 +422,17 @@ def _utterance_arrays(root: Root, run_id: str, utt_id: str) -> BlockArrays:
     return BlockArrays.from_arrow(table, shape["num_levels"], shape["sample_rate"], shape["has_dynamic"])
 
 
+def _checked_policy(arrays: BlockArrays, run_id: str, policy_spec: str | None, t: float) -> Any:
+    """The named policy (or the default for this recording), checked against what was recorded."""
+    spec = policy_spec or default_policy(arrays, t)
+    try:
+        policy = parse_policy(spec)
+        policy.check_requirements(arrays)
+    except PolicyError as exc:
+        raise AnalysisError(f"policy {spec!r} on run {run_id}: {exc}") from None
+    return policy
+
+
 def exit_map(root: Root, run_id: str, utt_id: str, policy_spec: str | None = None,
              t: float = 15.0, seed: int = 0) -> pd.DataFrame:
     """Per block of one utterance: the level a policy chooses and the exit-SNR there (and at every level).
@@ -431,12 +442,7 @@ def exit_map(root: Root, run_id: str, utt_id: str, policy_spec: str | None = Non
     them on this utterance alone gives the same choices as over the whole run (``uniform`` draws differ).
     """
     arrays = _utterance_arrays(root, run_id, utt_id)
-    spec = policy_spec or default_policy(arrays, t)
-    try:
-        policy = parse_policy(spec)
-        policy.check_requirements(arrays)
-    except PolicyError as exc:
-        raise AnalysisError(f"policy {spec!r} on run {run_id}: {exc}") from None
+    policy = _checked_policy(arrays, run_id, policy_spec, t)
     target = float(policy.values.get("t", t))
     per_block, _ = replay(arrays, policy(arrays, seed), target)
     names = _level_names(root, run_id)
@@ -480,12 +486,7 @@ def utilization(root: Root, run_id: str, policy_spec: str | None = None, t: floa
         source = "dynamic"
     else:
         arrays = load_block_arrays(root, run_id)
-        spec = policy_spec or default_policy(arrays, t)
-        try:
-            policy = parse_policy(spec)
-            policy.check_requirements(arrays)
-        except PolicyError as exc:
-            raise AnalysisError(f"policy {spec!r} on run {run_id}: {exc}") from None
+        policy = _checked_policy(arrays, run_id, policy_spec, t)
         per_block, per_utt = replay(arrays, policy(arrays, seed), float(policy.values.get("t", t)))
         blocks = per_block.assign(frac=per_block["level"] / max(arrays.num_levels - 1, 1))
         lvl = blocks.groupby("utt_id", observed=True)["frac"].mean().rename("mean_level").reset_index()

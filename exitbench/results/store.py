@@ -179,8 +179,12 @@ class ResultStore:
                 p.unlink(missing_ok=True)
 
     def drop_staging(self, run_id: str) -> None:
-        """Remove a run's shards once compacted."""
+        """Remove a run's shards once compacted (and the staging folder once empty)."""
         shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
+        try:
+            self.staging_dir(run_id).parent.rmdir()
+        except OSError:
+            pass  # other runs are still staging here
 
     def delete_run(self, run_id: str) -> None:
         """Remove every table partition of a run (used by --force)."""
