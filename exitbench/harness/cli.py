@@ -20,6 +20,7 @@ from exitbench.harness.spec import ALL_METRICS, RecordSettings, RunSpec
 from exitbench.models.checkpoint import CheckpointError
 from exitbench.models.registry import DEFAULT_MODEL
 from exitbench.plugins import PluginError
+from exitbench.results.store import ResultStore
 
 app = typer.Typer(
     help="exitbench: record dynamic-compute speech models once, then replay exit policies exactly.\n\n"
@@ -109,7 +110,9 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
     def on_start(todo: int, skipped: int) -> None:
         if skipped:
             console.print(f"resuming: {skipped} utterances already recorded in finished shards")
-        state["task"] = progress.add_task("recording", total=todo, rate="")
+        state["task"] = progress.add_task("utterances", total=todo, rate="")
+        done = len(ResultStore(results).finished_shards(prepared.run_id))  # after any --force deletion
+        state["shards"] = progress.add_task("shards", total=len(prepared.shards()) - done, rate="")
         state["t0"] = time.perf_counter()
         state["done"] = 0
 
@@ -118,8 +121,12 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
         rate = state["done"] / max(time.perf_counter() - state["t0"], 1e-9)
         progress.update(state["task"], advance=k, rate=f"{rate:.2f} utt/s")
 
+    def on_shard(_index: int) -> None:
+        progress.update(state["shards"], advance=1)
+
     with progress:
-        outcome = execute(prepared, results, ex, force=force, on_start=on_start, on_utterance=on_utt)
+        outcome = execute(prepared, results, ex, force=force, on_start=on_start, on_utterance=on_utt,
+                          on_shard=on_shard)
     return outcome
 
 

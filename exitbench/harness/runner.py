@@ -139,9 +139,10 @@ def levels_table(p: PreparedRun, store: ResultStore) -> pa.Table:
 
 def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, force: bool = False,
             on_start: Callable[[int, int], None] | None = None,
-            on_utterance: Callable[[int], None] | None = None) -> RunOutcome:
+            on_utterance: Callable[[int], None] | None = None,
+            on_shard: Callable[[int], None] | None = None) -> RunOutcome:
     """Record a prepared run into ``root``: only the missing shards; then compact and finish."""
-    store = ResultStore(root)
+    store = ResultStore(root, on_shard_written=on_shard)
     if force:
         store.delete_run(p.run_id)
     shards = p.shards()

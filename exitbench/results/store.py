@@ -18,6 +18,7 @@ import os
 import shutil
 import uuid
 from pathlib import Path
+from typing import Callable
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -70,8 +71,9 @@ def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
 class ResultStore:
     """A results root on a local or shared file system."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, on_shard_written: Callable[[int], None] | None = None):
         self.root = Path(root)
+        self.on_shard_written = on_shard_written  # progress displays count published shards
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str, run_id: str) -> Path:
@@ -139,6 +141,8 @@ class ResultStore:
                 shutil.rmtree(tmp, ignore_errors=True)
                 return False
             _fsync_dir(final.parent)
+            if self.on_shard_written is not None:
+                self.on_shard_written(shard)
             return True
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
