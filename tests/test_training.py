@@ -135,3 +135,19 @@ def test_wall_clock_budget_stops_training(tmp_path):
     assert time.monotonic() - t0 < 15
     meta = resolve_model(str(path)).checkpoint.metadata
     assert 0 < meta["step"] < 100_000 and meta["final"]
+
+
+def test_train_command_writes_a_loadable_checkpoint(tmp_path):
+    from typer.testing import CliRunner
+
+    from exitbench.harness.cli import app
+    from exitbench.models.registry import resolve_model
+
+    result = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path), "--device", "cpu",
+                                      "--max-minutes", "0.1", "--corpus", str(tmp_path / "no-corpus"),
+                                      "--set", "train.batch_size=2", "--set", "data.valid_items=2"])
+    assert result.exit_code == 0, result.output
+    resolved = resolve_model(str(tmp_path / "tiny-press.pt"))
+    assert resolved.checkpoint.step and resolved.checkpoint.step > 0
+    bad = CliRunner().invoke(app, ["train", "no-such-config", "-o", str(tmp_path)])
+    assert bad.exit_code == 2 and "not found" in bad.output

@@ -299,6 +299,32 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
 
 
 
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="TOML path, or a shipped config: press-s, press-m, slimdemucs-s,"
+                                           " tiny-press, tiny-slimdemucs"),
+    out: Path = typer.Option(Path("checkpoints"), "--out", "-o", help="folder for <name>.pt and <name>.log.json"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)"),
+    max_minutes: Optional[float] = typer.Option(None, help="wall-clock budget (overrides the config)"),
+    corpus: Optional[str] = typer.Option(None, help="corpus root (default: the config's, .corpus)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, SECTION.KEY=VALUE (repeatable)"),
+) -> None:
+    """Train a reference model with dynamic mixing from a speech corpus (scripts/build_corpus.py).
+
+    Validates every epoch (SI-SNRi per level) and writes a checkpoint in exitbench's format each
+    epoch, with the steps, data, config and validation metrics in its metadata.
+    """
+    from exitbench.models.train import main as train_main
+
+    argv = [config, str(out)]
+    argv += ["--device", device] if device else []
+    argv += ["--max-minutes", str(max_minutes)] if max_minutes is not None else []
+    argv += ["--corpus", corpus] if corpus else []
+    for item in set_:
+        argv += ["--set", item]
+    guarded(lambda: train_main(argv))
+
+
 # command modules register themselves on ``app``
 from exitbench.harness import cli_policies, cli_report, cli_sweep  # noqa: E402,F401
 
