@@ -184,7 +184,7 @@ def run(
     limit: Optional[int] = typer.Option(None, help="record only the first N utterances"),
     shard_size: int = typer.Option(8, help="utterances per shard (the unit of resumption)"),
     executor: str = typer.Option("ray", help="ray (local cluster, or --address) or local (in-process)"),
-    workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/2)"),
+    workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/4: metric tasks get the rest)"),
     gpus_per_worker: Optional[float] = typer.Option(None, help="ray: GPUs per model actor (fractions allowed)"),
     cpus_per_metric_task: float = typer.Option(1.0, help="ray: CPUs per metric task"),
     address: Optional[str] = typer.Option(None, help="ray: cluster address (default: RAY_ADDRESS or local)"),
