@@ -132,3 +132,18 @@ def recalibrate(alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, 
         mean = torch.cummin(mean, dim=0).values
     alpha = 1.0 + shape * (alpha - 1.0)
     return alpha, mean * (alpha - 1.0)
+
+
+def merge_config(kind: str, config: dict[str, Any] | None, defaults: dict[str, Any],
+                 presets: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Defaults, then the size preset, then the given keys; raises on an unknown size or key."""
+    config = dict(config or {})
+    size = config.get("size", defaults["size"])
+    if size not in presets:
+        raise ValueError(f"unknown {kind} size {size!r}; known: {', '.join(presets)}")
+    out = {**defaults, **presets[size], **config}
+    known = set(defaults) | set(presets[size])
+    unknown = set(out) - known
+    if unknown:
+        raise ValueError(f"unknown {kind} config keys {sorted(unknown)}; known: {sorted(known)}")
+    return out

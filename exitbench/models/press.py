@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.layers import (merge_config, ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -59,15 +59,7 @@ DEFAULTS: dict[str, Any] = {
 
 def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults, then the size preset, then the given keys; raises on unknown keys."""
-    config = dict(config or {})
-    size = config.get("size", DEFAULTS["size"])
-    if size not in PRESETS:
-        raise ValueError(f"unknown press size {size!r}; known: {', '.join(PRESETS)}")
-    out = {**DEFAULTS, **PRESETS[size], **config}
-    known = set(DEFAULTS) | set(PRESETS[size])
-    unknown = set(out) - known
-    if unknown:
-        raise ValueError(f"unknown press config keys {sorted(unknown)}; known: {sorted(known)}")
+    out = merge_config("press", config, DEFAULTS, PRESETS)
     if out["enc_kernel"] % out["enc_stride"] or out["block_size"] % out["enc_stride"]:
         raise ValueError("enc_kernel and block_size must be multiples of enc_stride")
     if out["alpha_min"] <= 1.0:

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from exitbench.models.base import DynamicOutput, ExitModel, LevelOutputs
-from exitbench.models.layers import (InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
+from exitbench.models.layers import (merge_config, InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
                                      frame_block_index, num_blocks)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -60,15 +60,7 @@ DEFAULTS: dict[str, Any] = {
 
 def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults, then the size preset, then the given keys; raises on unknown keys."""
-    config = dict(config or {})
-    size = config.get("size", DEFAULTS["size"])
-    if size not in PRESETS:
-        raise ValueError(f"unknown slimdemucs size {size!r}; known: {', '.join(PRESETS)}")
-    out = {**DEFAULTS, **PRESETS[size], **config}
-    known = set(DEFAULTS) | set(PRESETS[size])
-    unknown = set(out) - known
-    if unknown:
-        raise ValueError(f"unknown slimdemucs config keys {sorted(unknown)}; known: {sorted(known)}")
+    out = merge_config("slimdemucs", config, DEFAULTS, PRESETS)
     out["widths"] = [float(v) for v in out["widths"]]
     if out["widths"] != sorted(out["widths"]) or not all(0 < v <= 1 for v in out["widths"]):
         raise ValueError(f"widths must be increasing in (0, 1], got {out['widths']}")
