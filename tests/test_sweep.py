@@ -5,7 +5,6 @@ from __future__ import annotations
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import torch
 from conftest import record_local
 from typer.testing import CliRunner
 

@@ -104,7 +104,7 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
     if macs_blocks is not None:
         macs[-1] = macs_blocks[None, :]
 
-    def per_level(t: torch.Tensor | None, static_only: bool = True) -> np.ndarray | None:
+    def per_level(t: torch.Tensor | None) -> np.ndarray | None:
         if t is None:
             return None
         a = apply_permutation(t.detach().double().cpu().numpy(), perm)  # [L, S, B]

@@ -180,11 +180,3 @@ def _errors(store: ResultStore, run_id: str) -> list[dict[str, Any]]:
     import pyarrow.parquet as pq
 
     return pq.read_table(path).to_pylist()
-
-
-def load_spec_json(text: str) -> RunSpec:
-    """A run spec from its JSON (as stored in a manifest)."""
-    return RunSpec.from_json(text)
-
-
-

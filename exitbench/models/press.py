@@ -23,7 +23,6 @@ exactly that so a test can check the declared MACs against FlopCounterMode.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
