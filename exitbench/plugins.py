@@ -6,8 +6,10 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Any, Callable
 
+from exitbench.errors import UsageError
 
-class PluginError(ValueError):
+
+class PluginError(UsageError):
     """A plugin name or target that cannot be resolved; the message says what is known."""
 
 

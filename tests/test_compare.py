@@ -13,7 +13,7 @@ from scipy import stats as sps
 from typer.testing import CliRunner
 
 import exitbench
-import exitbench.harness.cli_sweep  # noqa: F401  (registers compare/history/registry until cli.py imports it)
+
 from exitbench.harness.cli import app
 from exitbench.models.checkpoint import save_checkpoint
 from exitbench.models.registry import resolve_model

@@ -205,7 +205,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_report_command(runs, tmp_path):
-    from exitbench.harness import cli_report  # noqa: F401 - registers the command
+
     from exitbench.harness.cli import app
 
     root, run = runs["press"]

@@ -8,7 +8,7 @@ import pytest
 from conftest import record_local
 from typer.testing import CliRunner
 
-import exitbench.harness.cli_sweep  # noqa: F401  (registers `sweep` until cli.py imports it)
+
 from exitbench.harness.cli import app
 from exitbench.harness.sweep import (default_record_fn, load_sweep_spec, parse_sweep_spec, replay_stored,
                                      run_sweep)

@@ -9,6 +9,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from exitbench.errors import UsageError
+
 
 class UtteranceError(Exception):
     """One utterance cannot be used (missing partner, bad rate, silent reference...); the run goes on."""
@@ -19,7 +21,7 @@ class UtteranceError(Exception):
         self.reason = reason
 
 
-class DatasetError(ValueError):
+class DatasetError(UsageError):
     """The test set as a whole cannot be opened (wrong root, wrong layout); the run stops at once."""
 
 

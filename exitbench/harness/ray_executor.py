@@ -2,20 +2,22 @@
 
 Model actors load the checkpoint once (one per GPU, or CPU actors) and hand each utterance's
 waveforms and block statistics to a CPU task for SDR/PESQ/STOI, so an actor never waits on metrics.
-Work in flight is bounded, so memory stays flat however long the test set. Actors restart and
-their calls are retried when a worker dies; the driver writes each shard once, atomically, so a
-retry can neither duplicate nor lose rows.
+Work in flight is bounded, so memory stays flat however long the test set. When an actor, its
+worker or its node dies, its shards run again on live actors; the driver writes each shard once,
+atomically, so a retry can neither duplicate nor lose rows.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import exitbench
+from exitbench.errors import UsageError, WorkersLostError
 from exitbench.harness.runner import PreparedRun
 from exitbench.results.store import ResultStore
 
@@ -85,23 +87,54 @@ def _metrics(rec: Any, settings: Any) -> tuple[Any, Any]:
     return ((rec.blocks, table) if table is not None else None, err)
 
 
+def _is_infrastructure(exc: BaseException) -> bool:
+    """True for a Ray failure of the machinery (a dead actor, worker or node, a lost object), not of our code."""
+    import ray.exceptions as rex
+
+    code_failures = (rex.RayTaskError, rex.RuntimeEnvSetupError)
+    return isinstance(exc, rex.RayError) and not isinstance(exc, code_failures)
+
+
 @dataclass
 class _Shard:
+    """One shard in flight; ``attempt`` tells results of an abandoned attempt from the current one."""
+
     index: int
     ids: list[str]
+    attempt: int = 0
     pending: int = 0
+    settled: int = 0
     blocks: list = field(default_factory=list)
     utts: list = field(default_factory=list)
     errors: list = field(default_factory=list)
 
 
+@dataclass
+class _Slot:
+    """One model actor: starting until its identity call returns, then ready for shards."""
+
+    actor: Any
+    identity_ref: Any
+    ready: bool = False
+    in_flight: int = 0
+
+
 class RayExecutor:
-    """Record shards on a Ray cluster (local by default)."""
+    """Record shards on a Ray cluster (local by default).
+
+    Failures of the machinery are retried at the level of the shard: when a model actor, its worker
+    process or its node dies, the shard's partial results are dropped, the actor leaves the
+    rotation (a replacement is started wherever the cluster has room) and the shard runs again on a
+    live actor. Only an utterance that itself fails (its load, the model on that input, its
+    metrics) becomes an errors row. With no live actor for ``worker_wait_s`` seconds, or a shard
+    that lost its worker ``max_shard_attempts`` times, the run stops with :class:`WorkersLostError`;
+    every shard published so far is kept and a rerun resumes.
+    """
 
     def __init__(self, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_metric_task: float = 1.0, address: str | None = None,
                  max_shards_in_flight: int | None = None, max_metric_tasks: int | None = None,
-                 cpus_per_worker: float = 1.0):
+                 cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5):
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_metric_task = cpus_per_metric_task
@@ -109,16 +142,20 @@ class RayExecutor:
         self.address = address
         self.max_shards_in_flight = max_shards_in_flight
         self.max_metric_tasks = max_metric_tasks
-        self.actors: list[Any] = []
+        self.worker_wait_s = worker_wait_s
+        self.max_shard_attempts = max_shard_attempts
+        self.slots: list[_Slot] = []
+        self.retried_shards = 0  # shards run again after an infrastructure failure (for reports and tests)
+        self.actors_lost = 0
 
-    def _plan(self) -> tuple[int, float, int]:
+    def _plan(self) -> tuple[int, float, int, bool]:
         import ray
 
         res = ray.cluster_resources()
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
         gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
         if gpw > 0 and gpus < gpw:
-            raise ValueError(f"--gpus-per-worker {gpw} but the cluster has {gpus:g} GPU(s)")
+            raise UsageError(f"--gpus-per-worker {gpw} but the cluster has {gpus:g} GPU(s)")
         if self.workers is not None:
             workers = self.workers
         elif gpw > 0:
@@ -126,7 +163,9 @@ class RayExecutor:
         else:  # leave most CPUs to the metric tasks, which dominate on CPU-only machines
             workers = max(1, int(cpus // 4))
         metric_slots = self.max_metric_tasks or max(2, int(2 * cpus // max(self.cpus_per_metric_task, 1e-3)))
-        return workers, gpw, metric_slots
+        # when the actors take every CPU a metric task could never be scheduled: compute in the actor
+        spare = cpus - workers * self.cpus_per_worker
+        return workers, gpw, metric_slots, spare >= self.cpus_per_metric_task
 
     def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
             on_utterance: Callable[[int], None]) -> None:
@@ -137,9 +176,9 @@ class RayExecutor:
         try:
             self._run(prepared, store, shards, on_utterance)
         finally:
-            for a in self.actors:
-                ray.kill(a)
-            self.actors = []
+            for slot in self.slots:
+                ray.kill(slot.actor, no_restart=True)
+            self.slots = []
             if started:
                 ray.shutdown()
 
@@ -151,43 +190,77 @@ class RayExecutor:
 
         if not shards:
             return
-        workers, gpw, metric_slots = self._plan()
+        workers, gpw, metric_slots, tasks_for_metrics = self._plan()
         settings = prepared.spec.settings
-        with_metrics_in_actor = not settings.metrics  # SI-SNR alone is too cheap to ship elsewhere
+        # SI-SNR alone is too cheap to ship elsewhere; and without spare CPUs a task would never run
+        with_metrics_in_actor = not settings.metrics or not tasks_for_metrics
         device = "cuda" if gpw > 0 else "cpu"
+        # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
+        # call to an actor that is gone fails at once instead of waiting on a restart that may never come
         Actor = ray.remote(ModelWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpw,
-                                                max_restarts=-1, max_task_retries=3)
+                                                max_restarts=0, max_task_retries=0)
         threads = max(1, int(self.cpus_per_worker))
-        self.actors = [Actor.remote(prepared.spec.to_json(), threads, device)
-                       for _ in range(min(workers, len(shards)))]
-        identities = set(ray.get([a.identity.remote() for a in self.actors]))
-        if identities != {prepared.resolved.identity}:
-            raise RuntimeError("workers loaded a different checkpoint than the driver (a shared path changed?)")
+        spec_json = prepared.spec.to_json()
+        target = min(workers, len(shards))
+        starts_left = target + 2 * len(shards)  # every start beyond the first needs a lost actor
+
+        def start_actor() -> None:
+            nonlocal starts_left
+            starts_left -= 1
+            actor = Actor.remote(spec_json, threads, device)
+            self.slots.append(_Slot(actor, actor.identity.remote()))
+
+        def drop(slot: _Slot) -> None:
+            if slot in self.slots:
+                self.slots.remove(slot)
+                self.actors_lost += 1
+                ray.kill(slot.actor, no_restart=True)
+
+        for _ in range(target):
+            start_actor()
         metrics_fn = ray.remote(_metrics).options(num_cpus=self.cpus_per_metric_task, max_retries=3)
         settings_ref = ray.put(settings)
 
         queue = deque(sorted(shards))
         state: dict[int, _Shard] = {}
-        forwards: dict[Any, int] = {}  # ref -> shard
-        metric_refs: dict[Any, tuple[int, str]] = {}  # ref -> (shard, utterance)
-        waiting_records: deque = deque()  # (shard, utterance, record ref) not yet given to a metric task
-        max_forward = self.max_shards_in_flight or 2 * len(self.actors)
-        submitted = 0
+        attempts: dict[int, int] = {i: 0 for i in shards}
+        forwards: dict[Any, tuple[_Slot, int, int]] = {}  # ref -> (slot, shard, attempt)
+        metric_refs: dict[Any, tuple[int, int, str]] = {}  # ref -> (shard, attempt, utterance)
+        waiting: deque = deque()  # (shard, attempt, utterance, record ref) not yet given to a metric task
+        per_actor = max(1, (self.max_shards_in_flight or 2 * target) // max(target, 1))
+        no_worker_since: float | None = None
+
+        def requeue(index: int, why: str) -> None:
+            shard = state.pop(index, None)
+            if shard is None:
+                return
+            if shard.settled:
+                on_utterance(-shard.settled)  # the progress display counts them again on the retry
+            attempts[index] += 1
+            self.retried_shards += 1
+            if attempts[index] >= self.max_shard_attempts:
+                raise WorkersLostError(
+                    f"shard {index} ({len(shard.ids)} utterances from {shard.ids[0]}) lost its worker"
+                    f" {attempts[index]} times (last: {why}); the {len(store.finished_shards(prepared.run_id))}"
+                    f" finished shard(s) are kept, rerun the same command to resume")
+            queue.appendleft(index)
 
         def submit_forwards() -> None:
-            nonlocal submitted
-            # bounded: two shards per actor at most, and none while metric work is backed up
-            while queue and len(forwards) < max_forward and len(waiting_records) < metric_slots:
-                index = queue.popleft()
-                state[index] = _Shard(index, shards[index], pending=len(shards[index]))
-                actor = self.actors[submitted % len(self.actors)]
-                forwards[actor.forward.remote(shards[index], with_metrics_in_actor)] = index
-                submitted += 1
+            for slot in sorted((s for s in self.slots if s.ready), key=lambda s: s.in_flight):
+                # bounded: a few shards per actor, and none while metric work is backed up
+                while queue and slot.in_flight < per_actor and len(waiting) < metric_slots:
+                    index = queue.popleft()
+                    ids = shards[index]
+                    state[index] = _Shard(index, ids, attempt=attempts[index], pending=len(ids))
+                    ref = slot.actor.forward.remote(ids, with_metrics_in_actor)
+                    forwards[ref] = (slot, index, attempts[index])
+                    slot.in_flight += 1
 
         def submit_metrics() -> None:
-            while waiting_records and len(metric_refs) < metric_slots:
-                index, utt_id, rec = waiting_records.popleft()
-                metric_refs[metrics_fn.remote(rec, settings_ref)] = (index, utt_id)
+            while waiting and len(metric_refs) < metric_slots:
+                index, attempt, utt_id, rec = waiting.popleft()
+                if index in state and state[index].attempt == attempt:
+                    metric_refs[metrics_fn.remote(rec, settings_ref)] = (index, attempt, utt_id)
 
         def settle(shard: _Shard, result: Any, err: Any) -> None:
             if result is not None:
@@ -196,38 +269,92 @@ class RayExecutor:
             if err is not None:
                 shard.errors.append(err)
             shard.pending -= 1
+            shard.settled += 1
             on_utterance(1)
             if shard.pending == 0:
                 store.write_shard(prepared.run_id, shard.index,
                                   assemble_shard(shard.blocks, shard.utts, shard.errors))
                 del state[shard.index]
 
-        submit_forwards()
-        while forwards or metric_refs or waiting_records:
-            ready, _ = ray.wait(list(forwards) + list(metric_refs), num_returns=1)
+        def lose(slot: _Slot, why: str) -> None:
+            """An actor is gone: its shards go back to the queue, a replacement starts if allowed."""
+            drop(slot)
+            for ref, (s, index, attempt) in list(forwards.items()):
+                if s is slot:
+                    del forwards[ref]
+                    if index in state and state[index].attempt == attempt:
+                        requeue(index, why)
+            if starts_left > 0 and len(self.slots) < target:
+                start_actor()
+
+        while queue or forwards or metric_refs or waiting or state:
+            submit_metrics()
+            submit_forwards()
+            starting = {s.identity_ref: s for s in self.slots if not s.ready}
+            refs = list(forwards) + list(metric_refs) + list(starting)
+            if not any(s.ready for s in self.slots):
+                no_worker_since = no_worker_since or time.monotonic()
+                if time.monotonic() - no_worker_since > self.worker_wait_s:
+                    raise WorkersLostError(
+                        f"no model worker has been alive for {self.worker_wait_s:g} s (the cluster lost its"
+                        f" nodes, or has no room for a worker); the"
+                        f" {len(store.finished_shards(prepared.run_id))} finished shard(s) are kept, rerun"
+                        f" the same command to resume")
+            else:
+                no_worker_since = None
+            if not refs:  # every actor died and no replacement may start
+                if starts_left > 0:
+                    start_actor()
+                    continue
+                raise WorkersLostError("every model worker died and no replacement could be started; rerun"
+                                       " the same command to resume")
+            ready, _ = ray.wait(refs, num_returns=1, timeout=1.0)
+            if not ready:
+                continue
             ref = ready[0]
-            if ref in forwards:
-                index = forwards.pop(ref)
-                shard = state[index]
+            if ref in starting:
+                slot = starting[ref]
+                try:
+                    identity = ray.get(ref)
+                except ray.exceptions.RayError as exc:
+                    if not _is_infrastructure(exc):
+                        raise
+                    lose(slot, type(exc).__name__)
+                    continue
+                if identity != prepared.resolved.identity:
+                    raise UsageError("workers loaded a different checkpoint than the driver (did a shared"
+                                     " path change?)")
+                slot.ready = True
+            elif ref in forwards:
+                slot, index, attempt = forwards.pop(ref)
+                slot.in_flight -= 1
                 try:
                     results = ray.get(ref)
-                except ray.exceptions.RayError as exc:  # retries exhausted: every utterance fails
-                    reason = f"worker failed: {type(exc).__name__}"
-                    results = [(None, (u, "worker", reason)) for u in shard.ids]
-                    with_m = True
-                else:
-                    with_m = with_metrics_in_actor
+                except ray.exceptions.RayError as exc:
+                    if not _is_infrastructure(exc):
+                        raise
+                    if index in state and state[index].attempt == attempt:
+                        requeue(index, type(exc).__name__)
+                    lose(slot, type(exc).__name__)
+                    continue
+                shard = state.get(index)
+                if shard is None or shard.attempt != attempt:
+                    continue  # an abandoned attempt
                 for utt_id, (rec, err) in zip(shard.ids, results):
-                    if rec is None or with_m:
+                    if rec is None or with_metrics_in_actor:
                         settle(shard, rec, err)
                     else:
-                        waiting_records.append((index, utt_id, ray.put(rec)))
+                        waiting.append((index, attempt, utt_id, ray.put(rec)))
             else:
-                index, utt_id = metric_refs.pop(ref)
+                index, attempt, utt_id = metric_refs.pop(ref)
                 try:
                     result, err = ray.get(ref)
                 except ray.exceptions.RayError as exc:
-                    result, err = None, (utt_id, "metrics", f"metric task failed: {type(exc).__name__}")
-                settle(state[index], result, err)
-            submit_metrics()
-            submit_forwards()
+                    if not _is_infrastructure(exc):
+                        raise
+                    if index in state and state[index].attempt == attempt:
+                        requeue(index, f"metric task: {type(exc).__name__}")
+                    continue
+                shard = state.get(index)
+                if shard is not None and shard.attempt == attempt:
+                    settle(shard, result, err)

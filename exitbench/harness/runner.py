@@ -15,9 +15,11 @@ import pyarrow as pa
 import exitbench
 from exitbench.datasets.base import TestSet
 from exitbench.datasets.registry import open_testset, parse_dataset_arg
+from exitbench.errors import UsageError, WorkersLostError
 from exitbench.harness.spec import RunSpec, compute_run_id
 from exitbench.models.base import ExitModel
 from exitbench.models.registry import ResolvedModel, resolve_model
+from exitbench.results.locks import RunLock, is_locked
 from exitbench.results.schema import LEVELS
 from exitbench.results.store import ResultStore, json_dumps
 
@@ -81,6 +83,8 @@ def prepare(spec: RunSpec) -> PreparedRun:
     ids = testset.ids()
     if spec.settings.limit is not None:
         ids = ids[: spec.settings.limit]
+    if not ids:
+        raise UsageError(f"test set {spec.dataset!r} has no utterances: nothing to record")
     name, _ = parse_dataset_arg(spec.dataset)
     run_id = compute_run_id(resolved.identity, name, testset.fingerprint(),
                             tuple(sorted(spec.dataset_options)), spec.settings)
@@ -123,12 +127,12 @@ def base_manifest(p: PreparedRun) -> dict[str, Any]:
     }
 
 
-def levels_table(p: PreparedRun, store: ResultStore) -> pa.Table:
+def levels_table(p: PreparedRun, utterances: pa.Table) -> pa.Table:
     """The levels table: static levels from the model, the dynamic one from realised MACs."""
     m = p.model
     rows = [{"level": i, "name": m.levels[i], "kind": "static", "macs_per_sample": m.macs_per_sample(i),
              "gmacs": m.gmacs_per_second(i), "params": m.num_parameters(i)} for i in range(m.num_levels)]
-    utts = store.read_shards(p.run_id, "utterances").to_pandas()
+    utts = utterances.select(["level", "source", "macs", "num_samples"]).to_pandas()
     dyn = utts[(utts["level"] == m.num_levels) & (utts["source"] == 0)]
     if len(dyn):
         mps = float(dyn["macs"].sum() / dyn["num_samples"].sum())
@@ -137,40 +141,82 @@ def levels_table(p: PreparedRun, store: ResultStore) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=LEVELS)
 
 
+
+def infrastructure_error_ids(store: ResultStore, run_id: str) -> set[str]:
+    """Utterances of a published run whose errors row blames a worker or a metric task, not the data."""
+    return {e["utt_id"] for e in _errors(store, run_id)
+            if e["stage"] == "worker" or str(e["reason"]).startswith(("worker failed", "metric task failed"))}
+
+
 def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, force: bool = False,
             on_start: Callable[[int, int], None] | None = None,
             on_utterance: Callable[[int], None] | None = None,
-            on_shard: Callable[[int], None] | None = None) -> RunOutcome:
-    """Record a prepared run into ``root``: only the missing shards; then compact and finish."""
+            on_shard: Callable[[int], None] | None = None,
+            on_note: Callable[[str], None] | None = None) -> RunOutcome:
+    """Record a prepared run into ``root``: only the missing shards; then publish the run whole.
+
+    One process at a time records a run id (RunLock; a second one gets RunLockedError). A run is
+    marked ``complete`` only when every utterance has rows or an errors row caused by itself.
+    """
     store = ResultStore(root, on_shard_written=on_shard)
-    if force:
-        store.delete_run(p.run_id)
+    store.check_writable()
     shards = p.shards()
-    if store.is_complete(p.run_id):
-        m = store.read_manifest(p.run_id) or {}
-        return RunOutcome(p.run_id, store.root, True, len(p.utt_ids), int(m.get("num_errors") or 0),
-                          0, len(shards), errors=_errors(store, p.run_id))
-    manifest = base_manifest(p)
-    old = store.read_manifest(p.run_id)
-    if old and old.get("started_at"):
-        manifest["started_at"] = old["started_at"]  # a resumed run keeps its first start
-    store.write_manifest(manifest)
-    done = store.finished_shards(p.run_id)
-    todo = {i: ids for i, ids in enumerate(shards) if i not in done}
-    if on_start:
-        on_start(sum(len(v) for v in todo.values()), sum(len(shards[i]) for i in done))
-    executor.run(p, store, todo, on_utterance or (lambda k: None))
-    missing = set(range(len(shards))) - store.finished_shards(p.run_id)
-    if missing:
-        manifest["status"] = "failed"
+    note = on_note or (lambda msg: None)
+    if not force and _complete_and_sound(store, p.run_id):
+        return _already(p, store, len(shards))
+    with RunLock(store.root, p.run_id):
+        removed = store.clean_orphans(lambda rid: rid != p.run_id and is_locked(store.root, rid))
+        if removed:
+            note(f"removed {len(removed)} leftover(s) of killed writers from {store.root}")
+        if force:
+            store.delete_run(p.run_id)
+        old = store.read_manifest(p.run_id)
+        manifest = base_manifest(p)
+        if old and old.get("started_at"):
+            manifest["started_at"] = old["started_at"]  # a resumed run keeps its first start
+        if old and old.get("status") == "complete":  # finished meanwhile, or holds infrastructure errors
+            bad = infrastructure_error_ids(store, p.run_id)
+            if not bad:
+                return _already(p, store, len(shards))
+            redo = {i for i, ids in enumerate(shards) if bad.intersection(ids)}
+            note(f"run {p.run_id} holds {len(bad)} errors rows of worker failures from an older exitbench:"
+                 f" recording its {len(redo)} shard(s) again")
+            store.write_manifest(manifest)  # 'running' first: readers stop seeing the old tables
+            store.restage(p.run_id, shards, redo)
         store.write_manifest(manifest)
-        raise RuntimeError(f"{len(missing)} shard(s) did not finish: {sorted(missing)[:10]}")
-    rows = store.compact(p.run_id, extra={"levels": levels_table(p, store)})
-    manifest.update(status="complete", finished_at=_now(), num_errors=rows["errors"])
-    store.write_manifest(manifest)
-    store.drop_staging(p.run_id)
+        done = store.finished_shards(p.run_id)
+        todo = {i: ids for i, ids in enumerate(shards) if i not in done}
+        if on_start:
+            on_start(sum(len(v) for v in todo.values()), sum(len(shards[i]) for i in done))
+        try:
+            executor.run(p, store, todo, on_utterance or (lambda k: None))
+        except WorkersLostError:
+            manifest["status"] = "failed"
+            store.write_manifest(manifest)
+            raise
+        missing = set(range(len(shards))) - store.finished_shards(p.run_id)
+        if missing:  # an executor that returns early is a bug, never a finished run
+            manifest["status"] = "failed"
+            store.write_manifest(manifest)
+            raise RuntimeError(f"the executor returned with {len(missing)} shard(s) unfinished:"
+                               f" {sorted(missing)[:10]}")
+        tables = store.compacted_tables(p.run_id)
+        tables["levels"] = levels_table(p, tables["utterances"])
+        manifest.update(status="complete", finished_at=_now(), num_errors=tables["errors"].num_rows)
+        rows = store.publish(manifest, tables)
     return RunOutcome(p.run_id, store.root, False, len(p.utt_ids), rows["errors"], len(todo),
                       len(shards) - len(todo), rows, _errors(store, p.run_id))
+
+
+def _complete_and_sound(store: ResultStore, run_id: str) -> bool:
+    """Complete, and holding no errors row that blames the machinery."""
+    return store.is_complete(run_id) and not infrastructure_error_ids(store, run_id)
+
+
+def _already(p: PreparedRun, store: ResultStore, num_shards: int) -> RunOutcome:
+    m = store.read_manifest(p.run_id) or {}
+    return RunOutcome(p.run_id, store.root, True, len(p.utt_ids), int(m.get("num_errors") or 0),
+                      0, num_shards, errors=_errors(store, p.run_id))
 
 
 def _errors(store: ResultStore, run_id: str) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 
+from exitbench.errors import UsageError
 from exitbench import SCHEMA_VERSION
 
 ALL_METRICS = ("sdr", "pesq", "stoi")  # SI-SNR and SNR are always computed: they are cheap
@@ -24,11 +25,11 @@ class RecordSettings:
     def __post_init__(self) -> None:
         unknown = set(self.metrics) - set(ALL_METRICS)
         if unknown:
-            raise ValueError(f"unknown metrics {sorted(unknown)}; choose from {list(ALL_METRICS)} or 'none'")
+            raise UsageError(f"unknown metrics {sorted(unknown)}; choose from {list(ALL_METRICS)} or 'none'")
         if self.sdr_backend not in ("fast_bss_eval", "mir_eval"):
-            raise ValueError(f"sdr backend must be fast_bss_eval or mir_eval, not {self.sdr_backend!r}")
+            raise UsageError(f"sdr backend must be fast_bss_eval or mir_eval, not {self.sdr_backend!r}")
         if self.shard_size < 1:
-            raise ValueError("shard size must be at least 1")
+            raise UsageError("shard size must be at least 1")
 
 
 @dataclass(frozen=True)

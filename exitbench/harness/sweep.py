@@ -39,6 +39,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from exitbench.errors import ResultsRootError, UsageError, WorkersLostError
 from exitbench.datasets.registry import parse_dataset_arg
 from exitbench.harness.spec import ALL_METRICS, RecordSettings, RunSpec
 from exitbench.models.checkpoint import load_checkpoint
@@ -54,7 +55,7 @@ _RAY_KEYS = {"workers", "gpus_per_worker", "cpus_per_metric_task", "cpus_per_wor
 _TESTSET_KEYS = {"dataset", "split", "variant", "options"}
 
 
-class SweepSpecError(ValueError):
+class SweepSpecError(UsageError):
     """A sweep spec that cannot be read or does not follow the format; the message says where."""
 
 
@@ -260,7 +261,7 @@ def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:
     """Read and validate a TOML sweep spec."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"sweep spec {str(path)!r} does not exist")
+        raise SweepSpecError(f"sweep spec {str(path)!r} does not exist")
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:
@@ -397,9 +398,9 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, record_fn: RecordFn | No
             base = {"checkpoint": ck.model, "step": ck.step, "dataset": ts.dataset}
             try:
                 outcome = record_fn(run_spec)
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:  # one bad (checkpoint, test set) must not lose the rest of the sweep
+            except (ResultsRootError, WorkersLostError):
+                raise  # the machinery, not this recording: stop; the same sweep resumes
+            except UsageError as exc:  # one bad (checkpoint, test set) must not lose the rest of the sweep
                 log(f"recording {ck.model} on {ts.dataset} failed: {type(exc).__name__}: {exc}")
                 rec_rows.append({**base, "run_id": None, "status": "failed", "num_errors": 0,
                                  "detail": f"{type(exc).__name__}: {exc}"})

@@ -9,6 +9,15 @@ from typing import Any
 
 import torch
 
+from exitbench.errors import UsageError
+
+
+class UnknownLevel(UsageError, KeyError):
+    """A level named or numbered that the model does not have."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
 
 @dataclass
 class DynamicOutput:
@@ -88,9 +97,9 @@ class ExitModel(abc.ABC):
             try:
                 return self.levels.index(level)
             except ValueError:
-                raise KeyError(f"unknown level {level!r}; levels are {list(self.levels)}") from None
+                raise UnknownLevel(f"unknown level {level!r}; levels are {list(self.levels)}") from None
         if not 0 <= level < self.num_levels:
-            raise KeyError(f"level {level} out of range 0..{self.num_levels - 1}")
+            raise UnknownLevel(f"level {level} out of range 0..{self.num_levels - 1}")
         return int(level)
 
     def num_blocks(self, num_samples: int) -> int:

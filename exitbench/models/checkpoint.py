@@ -13,11 +13,13 @@ from typing import Any
 
 import torch
 
+from exitbench.errors import UsageError
+
 FORMAT = "exitbench-checkpoint"
 FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UsageError):
     """A checkpoint that cannot be read or does not follow the format."""
 
 

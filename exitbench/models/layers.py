@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exitbench.errors import UsageError
+
 
 def num_blocks(num_samples: int, block_size: int) -> int:
     """Blocks of ``block_size`` samples covering ``num_samples`` (the last may be shorter)."""
@@ -140,10 +142,10 @@ def merge_config(kind: str, config: dict[str, Any] | None, defaults: dict[str, A
     config = dict(config or {})
     size = config.get("size", defaults["size"])
     if size not in presets:
-        raise ValueError(f"unknown {kind} size {size!r}; known: {', '.join(presets)}")
+        raise UsageError(f"unknown {kind} size {size!r}; known: {', '.join(presets)}")
     out = {**defaults, **presets[size], **config}
     known = set(defaults) | set(presets[size])
     unknown = set(out) - known
     if unknown:
-        raise ValueError(f"unknown {kind} config keys {sorted(unknown)}; known: {sorted(known)}")
+        raise UsageError(f"unknown {kind} config keys {sorted(unknown)}; known: {sorted(known)}")
     return out

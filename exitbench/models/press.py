@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exitbench.errors import UsageError
 from exitbench.models.base import ExitModel, LevelOutputs
 from exitbench.models.layers import (merge_config, ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
@@ -60,9 +61,9 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     """Defaults, then the size preset, then the given keys; raises on unknown keys."""
     out = merge_config("press", config, DEFAULTS, PRESETS)
     if out["enc_kernel"] % out["enc_stride"] or out["block_size"] % out["enc_stride"]:
-        raise ValueError("enc_kernel and block_size must be multiples of enc_stride")
+        raise UsageError("enc_kernel and block_size must be multiples of enc_stride")
     if out["alpha_min"] <= 1.0:
-        raise ValueError("alpha_min must exceed 1 for the predicted variance to have a finite mean")
+        raise UsageError("alpha_min must exceed 1 for the predicted variance to have a finite mean")
     return out
 
 

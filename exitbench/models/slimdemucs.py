@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from exitbench.errors import UsageError
 from exitbench.models.base import DynamicOutput, ExitModel, LevelOutputs
 from exitbench.models.layers import (merge_config, InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
                                      frame_block_index, num_blocks)
@@ -63,9 +64,9 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     out = merge_config("slimdemucs", config, DEFAULTS, PRESETS)
     out["widths"] = [float(v) for v in out["widths"]]
     if out["widths"] != sorted(out["widths"]) or not all(0 < v <= 1 for v in out["widths"]):
-        raise ValueError(f"widths must be increasing in (0, 1], got {out['widths']}")
+        raise UsageError(f"widths must be increasing in (0, 1], got {out['widths']}")
     if out["block_size"] % out["router_hop"]:
-        raise ValueError("block_size must be a multiple of router_hop (router frames never straddle blocks)")
+        raise UsageError("block_size must be a multiple of router_hop (router frames never straddle blocks)")
     return out
 
 

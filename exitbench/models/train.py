@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from exitbench.errors import UsageError
 from exitbench.models.checkpoint import save_checkpoint
 from exitbench.models.losses import (level_losses, pit_level_losses, router_regularisers, si_snr_db,
                                      snr_db)
@@ -62,21 +63,21 @@ def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
         if not path.is_file() and (CONFIG_DIR / f"{config}.toml").is_file():
             path = CONFIG_DIR / f"{config}.toml"
         if not path.is_file():
-            raise FileNotFoundError(f"training config {str(config)!r} not found (nor in {CONFIG_DIR})")
+            raise UsageError(f"training config {str(config)!r} not found (nor in {CONFIG_DIR})")
         with open(path, "rb") as f:
             config = tomllib.load(f)
         config.setdefault("name", path.stem)
     config = dict(config)
     for key in ("name", "architecture", "task", "model"):
         if key not in config:
-            raise ValueError(f"training config lacks {key!r}")
+            raise UsageError(f"training config lacks {key!r}")
     if config["task"] not in ("separation", "enhancement"):
-        raise ValueError(f"task must be 'separation' or 'enhancement', got {config['task']!r}")
+        raise UsageError(f"task must be 'separation' or 'enhancement', got {config['task']!r}")
     for section, defaults in (("train", TRAIN_DEFAULTS), ("data", DATA_DEFAULTS), ("loss", LOSS_DEFAULTS)):
         given = dict(config.get(section, {}))
         unknown = set(given) - set(defaults)
         if unknown:
-            raise ValueError(f"unknown keys in [{section}]: {sorted(unknown)}")
+            raise UsageError(f"unknown keys in [{section}]: {sorted(unknown)}")
         config[section] = {**defaults, **given}
     return config
 

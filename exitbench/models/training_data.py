@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
+from exitbench.errors import UsageError
 from exitbench.datasets.synthetic import speech_like
 
 
@@ -37,7 +38,7 @@ class Pool:
 def rate_dir(sample_rate: int) -> str:
     """Corpus folder name of a rate: 8000 -> '8k'."""
     if sample_rate % 1000:
-        raise ValueError(f"no corpus folder for rate {sample_rate}")
+        raise UsageError(f"no corpus folder for rate {sample_rate}")
     return f"{sample_rate // 1000}k"
 
 
@@ -63,7 +64,7 @@ def _read(path: Path, sample_rate: int) -> np.ndarray:
     else:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
     if rate != sample_rate:
-        raise ValueError(f"{path} has rate {rate}, expected {sample_rate}")
+        raise UsageError(f"{path} has rate {rate}, expected {sample_rate}")
     return np.ascontiguousarray(audio.mean(1))
 
 
@@ -75,7 +76,7 @@ def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool
     if not speech_root.is_dir():
         if synthetic_fallback:
             return Pool({}, [], {"source": "synthetic speech_like (corpus not found)", "corpus": str(root)})
-        raise FileNotFoundError(f"no speech corpus at {speech_root}")
+        raise UsageError(f"no speech corpus at {speech_root}")
     speakers = sorted(p for p in speech_root.iterdir() if p.is_dir())
     files = {spk.name: _audio_files(spk) for spk in speakers}
     flat = [f for fs in files.values() for f in fs]
@@ -88,13 +89,13 @@ def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool
         if clips:
             speech[name] = clips
     if len(speech) < 2:
-        raise ValueError(f"{speech_root} holds {len(speech)} speakers with usable audio; need at least 2")
+        raise UsageError(f"{speech_root} holds {len(speech)} speakers with usable audio; need at least 2")
     noise: list[np.ndarray] = []
     if need_noise:
         noise_root = root / "noise" / split
         noise = [_read(f, sample_rate) for f in _audio_files(noise_root)] if noise_root.is_dir() else []
         if not noise:
-            raise FileNotFoundError(f"enhancement needs noise clips under {noise_root}")
+            raise UsageError(f"enhancement needs noise clips under {noise_root}")
     desc: dict[str, Any] = {"source": "corpus", "root": str(root), "split": split,
                             "speakers": len(speech), "speech_clips": sum(map(len, speech.values())),
                             "speech_hours": round(sum(len(c) for v in speech.values() for c in v)
@@ -105,7 +106,7 @@ def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool
         try:
             desc["corpus_json"] = json.loads(meta.read_text())
         except json.JSONDecodeError as exc:
-            raise ValueError(f"{meta} is not valid JSON: {exc}") from exc
+            raise UsageError(f"{meta} is not valid JSON: {exc}") from exc
     return Pool(speech, noise, desc)
 
 
@@ -159,7 +160,7 @@ def make_example(rng: np.random.Generator, pool: Pool, task: str, length: int | 
         sources = np.stack(srcs)
         mixture = sources[0] + noise
     else:
-        raise ValueError(f"unknown task {task!r}; use 'separation' or 'enhancement'")
+        raise UsageError(f"unknown task {task!r}; use 'separation' or 'enhancement'")
     # random overall level, then keep clear of clipping
     scale = 10 ** (rng.uniform(*level_db) / 20) / _rms(mixture)
     peak = np.abs(mixture).max() * scale

@@ -10,6 +10,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from exitbench.errors import UsageError
 from exitbench.metrics.composite import true_exit_snr_db
 
 #: the summed statistics of DESIGN §4, each [K, L, S] float64
@@ -21,7 +22,7 @@ KEY_COLUMNS = ("utt_id", "block", "level", "source", "start", "n")
 OPTIONAL_COLUMNS = ("alpha", "beta", "router_logit")
 
 
-class RecordingError(ValueError):
+class RecordingError(UsageError):
     """A block table that does not fit the contract (missing, duplicated or inconsistent rows)."""
 
 

@@ -8,11 +8,12 @@ from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
+from exitbench.errors import UsageError
 from exitbench.plugins import PluginError, Registry
 from exitbench.policies.arrays import BlockArrays
 
 
-class PolicyError(ValueError):
+class PolicyError(UsageError):
     """A policy that cannot be built or cannot run on a recording; the message says why."""
 
 

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from scipy.special import gammaincc
 
+from exitbench.errors import UsageError
 from exitbench.policies.arrays import BlockArrays
 
 CONDITIONS = ("snr", "snri", "snr_ref")
@@ -49,7 +50,7 @@ def arguments_from_rates(t_db: float, rates: dict[str, np.ndarray], condition: s
     SNR and SNRi: ratio ≈ 1 + z, so x = (τ − 1)/θ, and 0 when τ ≤ 1 (P = 1); SNR_ref: ratio ≈ z, x = τ/θ.
     """
     if condition not in CONDITION_CHOICES:
-        raise ValueError(f"unknown condition {condition!r}; choose from {CONDITION_CHOICES}")
+        raise UsageError(f"unknown condition {condition!r}; choose from {CONDITION_CHOICES}")
     tau = 10.0 ** (t_db / 10.0)
     shifted = max(tau - 1.0, 0.0)
     with np.errstate(invalid="ignore"):
@@ -86,7 +87,7 @@ def level_probabilities(arrays: BlockArrays, t_db: float, condition: str = "all"
                         levels: slice | None = None) -> np.ndarray:
     """Predicted P(exit-SNR ≥ t) per block and static level [K, L'], min over sources (DESIGN §5)."""
     if arrays.alpha is None or arrays.beta is None:
-        raise ValueError("this recording has no predicted variances (alpha, beta)")
+        raise UsageError("this recording has no predicted variances (alpha, beta)")
     lv = slice(None) if levels is None else levels
     key = ("gamma_rates", lv.start, lv.stop, lv.step)
     if key not in arrays._cache:  # t-independent: computed once per recording for a whole sweep

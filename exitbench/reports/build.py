@@ -15,6 +15,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from exitbench.errors import UsageError
 from exitbench.policies import PolicyError, RecordingError
 from exitbench.reports import figures as F
 from exitbench.reports.audio import load_mixture
@@ -221,7 +222,7 @@ def build_report(root: str | os.PathLike, run_ids: Sequence[str], out_dir: str |
                  policy: str | None = None) -> Path:
     """Write one static, self-contained HTML report of the runs (side by side) and return its path."""
     if not run_ids:
-        raise ValueError("no run to report")
+        raise UsageError("no run to report")
     check_inputs(root, run_ids, utt_id, policy)
     runs = [run_figures(root, r, targets, utt_id, policy) for r in run_ids]
     sections = []

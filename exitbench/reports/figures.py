@@ -15,6 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.figure import Figure
 
+from exitbench.errors import UsageError
 from exitbench.reports.style import (COLUMN_WIDTH, PAGE_WIDTH, RUN_STYLES, STRATEGY_ORDER, level_colors,
                                      strategy_color)
 
@@ -22,7 +23,7 @@ METRIC_LABELS = {"si_snri": "SI-SNRi (dB)", "snri": "SNRi (dB)", "sdri": "SDRi (
                  "stoi": "STOI", "estoi": "ESTOI", "gmacs": "GMAC/s", "si_snr": "SI-SNR (dB)", "sdr": "SDR (dB)"}
 
 
-class FigureError(ValueError):
+class FigureError(UsageError):
     """A frame that lacks what a figure needs (no rows, missing columns)."""
 
 

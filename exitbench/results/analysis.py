@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from exitbench.errors import UsageError
 from exitbench.policies import BlockArrays, PolicyError, parse_policy
 from exitbench.policies.calibration import (calibration_summary, observed_exit, pit_reliability, pit_values)
 from exitbench.policies.probability import level_probabilities
@@ -34,7 +35,7 @@ REPLAY_METRICS = ("si_snri", "snri")
 DEFAULT_TARGETS = (10.0, 15.0, 20.0)
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UsageError):
     """A query that cannot be answered for this run (missing feature, unknown utterance or key)."""
 
 

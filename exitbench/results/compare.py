@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
+from exitbench.errors import UsageError
 from exitbench.policies import PolicyError, parse_policy
 from exitbench.results.registry import resolve_run
 from exitbench.results.views import connect
@@ -32,7 +33,7 @@ DEFAULT_RESAMPLES = 2000
 _MAX_CELLS = 1 << 22  # resamples × utterances per chunk of the bootstrap
 
 
-class IncompatibleRuns(ValueError):
+class IncompatibleRuns(UsageError):
     """Two runs that cannot be compared (different test sets, no shared utterances...)."""
 
 
@@ -41,7 +42,7 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     items = [m.strip() for m in (text.split(",") if isinstance(text, str) else text) if m.strip()]
     bad = [m for m in items if m not in LEVEL_METRICS]
     if bad or not items:
-        raise ValueError(f"unknown metric(s) {bad or items}; choose from {', '.join(LEVEL_METRICS)}")
+        raise UsageError(f"unknown metric(s) {bad or items}; choose from {', '.join(LEVEL_METRICS)}")
     return tuple(dict.fromkeys(items))
 
 
@@ -58,9 +59,9 @@ def parse_tolerance(text: str | float, metrics: Sequence[str]) -> dict[str, floa
                 continue
             out[key.strip()] = float(value)
         except ValueError:
-            raise ValueError(f"--tolerance {item!r}: expected a number or metric=number") from None
+            raise UsageError(f"--tolerance {item!r}: expected a number or metric=number") from None
     if any(v < 0 for v in out.values()):
-        raise ValueError("--tolerance must not be negative")
+        raise UsageError("--tolerance must not be negative")
     return out
 
 
@@ -115,7 +116,7 @@ def bootstrap_mean_ci(deltas: np.ndarray, confidence: float = 0.95, resamples: i
     the weighted mean over its non-missing entries. Returns (mean, low, high), each [M].
     """
     if not 0 < confidence < 1:
-        raise ValueError(f"confidence must lie in (0, 1), not {confidence}")
+        raise UsageError(f"confidence must lie in (0, 1), not {confidence}")
     d = np.atleast_2d(np.asarray(deltas, dtype=np.float64))
     m, u = d.shape
     valid = np.isfinite(d)

@@ -17,6 +17,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from exitbench.errors import UsageError
 from exitbench.results.compare import (DEFAULT_RESAMPLES, paired_table, parse_metrics, parse_tolerance,
                                        run_values)
 from exitbench.results.registry import list_runs
@@ -55,13 +56,13 @@ def select_group(root: str | os.PathLike, model_glob: str | None = None, group: 
     if group:
         runs = runs[(runs["dataset"] == group) | runs["dataset_fingerprint"].fillna("").str.startswith(group)]
     if runs.empty:
-        raise ValueError(f"no complete run in {root} matches"
+        raise UsageError(f"no complete run in {root} matches"
                          f"{' --model-glob ' + model_glob if model_glob else ''}"
                          f"{' --group ' + group if group else ''}")
     groups = runs.groupby("dataset_fingerprint", sort=False)
     if groups.ngroups > 1:
         listing = "; ".join(f"{g['dataset'].iloc[0]} {fp[:12]} ({len(g)} runs)" for fp, g in groups)
-        raise ValueError(f"the runs cover {groups.ngroups} test sets; choose one with --group (a dataset name or"
+        raise UsageError(f"the runs cover {groups.ngroups} test sets; choose one with --group (a dataset name or"
                          f" fingerprint prefix): {listing}")
     no_step = runs[runs["step"].isna()]
     if len(no_step):
@@ -76,7 +77,7 @@ def select_group(root: str | os.PathLike, model_glob: str | None = None, group: 
                      f" used): {', '.join(dup['run_id'])}")
     runs = runs.drop_duplicates("step", keep="last").reset_index(drop=True)
     if runs.empty:
-        raise ValueError("no run of the group has a training step (checkpoint metadata 'step')")
+        raise UsageError("no run of the group has a training step (checkpoint metadata 'step')")
     return runs, notes
 
 

@@ -15,8 +15,9 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from exitbench.errors import UsageError
 import exitbench
-from exitbench.results.views import connect
+from exitbench.results.views import check_root, connect
 
 #: the columns ``list_runs`` returns, in order (a subset of the runs table plus the parsed start time)
 COLUMNS = ("run_id", "status", "model", "architecture", "checkpoint_path", "checkpoint_sha256", "step",
@@ -26,18 +27,17 @@ COLUMNS = ("run_id", "status", "model", "architecture", "checkpoint_path", "chec
 _HEX = re.compile(r"^[0-9a-fA-F]{4,64}$")
 
 
-class SchemaMismatch(ValueError):
+class SchemaMismatch(UsageError):
     """Runs written by a schema version other than this exitbench's."""
 
 
-class RunLookupError(ValueError):
+class RunLookupError(UsageError):
     """A run reference that matches no run, several runs, or a run that is not complete."""
 
 
 def all_runs(root: str | os.PathLike) -> pd.DataFrame:
     """Every run manifest under ``root`` (any status, any schema version), oldest first."""
-    if not Path(root).is_dir():
-        raise FileNotFoundError(f"results root {str(root)!r} does not exist")
+    check_root(root)
     con = connect(root)
     try:
         df = con.execute("SELECT * EXCLUDE (run) FROM runs ORDER BY started_at, run_id").df()
@@ -56,7 +56,7 @@ def parse_when(text: str, end: bool = False) -> pd.Timestamp:
     try:
         ts = pd.Timestamp(_dt.datetime.fromisoformat(text.strip()))
     except ValueError:
-        raise ValueError(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)") from None
+        raise UsageError(f"{text!r} is not an ISO date (YYYY-MM-DD) or date-time (YYYY-MM-DDTHH:MM)") from None
     if ts.tzinfo is None:
         ts = ts.tz_localize("UTC")
     if end and re.fullmatch(r"\d{4}-\d{2}-\d{2}", text.strip()):
@@ -73,7 +73,7 @@ def parse_steps(text: str) -> tuple[int | None, int | None]:
             return int(text), int(text)
         return (int(lo) if lo.strip() else None), (int(hi) if hi.strip() else None)
     except ValueError:
-        raise ValueError(f"step {text!r}: expected N, A..B, A.. or ..B (integers)") from None
+        raise UsageError(f"step {text!r}: expected N, A..B, A.. or ..B (integers)") from None
 
 
 def _matches_checkpoint(row: pd.Series, pattern: str) -> bool:

@@ -17,21 +17,23 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from exitbench.errors import UsageError
 from exitbench.policies import BlockArrays, parse_policy
 from exitbench.policies.replay import replay
 from exitbench.policies.sweep import sweep
 from exitbench.results.store import write_parquet_atomic
-from exitbench.results.views import connect, fetch_arrow
+from exitbench.results.views import check_root, connect, fetch_arrow
 
 DEFAULT_TARGET = 15.0  # dB: regret target for policies that have none of their own
 
 
-class RunNotFound(ValueError):
+class RunNotFound(UsageError):
     """A run id or prefix that matches no complete run (or several)."""
 
 
 def resolve_run_id(root: str | os.PathLike, prefix: str) -> str:
     """The one complete run whose id starts with ``prefix``."""
+    check_root(root)
     con = connect(root)
     rows = con.execute("SELECT run_id, status FROM runs WHERE starts_with(run_id, ?)", [prefix]).fetchall()
     if not rows:

@@ -5,24 +5,32 @@ Layout under a results root::
     <root>/<table>/run=<id>/part-0.parquet        compacted tables (what DuckDB reads)
     <root>/runs/run=<id>/manifest.parquet         one row; status running -> complete
     <root>/_staging/run=<id>/shard-00003/*.parquet  finished shards of a run in progress
+    <root>/_staging/run=<id>/_publish/*.parquet   a run's compacted tables, about to be published
+    <root>/_locks/run=<id>.lock                   the run's writer (results.locks)
 
 A shard directory is filled under a temporary name and renamed into place in one step, so a
-shard is either wholly there or not at all; a rerun skips the shards already there. Nothing under
-``_staging`` or named ``.*.tmp`` matches the table globs, so readers never see partial files.
+shard is either wholly there or not at all; a rerun skips the shards already there. A finished
+run is published whole: its compacted tables are written under its staging folder, renamed into
+the table folders, and only then is the manifest marked ``complete``. Readers (results.views) see
+only the tables of complete runs, so a run is visible all at once or not at all.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from exitbench.errors import ResultsRootError
 from exitbench.results.schema import RUNS, SHARD_TABLES, TABLES
 
 ROW_GROUP_SIZE = 1_000_000  # large row groups: DuckDB slows down a lot on many small ones
@@ -41,20 +49,67 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+#: errno values that mean the results root cannot take a write (never the data's fault)
+_ROOT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _errno_of(exc: OSError) -> int | None:
+    """The errno of an OSError; pyarrow's IO errors carry it only in the message ("[Errno 28] ...")."""
+    if exc.errno is not None:
+        return exc.errno
+    text = str(exc)
+    if "[Errno " in text:
+        with contextlib.suppress(ValueError):
+            return int(text.split("[Errno ", 1)[1].split("]", 1)[0])
+    return None
+
+
+@contextlib.contextmanager
+def root_errors(path: Path, needed_bytes: int = 0) -> Iterator[None]:
+    """Turn a full, read-only or forbidden file system under ``path`` into one ResultsRootError line."""
+    try:
+        yield
+    except OSError as exc:
+        code = _errno_of(exc)
+        if code not in _ROOT_ERRNOS:
+            raise
+        if code in (errno.ENOSPC, errno.EDQUOT):
+            free = "unknown"
+            for p in (path, *path.parents):
+                with contextlib.suppress(OSError):
+                    free = _mb(shutil.disk_usage(p).free)
+                    break
+            raise ResultsRootError(
+                f"no space left on the file system of {path}: writing it needs about"
+                f" {_mb(max(needed_bytes, 1))}, {free} free; free some space and rerun the same command"
+                f" (finished shards are kept)") from None
+        raise ResultsRootError(f"cannot write {path}: {exc.strerror}") from None
+
+
 def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
     """Write a whole Parquet file under a temporary name in the same folder, then rename it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        pq.write_table(table, tmp, row_group_size=ROW_GROUP_SIZE, compression="zstd")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        with root_errors(path, table.nbytes):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_table(table, tmp)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _write_table(table: pa.Table, path: Path) -> None:
+    """Write and fsync one Parquet file (its bytes are on disk before any rename publishes it)."""
+    pq.write_table(table, path, row_group_size=ROW_GROUP_SIZE, compression="zstd")
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
@@ -127,26 +182,27 @@ class ResultStore:
         final = self.shard_dir(run_id, shard)
         if final.exists():
             return False
-        final.parent.mkdir(parents=True, exist_ok=True)
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
-        tmp.mkdir()
         try:
-            for name in SHARD_TABLES:
-                table = conform(tables.get(name, TABLES[name].empty_table()), TABLES[name])
-                pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
-            (tmp / "_SUCCESS").write_text("")
-            try:
-                os.rename(tmp, final)  # atomic; fails if another writer published it first
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-                return False
-            _fsync_dir(final.parent)
-            if self.on_shard_written is not None:
-                self.on_shard_written(shard)
-            return True
+            with root_errors(final.parent, sum(t.nbytes for t in tables.values())):
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp.mkdir()
+                for name in SHARD_TABLES:
+                    table = conform(tables.get(name, TABLES[name].empty_table()), TABLES[name])
+                    pq.write_table(table, tmp / f"{name}.parquet", compression="zstd")
+                (tmp / "_SUCCESS").write_text("")
+                try:
+                    os.rename(tmp, final)  # atomic; fails if another writer published it first
+                except OSError:
+                    shutil.rmtree(tmp, ignore_errors=True)
+                    return False
+                _fsync_dir(final.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self.on_shard_written is not None:
+            self.on_shard_written(shard)
+        return True
 
     def read_shards(self, run_id: str, table: str) -> pa.Table:
         """All finished shards of a table, concatenated in shard order."""
@@ -156,9 +212,9 @@ class ResultStore:
             return TABLES[table].empty_table()
         return pa.concat_tables([conform(p, TABLES[table]) for p in parts])
 
-    def compact(self, run_id: str, extra: dict[str, pa.Table] | None = None) -> dict[str, int]:
-        """Merge the run's shards into one file per table (plus ``extra`` tables); returns row counts."""
-        counts = {}
+    def compacted_tables(self, run_id: str) -> dict[str, pa.Table]:
+        """The run's shards merged into one sorted table each (blocks, utterances, errors)."""
+        tables = {}
         for name in SHARD_TABLES:
             table = self.read_shards(run_id, name)
             if name == "blocks":
@@ -167,33 +223,117 @@ class ResultStore:
             elif name == "utterances":
                 table = table.sort_by([("utt_id", "ascending"), ("level", "ascending"),
                                        ("source", "ascending")])
-            self._replace_partition(name, run_id, table)
-            counts[name] = table.num_rows
-        for name, table in (extra or {}).items():
-            self._replace_partition(name, run_id, conform(table, TABLES[name]))
-            counts[name] = table.num_rows
-        return counts
+            tables[name] = table
+        return tables
 
-    def _replace_partition(self, name: str, run_id: str, table: pa.Table) -> None:
-        d = self.table_dir(name, run_id)
-        write_parquet_atomic(table, d / "part-0.parquet")
-        # stale files from an older layout of the same run would double rows: remove them
-        for p in d.glob("*.parquet"):
-            if p.name != "part-0.parquet":
-                p.unlink(missing_ok=True)
+    def publish(self, manifest: dict, tables: dict[str, pa.Table]) -> dict[str, int]:
+        """Publish a finished run whole: tables staged, renamed into place, then the manifest, then cleanup.
+
+        Readers see a run only once its manifest says ``complete`` (written last, atomically), so a
+        kill at any step leaves either the old state or the new one visible, never a mix; the staged
+        shards stay until the end, so a rerun after a kill publishes again from them.
+        """
+        run_id = manifest["run_id"]
+        pub = self.staging_dir(run_id) / "_publish"
+        shutil.rmtree(pub, ignore_errors=True)  # from an interrupted publication
+        for name, table in tables.items():
+            write_parquet_atomic(conform(table, TABLES[name]), pub / f"{name}.parquet")
+        for name in tables:
+            d = self.table_dir(name, run_id)
+            with root_errors(d):
+                d.mkdir(parents=True, exist_ok=True)
+                os.replace(pub / f"{name}.parquet", d / "part-0.parquet")
+                _fsync_dir(d)
+            # stale files from an older layout of the same run would double rows: remove them
+            for p in d.glob("*.parquet"):
+                if p.name != "part-0.parquet":
+                    p.unlink(missing_ok=True)
+        self.write_manifest(manifest)
+        self.drop_staging(run_id)
+        return {name: t.num_rows for name, t in tables.items()}
 
     def drop_staging(self, run_id: str) -> None:
-        """Remove a run's shards once compacted (and the staging folder once empty)."""
+        """Remove a run's shards once published (and the staging folder once empty)."""
         shutil.rmtree(self.staging_dir(run_id), ignore_errors=True)
-        try:
-            self.staging_dir(run_id).parent.rmdir()
-        except OSError:
-            pass  # other runs are still staging here
+        with contextlib.suppress(OSError):
+            self.staging_dir(run_id).parent.rmdir()  # fails while other runs are still staging here
 
     def delete_run(self, run_id: str) -> None:
         """Remove every table partition of a run (used by --force)."""
         for name in list(TABLES) + ["_staging"]:
             shutil.rmtree(self.root / name / f"run={run_id}", ignore_errors=True)
+
+    def restage(self, run_id: str, shards: list[list[str]], redo: set[int]) -> None:
+        """Put a published run's rows back into staging as shards, all but ``redo`` (which run again).
+
+        Used when a complete run holds rows that must be recorded again (infrastructure failures
+        an older version recorded as errors): the good shards are kept, only ``redo`` is re-run.
+        """
+        import pyarrow.compute as pc
+
+        published = {name: pq.read_table(self.table_dir(name, run_id) / "part-0.parquet")
+                     for name in SHARD_TABLES}
+        for index, ids in enumerate(shards):
+            if index in redo:
+                continue
+            keep = pa.array(ids, pa.string())
+            self.write_shard(run_id, index, {name: t.filter(pc.is_in(t.column("utt_id"), value_set=keep))
+                                             for name, t in published.items()})
+
+    # -- housekeeping ----------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        """Create the root if needed; raise ResultsRootError when it is a file or cannot be written."""
+        if self.root.exists() and not self.root.is_dir():
+            raise ResultsRootError(f"results root {self.root} is a file, not a directory")
+        with root_errors(self.root):
+            try:
+                self.root.mkdir(parents=True, exist_ok=True)
+            except FileExistsError:
+                raise ResultsRootError(f"results root {self.root} cannot be created: a parent is a file") from None
+            except NotADirectoryError:
+                raise ResultsRootError(f"results root {self.root} cannot be created: a parent is a file") from None
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise ResultsRootError(f"results root {self.root} is not writable")
+
+    def clean_orphans(self, is_locked: Callable[[str], bool], min_age_s: float = 60.0) -> list[str]:
+        """Remove what killed writers left behind; returns what was removed (as paths).
+
+        Staging of a run whose manifest is already complete (a kill during cleanup), and temporary
+        files and shard folders older than ``min_age_s`` of runs that no live process holds.
+        Staged shards of unfinished runs are kept: they are what a rerun resumes from.
+        """
+        removed: list[str] = []
+        staging = self.root / "_staging"
+        if not staging.is_dir():
+            return removed
+        now = time.time()
+        for d in staging.iterdir():
+            if not d.name.startswith("run="):
+                continue
+            run_id = d.name.removeprefix("run=")
+            if is_locked(run_id):
+                continue
+            m = None
+            with contextlib.suppress(Exception):
+                m = self.read_manifest(run_id)
+            if m and m.get("status") == "complete":
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(str(d))
+                continue
+            for p in d.iterdir():
+                with contextlib.suppress(OSError):
+                    if p.name.endswith(".tmp") and now - p.stat().st_mtime > min_age_s:
+                        shutil.rmtree(p) if p.is_dir() else p.unlink()
+                        removed.append(str(p))
+        for p in self.root.glob("*/run=*/.*.tmp"):
+            run_id = p.parent.name.removeprefix("run=")
+            with contextlib.suppress(OSError):
+                if not is_locked(run_id) and now - p.stat().st_mtime > min_age_s:
+                    p.unlink()
+                    removed.append(str(p))
+        with contextlib.suppress(OSError):
+            staging.rmdir()
+        return removed
 
 
 def json_dumps(obj: object) -> str:

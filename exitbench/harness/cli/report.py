@@ -7,8 +7,8 @@ from typing import Any, Optional
 
 import typer
 
-from exitbench.harness.cli import ResultsOpt, app, console, out
-from exitbench.harness.cli_policies import guarded_policy
+from exitbench.errors import UsageError
+from exitbench.harness.cli.app import ResultsOpt, app, console, guarded, out
 
 
 @app.command()
@@ -35,16 +35,16 @@ def report(
         try:
             ts = [float(x) for x in targets.split(",") if x.strip()]
         except ValueError:
-            raise ValueError(f"--targets: expected comma-separated numbers, got {targets!r}") from None
+            raise UsageError(f"--targets: expected comma-separated numbers, got {targets!r}") from None
         if not ts:
-            raise ValueError("--targets needs at least one number")
+            raise UsageError("--targets needs at least one number")
         ids = list(dict.fromkeys(resolve_run_id(results, r) for r in runs))
         with console.status(f"drawing {len(ids)} run(s)..."):
             if paper:
                 return write_paper_figures(results, ids, out_dir, ts, utt, policy)
             return build_report(results, ids, out_dir, ts, utt, policy)
 
-    made = guarded_policy(go)
+    made = guarded(go)
     if paper:
         for why in made.skipped:
             console.print(f"skipped {why}", highlight=False, soft_wrap=True)

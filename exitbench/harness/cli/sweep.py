@@ -9,8 +9,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from exitbench.harness.cli import app, console, fail, guarded, out
-from exitbench.harness.cli_policies import guarded_policy
+from exitbench.errors import EXIT_BAD_INPUT, EXIT_UTTERANCES_FAILED
+
+from exitbench.harness.cli.app import app, console, fail, guarded, out, record
 
 _VERDICT_STYLE = {"worse": "bold red", "better": "green", "same": "", "n/a": "dim"}
 
@@ -46,9 +47,9 @@ def sweep(
     Recordings whose run id is complete in the results root are skipped, and so are replays already
     stored there, so a second invocation does nothing and an interrupted one resumes. Policies a
     model cannot run (e.g. router on a model without one) are skipped with the reason. Exit code 1
-    when a recording failed or had utterance errors, 2 on a bad spec, 130 on Ctrl-C.
+    when a recording had utterance errors, 2 on a bad spec or a recording that failed on bad input,
+    3 when the results root is unavailable, 4 when the cluster lost its workers, 130 on Ctrl-C.
     """
-    from exitbench.harness.cli import record
     from exitbench.harness.sweep import load_sweep_spec, run_sweep
 
     sp = guarded(lambda: load_sweep_spec(spec))
@@ -80,7 +81,7 @@ def sweep(
         console.print(f"[yellow]{msg}[/]" if "skipping" in msg or "failed" in msg else msg, highlight=False,
                       soft_wrap=True)
 
-    report = guarded_policy(lambda: run_sweep(sp, root, record_fn, log))
+    report = guarded(lambda: run_sweep(sp, root, record_fn, log))
     t = Table(title=f"recordings in {root}")
     for c in ("checkpoint", "step", "test set", "run", "status", "errors"):
         t.add_column(c)
@@ -103,8 +104,10 @@ def sweep(
                   + "; replays: " + (", ".join(f"{v} {k}" for k, v in counts.items()) or "none")
                   + "; curves: " + (", ".join(f"{k[:10]} {v}" for k, v in report.curves.items()) or "none"),
                   highlight=False, soft_wrap=True)
+    if (report.recordings["status"] == "failed").any():
+        raise typer.Exit(EXIT_BAD_INPUT)  # a checkpoint or test set of the spec could not be recorded
     if report.failed:
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_UTTERANCES_FAILED)
 
 
 # -- compare ----------------------------------------------------------------------------------------
@@ -149,7 +152,7 @@ def compare(
                             confidence=confidence, resamples=resamples, seed=seed, targets=ts,
                             at_gmacs=at_gmacs, curves=not no_curves)
 
-    cmp = guarded_policy(go)
+    cmp = guarded(go)
     b, c = cmp.base, cmp.candidate
     console.print(f"base {b['run_id']} ({Path(str(b['checkpoint_path'] or b['model'])).name}, step {_int(b['step'])})"
                   f" vs candidate {c['run_id']} ({Path(str(c['checkpoint_path'] or c['model'])).name}, step"
@@ -205,7 +208,7 @@ def history(
     """
     from exitbench.results.history import history as build, plot_history
 
-    hist = guarded_policy(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
+    hist = guarded(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
                                        confidence))
     t = Table(title=f"history on {hist.dataset} ({hist.fingerprint[:12]}): {len(hist.runs)} step(s)")
     for col in ("step", "run", "name", "metric", "mean", "Δ prev", "CI", "verdict"):

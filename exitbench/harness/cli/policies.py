@@ -8,15 +8,15 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from exitbench.harness.cli import ResultsOpt, app, console, guarded, out
-from exitbench.policies import PolicyError, RecordingError
+from exitbench.errors import UsageError
+from exitbench.harness.cli.app import ResultsOpt, app, console, guarded, out
 
 
 def _floats(text: str) -> list[float]:
     try:
         return [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise ValueError(f"expected comma-separated numbers, got {text!r}") from None
+        raise UsageError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 @app.command()
@@ -43,7 +43,7 @@ def replay(
             summaries.append(res.summary() | {"folder": str(folder)})
         return summaries
 
-    for s in guarded_policy(go):
+    for s in guarded(go):
         t = Table(title=f"{s['policy']} on run {s['run']}", show_header=False)
         t.add_row("GMAC/s", f"{s['gmacs']:.4f}")
         t.add_row("mean SI-SNRi (dB)", f"{s['si_snri']:.3f}")
@@ -54,16 +54,6 @@ def replay(
             t.add_row(f"blocks at {name}", f"{c} ({100 * c / total:.1f}%)")
         out.print(t)
         console.print(f"stored: {s['folder']}", highlight=False, soft_wrap=True)
-
-
-def guarded_policy(fn: Any) -> Any:
-    """``guarded`` that also turns policy/recording mismatches into one line."""
-    def wrapped() -> Any:
-        try:
-            return fn()
-        except (PolicyError, RecordingError) as exc:
-            raise ValueError(str(exc)) from None
-    return guarded(wrapped)
 
 
 @app.command("sweep-policies")
@@ -82,7 +72,7 @@ def sweep_policies(
         run_id = resolve_run_id(results, run)
         return run_id, sweep_run(results, run_id, _floats(targets), policy or None)
 
-    run_id, frame = guarded_policy(go)
+    run_id, frame = guarded(go)
     for name, why in frame.attrs.get("skipped", {}).items():
         console.print(f"skipped {name}: {why}", highlight=False, soft_wrap=True)
     t = Table(title=f"policy sweep of run {run_id}: {len(frame)} configurations")

@@ -1,0 +1,17 @@
+"""The ``exitbench`` command line: a thin layer over the library.
+
+``app`` (the shared Typer app, consoles and error handling) is imported by every command module;
+importing this package registers the commands.
+"""
+
+from __future__ import annotations
+
+from exitbench.harness.cli.app import app
+from exitbench.harness.cli import policies, report, results, run, sweep  # noqa: F401  (register commands)
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()

@@ -1,0 +1,143 @@
+"""``exitbench run``, ``demo`` and ``train``: recording and training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from exitbench.errors import EXIT_UTTERANCES_FAILED, UsageError, exit_codes_help
+from exitbench.harness.cli.app import (
+    ResultsOpt,
+    app,
+    console,
+    guarded,
+    parse_metrics,
+    parse_options,
+    positive_limit,
+    record,
+    report_outcome,
+)
+from exitbench.harness.spec import RecordSettings, RunSpec
+from exitbench.models.registry import DEFAULT_MODEL
+
+
+ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
+                        help="checkpoint file, bundled model name (press-s, slimdemucs-s) or module:factory")
+
+
+RUN_HELP = """Record a model on a test set: every level, block statistics and metrics, into Parquet.
+
+The run id hashes the checkpoint bytes, the test set's fingerprint and these settings: the same
+command twice does the work once, and an interrupted run resumes from its finished shards. One
+process records a run id at a time. When a worker or a node dies its shards run again elsewhere;
+the run is complete only when every utterance has rows or an errors row caused by itself.
+
+""" + exit_codes_help()
+
+
+@app.command(help=RUN_HELP)
+def run(
+    model: str = ModelOpt,
+    dataset: str = typer.Option("synthetic", "--dataset", "-d",
+                                help="NAME or NAME:PATH, e.g. wsj0-2mix:/data/wsj0-mix/2speakers/wav8k/min/tt"),
+    dataset_opt: list[str] = typer.Option([], "--dataset-opt", help="loader option key=value (repeatable)"),
+    split: Optional[str] = typer.Option(None, help="split for loaders that take a root (tt, cv, tr)"),
+    variant: Optional[str] = typer.Option(None, help="variant for WHAM!/LibriMix (mix_clean, mix_both...)"),
+    results: Path = ResultsOpt,
+    metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi (SI-SNR always)"),
+    sdr_backend: str = typer.Option("fast_bss_eval", help="fast_bss_eval (default) or mir_eval"),
+    resample: bool = typer.Option(False, help="resample audio whose rate differs from the model's"),
+    limit: Optional[int] = typer.Option(None, help="record only the first N utterances"),
+    shard_size: int = typer.Option(8, help="utterances per shard (the unit of resumption)"),
+    executor: str = typer.Option("ray", help="ray (local cluster, or --address) or local (in-process)"),
+    workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/4: metric tasks get the rest)"),
+    gpus_per_worker: Optional[float] = typer.Option(None, help="ray: GPUs per model actor (fractions allowed)"),
+    cpus_per_metric_task: float = typer.Option(1.0, help="ray: CPUs per metric task"),
+    address: Optional[str] = typer.Option(None, help="ray: cluster address (default: RAY_ADDRESS or local)"),
+    worker_wait: float = typer.Option(60.0, help="ray: seconds without any live model worker before the run"
+                                                 " stops (exit 4; finished shards are kept)"),
+    force: bool = typer.Option(False, help="record again even if the run id is complete"),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or table"),
+) -> None:
+    def go() -> Any:
+        opts = list(parse_options(dataset_opt))
+        opts += [("split", split)] if split else []
+        opts += [("variant", variant)] if variant else []
+        if workers is not None and workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {workers}")
+        spec = RunSpec(model, dataset, tuple(sorted(opts)),
+                       RecordSettings(parse_metrics(metrics), sdr_backend, shard_size, resample,
+                                      positive_limit(limit)))
+        kw = {}
+        if executor == "ray":
+            kw = dict(workers=workers, gpus_per_worker=gpus_per_worker,
+                      cpus_per_metric_task=cpus_per_metric_task, address=address, worker_wait_s=worker_wait)
+        return record(spec, results, executor, force, quiet, **kw)
+
+    outcome = guarded(go, results)
+    report_outcome(outcome, quiet)
+    if outcome.num_errors:
+        raise typer.Exit(EXIT_UTTERANCES_FAILED)
+
+
+@app.command()
+def demo(
+    model: str = ModelOpt,
+    results: Path = ResultsOpt,
+    out: Path = typer.Option(Path("reports"), "--out", "-o", help="where the HTML report is written"),
+    executor: str = typer.Option("ray", help="ray (a local cluster, default) or local (in-process)"),
+    metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi"),
+    report: bool = typer.Option(True, help="write the HTML report after recording"),
+) -> None:
+    """Record the shipped model on the bundled real-speech demo set, print a table per level, write a report.
+
+    The separator (press-s, default) runs on `demo` (8 kHz two-speaker mixtures); the enhancer
+    (--model slimdemucs-s) on `demo-enhance` (16 kHz noisy speech).
+    """
+    dataset = "demo-enhance" if model.startswith("slimdemucs") else "demo"
+
+    def go() -> Any:
+        spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics)))
+        return record(spec, results, executor)
+
+    outcome = guarded(go, results)
+    report_outcome(outcome)
+    if report:
+        from exitbench.reports.build import build_report
+
+        with console.status("drawing the report..."):
+            path = guarded(lambda: build_report(results, [outcome.run_id], out), results)
+        console.print(f"report: {path}", highlight=False, soft_wrap=True)
+    if outcome.num_errors:
+        raise typer.Exit(EXIT_UTTERANCES_FAILED)
+
+
+@app.command()
+def train(
+    config: str = typer.Argument(..., help="TOML path, or a shipped config: press-s, press-m, slimdemucs-s,"
+                                           " tiny-press, tiny-slimdemucs"),
+    out: Path = typer.Option(Path("checkpoints"), "--out", "-o", help="folder for <name>.pt and <name>.log.json"),
+    device: Optional[str] = typer.Option(None, help="cuda or cpu (default: cuda when available)"),
+    max_minutes: Optional[float] = typer.Option(None, help="wall-clock budget (overrides the config)"),
+    corpus: Optional[str] = typer.Option(None, help="corpus root (default: the config's, .corpus)"),
+    set_: list[str] = typer.Option([], "--set", help="override a config value, SECTION.KEY=VALUE (repeatable)"),
+) -> None:
+    """Train a reference model with dynamic mixing from a speech corpus (scripts/build_corpus.py).
+
+    Validates every epoch (SI-SNRi per level) and writes a checkpoint in exitbench's format each
+    epoch, with the steps, data, config and validation metrics in its metadata.
+    """
+    from exitbench.models.train import main as train_main
+
+    argv = [config, str(out)]
+    argv += ["--device", device] if device else []
+    argv += ["--max-minutes", str(max_minutes)] if max_minutes is not None else []
+    argv += ["--corpus", corpus] if corpus else []
+    for item in set_:
+        argv += ["--set", item]
+    guarded(lambda: train_main(argv))
+
+
+
