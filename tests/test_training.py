@@ -12,6 +12,7 @@ import soundfile as sf
 import torch
 from scipy.stats import multivariate_t
 
+from exitbench.errors import UsageError
 from exitbench.models.losses import block_sums, invgamma_nll, pit_level_losses, router_regularisers
 from exitbench.models.registry import resolve_model
 from exitbench.models.train import load_config, train
@@ -97,7 +98,7 @@ def test_corpus_pool_and_dynamic_mixing(tmp_path):
 
 
 def test_missing_corpus_without_fallback_is_an_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="no speech corpus"):
+    with pytest.raises(UsageError, match="no speech corpus"):
         load_pool(tmp_path, 8000, "train", need_noise=False, synthetic_fallback=False)
 
 
