@@ -40,7 +40,8 @@ def ray_session(tmp_path_factory):
 
     marker_dir = tmp_path_factory.mktemp("ray-markers")
     env = {"PYTHONPATH": os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]),
-           "EXITBENCH_TEST_KILL_MARKER": str(marker_dir / "kill-once")}
+           "EXITBENCH_TEST_KILL_MARKER": str(marker_dir / "kill-once"),
+           "EXITBENCH_TEST_KILL_COUNT": str(marker_dir / "kill-count")}
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              runtime_env={"env_vars": env})
     yield marker_dir / "kill-once"

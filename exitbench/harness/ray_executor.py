@@ -147,6 +147,7 @@ class RayExecutor:
         self.slots: list[_Slot] = []
         self.retried_shards = 0  # shards run again after an infrastructure failure (for reports and tests)
         self.actors_lost = 0
+        self.on_note: Callable[[str], None] = lambda msg: None  # one line per lost worker, for the CLI
 
     def _plan(self) -> tuple[int, float, int, bool]:
         import ray
@@ -238,6 +239,7 @@ class RayExecutor:
                 on_utterance(-shard.settled)  # the progress display counts them again on the retry
             attempts[index] += 1
             self.retried_shards += 1
+            self.on_note(f"lost a worker ({why}): shard {index} runs again (attempt {attempts[index] + 1})")
             if attempts[index] >= self.max_shard_attempts:
                 raise WorkersLostError(
                     f"shard {index} ({len(shard.ids)} utterances from {shard.ids[0]}) lost its worker"

@@ -162,12 +162,12 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
     store.check_writable()
     shards = p.shards()
     note = on_note or (lambda msg: None)
+    removed = store.clean_orphans(lambda rid: is_locked(store.root, rid))
+    if removed:
+        note(f"removed {len(removed)} leftover(s) of killed writers from {store.root}")
     if not force and _complete_and_sound(store, p.run_id):
         return _already(p, store, len(shards))
     with RunLock(store.root, p.run_id):
-        removed = store.clean_orphans(lambda rid: rid != p.run_id and is_locked(store.root, rid))
-        if removed:
-            note(f"removed {len(removed)} leftover(s) of killed writers from {store.root}")
         if force:
             store.delete_run(p.run_id)
         old = store.read_manifest(p.run_id)

@@ -64,3 +64,35 @@ def dies_once() -> ExitModel:
     import os
 
     return DiesOnce(os.environ.get("EXITBENCH_TEST_KILL_MARKER", "/nonexistent"))
+
+
+class DiesN(Faulty):
+    """SIGKILLs its worker while the number in ``marker`` is positive, counting it down each time."""
+
+    def __init__(self, marker: str):
+        super().__init__("ok", 10**12)
+        self.marker = marker
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        import os
+        import signal
+        from pathlib import Path
+
+        path = Path(self.marker)
+        left = int(path.read_text() or 0) if path.exists() else 0
+        if left > 0:
+            path.write_text(str(left - 1))
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().forward_all(mixture)
+
+
+def dies_n() -> ExitModel:
+    """SIGKILLs its worker as many times as the file named by EXITBENCH_TEST_KILL_COUNT says."""
+    import os
+
+    return DiesN(os.environ.get("EXITBENCH_TEST_KILL_COUNT", "/nonexistent"))
+
+
+def buggy() -> ExitModel:
+    """A factory with a bug in it: exitbench must call it an internal error, not the user's mistake."""
+    return None + 1  # type: ignore[operator]

@@ -154,6 +154,8 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
                       f" ({len(prepared.utt_ids)} utterances, {len(prepared.shards())} shards,"
                       f" levels {', '.join(prepared.model.levels)})", highlight=False)
     ex = make_executor(executor, **executor_kwargs)
+    if hasattr(ex, "on_note"):
+        ex.on_note = lambda msg: console.print(f"[yellow]{msg}[/]", highlight=False, soft_wrap=True)
     progress = Progress(TextColumn("[progress.description]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TextColumn("{task.fields[rate]}"), TimeElapsedColumn(),
                         TextColumn("eta"), TimeRemainingColumn(), console=console, disable=quiet,
