@@ -89,12 +89,14 @@ def read_mono(path: Path, utt_id: str, role: str, expected_rate: int | None = No
               root: Path | None = None) -> tuple[np.ndarray, int]:
     """Read one mono file as float32 ``[N]``; return it with its (possibly resampled) rate.
 
-    Raises UtteranceError for a missing, unreadable, truncated or multi-channel file, and for a
-    sample rate other than ``expected_rate`` unless ``resample_ok``.
+    Raises UtteranceError for a missing, empty, unreadable, truncated or multi-channel file, for NaN or
+    Inf samples, and for a sample rate other than ``expected_rate`` unless ``resample_ok``.
     """
     shown = _LazyPath(path, root)
     if not path.is_file():
         raise UtteranceError(utt_id, f"missing {role} file {shown}")
+    if path.stat().st_size == 0:
+        raise UtteranceError(utt_id, f"empty {role} file {shown} (0 bytes)")
     try:
         if path.suffix.lower() == ".wav":
             truncated = wav_truncation(path)
@@ -113,6 +115,12 @@ def read_mono(path: Path, utt_id: str, role: str, expected_rate: int | None = No
         raise UtteranceError(utt_id, f"truncated {role} file {shown}: header says {frames} frames,"
                                      f" read {data.shape[0]}")
     x = data[:, 0]
+    # caught here, where the file and its role are known; later checks could only say "the utterance"
+    if x.shape[0] == 0:
+        raise UtteranceError(utt_id, f"empty {role} file {shown} (no samples)")
+    if not np.isfinite(x).all():
+        bad = int(np.count_nonzero(~np.isfinite(x)))
+        raise UtteranceError(utt_id, f"{role} file {shown} contains NaN or Inf ({bad} of {x.shape[0]} samples)")
     if expected_rate is not None and rate != expected_rate:
         if not resample_ok:
             raise UtteranceError(utt_id, f"{role} file {shown} is {rate} Hz but the model runs at"

@@ -14,12 +14,16 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import soundfile as sf
 
 from exitbench.datasets.audio import display_path, load_utterance
 from exitbench.datasets.base import DatasetError, TestSet, Utterance, UtteranceError, hash_strings
+from exitbench.datasets.options import as_bool, as_int
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 FINGERPRINT_MODES = ("content", "stat")
 _HASH_CHUNK = 1 << 20
@@ -37,37 +41,6 @@ class UttFiles:
 
 
 # ---------------------------------------------------------------------------------------- options
-
-def as_bool(value: Any, option: str = "resample") -> bool:
-    """Parse a bool option that may arrive as a ``key=value`` string."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in ("1", "true", "yes", "on", "y"):
-        return True
-    if text in ("0", "false", "no", "off", "n", ""):
-        return False
-    raise DatasetError(f"option {option}={value!r}: expected true or false")
-
-
-def as_int(value: Any, option: str) -> int | None:
-    """Parse an optional int option (None stays None)."""
-    if value is None or value == "":
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise DatasetError(f"option {option}={value!r}: expected an integer") from None
-
-
-def parse_rate(value: Any) -> int:
-    """'8k' -> 8000, '16000' -> 16000 (the folder names of the mixing scripts use the 'k' form)."""
-    text = str(value).strip().lower()
-    try:
-        return int(float(text[:-1]) * 1000) if text.endswith("k") else int(text)
-    except ValueError:
-        raise DatasetError(f"option rate={value!r}: expected e.g. 8k or 16000") from None
-
 
 def rate_folder(rate: int) -> str:
     """8000 -> 'wav8k' (the mixing scripts' folder name)."""
@@ -107,21 +80,47 @@ def file_digest(path: Path, mode: str) -> str:
 ID_COLUMNS = ("id", "utt_id", "utterance_id", "mixture_ID", "mixture_id", "name", "file", "filename")
 
 
+def read_csv_text(path: Path, what: str) -> pd.DataFrame:
+    """A CSV as a DataFrame of the text written in each cell ('NA', 'nan', 'null' and '' stay themselves)."""
+    import pandas as pd
+
+    try:
+        # pandas' default NA parsing would turn ids such as 'NA' or 'nan' into NaN, so nothing is parsed here
+        return pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except Exception as exc:  # pandas raises many types for a broken CSV
+        raise DatasetError(f"cannot read {what} {path}: {exc}") from exc
+
+
+_BOOLS = {"True": True, "TRUE": True, "true": True, "False": False, "FALSE": False, "false": False}
+
+
+def typed_column(cells: list[str]) -> list[Any]:
+    """A metadata column read as text, typed as pandas infers it (numbers, bools, else the text); '' -> None."""
+    import pandas as pd
+
+    present = [c for c in cells if c != ""]
+    values: list[Any] = present
+    if present and all(c in _BOOLS for c in present):
+        values = [_BOOLS[c] for c in present]
+    else:
+        try:
+            values = pd.to_numeric(pd.Series(present, dtype=object)).tolist()
+        except (ValueError, TypeError):
+            pass  # a column with any non-number stays text, as pandas would keep it
+    it = iter(values)
+    return [python_scalar(next(it)) if c != "" else None for c in cells]
+
+
 def read_metadata_csv(path: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     """Rows of a metadata CSV keyed by utterance id; the key column is the one whose values match the ids.
 
     A value matches as given or as a file name (its stem), so 'mix/x.wav' and 'x' both join to id 'x'.
     """
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(path)
-    except Exception as exc:  # pandas raises many types for a broken CSV
-        raise DatasetError(f"cannot read metadata {path}: {exc}") from exc
+    table = read_csv_text(path, "metadata")
     wanted = set(ids)
 
     def keys(column: str) -> list[str]:
-        return [Path(str(v)).stem if str(v) not in wanted else str(v) for v in table[column]]
+        return [v if v in wanted else Path(v).stem for v in table[column]]
 
     named = [c for c in ID_COLUMNS if c in table.columns]
     candidates = named + [c for c in table.columns if c not in named]
@@ -133,10 +132,8 @@ def read_metadata_csv(path: Path, ids: list[str]) -> dict[str, dict[str, Any]]:
     if best is None:
         raise DatasetError(f"metadata {path}: no column matches the utterance ids (e.g. {ids[:2]});"
                            f" columns: {', '.join(map(str, table.columns))}")
-    rows: dict[str, dict[str, Any]] = {}
-    for key, (_, row) in zip(keys(best), table.iterrows()):
-        rows[key] = {str(k): python_scalar(v) for k, v in row.items() if k != best}
-    return rows
+    columns = {str(c): typed_column(table[c].tolist()) for c in table.columns if c != best}
+    return {key: {c: values[i] for c, values in columns.items()} for i, key in enumerate(keys(best))}
 
 
 # ---------------------------------------------------------------------------------------- testset
@@ -162,10 +159,10 @@ class FileTestSet(TestSet):
         dupes = sorted({it.id for it in items if it.id in seen or seen.add(it.id)})
         if dupes:
             raise DatasetError(f"{name}: duplicate utterance ids {dupes[:5]} under {self.root}")
-        n = as_int(limit, "limit")
+        n = as_int(limit, "limit", minimum=1)
         self._items = items[:n] if n is not None else items
         self._by_id = {it.id: it for it in self._items}
-        rate = as_int(sample_rate, "sample_rate")
+        rate = as_int(sample_rate, "sample_rate", minimum=1)
         # without a model rate, the set runs at its own rate (read from one header, no decoding)
         self.sample_rate = rate if rate is not None else self._native_rate()
         self._fingerprint: str | None = None

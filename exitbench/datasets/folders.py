@@ -15,8 +15,8 @@ from typing import Any, Callable
 
 from exitbench.datasets.audio import AUDIO_SUFFIXES
 from exitbench.datasets.base import DatasetError
-from exitbench.datasets.filesets import (FileTestSet, UttFiles, natural_key, parse_rate, rate_folder,
-                                         read_metadata_csv)
+from exitbench.datasets.filesets import FileTestSet, UttFiles, natural_key, rate_folder, read_metadata_csv
+from exitbench.datasets.options import as_int, parse_rate
 
 METADATA_FILE = "metadata.csv"
 
@@ -116,8 +116,8 @@ def _rate_candidates(rate: Any, sample_rate: Any) -> list[int]:
     """Rate folders to try: the one asked for, else the model's rate first, then 8k and 16k."""
     if rate is not None:
         return [parse_rate(rate)]
-    first = [int(sample_rate)] if sample_rate not in (None, "") else []
-    return list(dict.fromkeys(first + [8000, 16000]))
+    first = as_int(sample_rate, "sample_rate", minimum=1)
+    return list(dict.fromkeys(([first] if first is not None else []) + [8000, 16000]))
 
 
 def _wsj_candidates(split: str, mode: str, rates: list[int], prefixes: list[str]) -> list[str]:
@@ -148,9 +148,9 @@ def wsj_name_metadata(stem: str) -> dict[str, Any]:
 class Wsj0Mix(PairedFolderSet):
     """wsj0-{2,3}mix: ``wav8k|wav16k/min|max/{tr,cv,tt}/{mix,s1,s2[,s3]}`` (WAV or FLAC)."""
 
-    def __init__(self, path: str | None = None, num_speakers: int = 2, split: str | None = None,
+    def __init__(self, path: str | None = None, num_speakers: int | str = 2, split: str | None = None,
                  rate: Any = None, mode: str = "min", name: str | None = None, **options: Any):
-        n = int(num_speakers)
+        n = as_int(num_speakers, "num_speakers", minimum=1, default=2)
         name = name or f"wsj0-{n}mix"
         split = split or "tt"
         sources = [f"s{i}" for i in range(1, n + 1)]
@@ -164,12 +164,13 @@ class Wsj0Mix(PairedFolderSet):
 
 def wsj0_2mix(path: str | None = None, **options: Any) -> Wsj0Mix:
     """``--dataset wsj0-2mix:PATH`` (the split folder, or a root plus split=/rate=/mode=)."""
-    return Wsj0Mix(path, num_speakers=2, **options)
+    # the name fixes the speaker count; a num_speakers option passed as well would clash as a keyword
+    return Wsj0Mix(path, **{**options, "num_speakers": 2})
 
 
 def wsj0_3mix(path: str | None = None, **options: Any) -> Wsj0Mix:
     """``--dataset wsj0-3mix:PATH``."""
-    return Wsj0Mix(path, num_speakers=3, **options)
+    return Wsj0Mix(path, **{**options, "num_speakers": 3})
 
 
 # -------------------------------------------------------------------------------------------- WHAM!
@@ -297,8 +298,7 @@ def _demo_dir(path: str | None, folder: str, name: str) -> Path:
 
 def demo(path: str | None = None, **options: Any) -> Wsj0Mix:
     """``--dataset demo``: the bundled two-speaker set (wsj0-2mix split layout, 8 kHz, metadata.csv)."""
-    options.pop("name", None)
-    return Wsj0Mix(_demo_dir(path, "sep8k", "demo"), num_speakers=2, name="demo", **options)
+    return Wsj0Mix(_demo_dir(path, "sep8k", "demo"), **{**options, "num_speakers": 2, "name": "demo"})
 
 
 def demo_enhance(path: str | None = None, **options: Any) -> VoiceBank:

@@ -14,19 +14,21 @@ from pathlib import Path
 from typing import Any
 
 from exitbench.datasets.base import DatasetError
-from exitbench.datasets.filesets import FileTestSet, UttFiles, parse_rate, python_scalar, rate_folder
+from exitbench.datasets.filesets import FileTestSet, UttFiles, rate_folder, read_csv_text, typed_column
 from exitbench.datasets.folders import list_found
+from exitbench.datasets.options import as_int, parse_rate
 
 ID_COLUMNS = ("id", "utt_id", "utterance_id", "mixture_ID", "mixture_id")
 MIXTURE_COLUMNS = ("mixture", "mixture_path", "mix", "mix_path")
 _SOURCE_COLUMN = re.compile(r"^(?:source|src|s)_?(\d+)(?:_path)?$")
 #: columns that name other files (not references); kept out of the metadata
 PATH_COLUMNS = ("noise_path", "noise")
+JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 
 
 def read_table(path: Path) -> list[dict[str, Any]]:
-    """Rows of a CSV (type-inferred by pandas) or JSONL manifest, as plain dicts."""
-    if path.suffix.lower() in (".jsonl", ".ndjson", ".json"):
+    """Rows of a JSONL manifest as parsed, or of a CSV one with every cell as its text, as plain dicts."""
+    if path.suffix.lower() in JSONL_SUFFIXES:
         rows = []
         for lineno, line in enumerate(path.read_text().splitlines(), 1):
             if line.strip():
@@ -38,13 +40,7 @@ def read_table(path: Path) -> list[dict[str, Any]]:
                     raise DatasetError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
                 rows.append(row)
         return rows
-    import pandas as pd
-
-    try:
-        table = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS})
-    except Exception as exc:  # pandas raises many types for a broken CSV
-        raise DatasetError(f"cannot read manifest {path}: {exc}") from exc
-    return [{str(k): python_scalar(v) for k, v in row.items()} for row in table.to_dict("records")]
+    return [{str(k): v for k, v in row.items()} for row in read_csv_text(path, "manifest").to_dict("records")]
 
 
 def _source_list(value: Any) -> list[Any]:
@@ -73,7 +69,7 @@ class ManifestSet(FileTestSet):
                                f" found: {list_found(table_path)}")
         rows = read_table(table_path)
         if not rows:
-            raise DatasetError(f"{name}: manifest {table_path} has no rows")
+            raise DatasetError(f"{name}: manifest {table_path} has no rows: the test set is empty")
         columns = list(rows[0])
         id_col = id_column or next((c for c in ID_COLUMNS if c in columns), None)
         mix_col = mixture_column or next((c for c in MIXTURE_COLUMNS if c in columns), None)
@@ -87,12 +83,19 @@ class ManifestSet(FileTestSet):
         bases = self._bases(root, table_path)
         resolver = _Resolver(name, bases, [r[mix_col] for r in rows[:5] if r.get(mix_col)])
         skip = {id_col, mix_col, *src_cols, *exclude_columns}
+        if table_path.suffix.lower() not in JSONL_SUFFIXES:
+            # ids and paths stay the text written; the metadata columns get the types pandas would infer
+            for column in [c for c in columns if c not in skip and c not in ID_COLUMNS]:
+                for row, value in zip(rows, typed_column([r[column] for r in rows])):
+                    row[column] = value
         items = []
         for i, row in enumerate(rows):
             if not row.get(mix_col):
                 raise DatasetError(f"{name}: manifest row {i + 1} has no mixture path")
             mixture = resolver(row[mix_col])
-            utt_id = str(row[id_col]) if id_col is not None else mixture.stem
+            raw_id = row.get(id_col) if id_col is not None else None
+            # an empty id cell (or a JSON null) means no id was given, as an absent id column does
+            utt_id = mixture.stem if raw_id is None or raw_id == "" else str(raw_id)
             if src_cols == ["sources"]:
                 srcs = [resolver(p) if p else None for p in _source_list(row["sources"])]
                 roles = [f"source_{k}" for k in range(1, len(srcs) + 1)]
@@ -183,8 +186,9 @@ def _find_librimix_csv(path: str | None, split: str, variant: str, rate: Any, mo
     if base.is_file():
         return base
     csv = f"mixture_{split}_{variant}.csv"
+    model_rate = as_int(sample_rate, "sample_rate", minimum=1)
     rates = [parse_rate(rate)] if rate is not None else list(
-        dict.fromkeys(([int(sample_rate)] if sample_rate not in (None, "") else []) + [8000, 16000]))
+        dict.fromkeys(([model_rate] if model_rate is not None else []) + [8000, 16000]))
     rels = ["", "metadata"] + [f"{rate_folder(r)}/{mode}/metadata" for r in rates]
     rels += [f"Libri{n}Mix/{rate_folder(r)}/{mode}/metadata" for n in (2, 3) for r in rates]
     for rel in rels:

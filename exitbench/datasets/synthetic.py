@@ -6,7 +6,8 @@ import json
 
 import numpy as np
 
-from exitbench.datasets.base import TestSet, UtteranceError, Utterance, hash_strings
+from exitbench.datasets.base import DatasetError, TestSet, UtteranceError, Utterance, hash_strings
+from exitbench.datasets.options import as_float, as_int
 
 
 def speech_like(rng: np.random.Generator, num_samples: int, sample_rate: int) -> np.ndarray:
@@ -33,12 +34,17 @@ class SyntheticMixtures(TestSet):
 
     def __init__(self, path: str | None = None, num_utterances: int | str = 8, seconds: float | str = 2.0,
                  sample_rate: int | str = 8000, seed: int | str = 0, num_sources: int | str = 2,
-                 limit: int | None = None, **_: object):
-        self.num_utterances = int(num_utterances if limit is None else min(int(num_utterances), limit))
-        self.seconds = float(seconds)
-        self.sample_rate = int(sample_rate)
-        self.seed = int(seed)
-        self.num_sources = int(num_sources)
+                 limit: int | str | None = None, **_: object):
+        n = as_int(num_utterances, "num_utterances", minimum=1, default=8)
+        cap = as_int(limit, "limit", minimum=1)
+        self.num_utterances = n if cap is None else min(n, cap)
+        self.seconds = as_float(seconds, "seconds", default=2.0, above=0.0)
+        self.sample_rate = as_int(sample_rate, "sample_rate", minimum=1, default=8000)
+        self.seed = as_int(seed, "seed", minimum=0, default=0)  # numpy seeds must be non-negative
+        self.num_sources = as_int(num_sources, "num_sources", minimum=1, default=2)
+        if int(self.seconds * self.sample_rate * 0.75) < 1:  # the shortest of the +-25% lengths
+            raise DatasetError(f"synthetic: seconds={self.seconds:g} at {self.sample_rate} Hz gives"
+                               f" utterances of no samples")
         self.name = "synthetic"
 
     def ids(self) -> list[str]:

@@ -9,7 +9,9 @@ the waveforms it returns.
 from __future__ import annotations
 
 import json
+import math
 import traceback
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -30,6 +32,7 @@ from exitbench.metrics import (
     snr,
     stoi_score,
 )
+from exitbench.metrics.perceptual import PESQ_MIN_SECONDS, PESQ_MODES
 from exitbench.models.base import ExitModel
 from exitbench.results.schema import BLOCKS, ERRORS, STAT_COLUMNS, UTTERANCES
 
@@ -63,6 +66,37 @@ def check_compatible(model: ExitModel, utt: Utterance) -> None:
     if utt.sources.shape[0] != model.num_sources:
         raise UtteranceError(utt.id, f"{utt.sources.shape[0]} reference source(s) but the model"
                                      f" separates {model.num_sources}")
+    # a lone partial block would give per-block statistics (and exit decisions) of no meaning
+    if utt.num_samples < model.block_size:
+        raise UtteranceError(utt.id, f"{utt.num_samples} samples is shorter than one block"
+                                     f" ({model.block_size} samples)")
+
+
+#: pystoi's constants: 30 STFT frames of 256 samples, hop 128, at 10 kHz
+STOI_RATE, STOI_FRAMES, STOI_HOP = 10000, 30, 128
+
+
+def metric_min_samples(metric: str, sample_rate: int) -> int | None:
+    """The fewest samples at ``sample_rate`` that ``metric`` can score (None: no minimum)."""
+    if metric == "pesq" and sample_rate in PESQ_MODES:  # at other rates pesq_score notes why it is NaN
+        # the pesq package raises BufferTooShortError below a quarter of a second
+        return math.ceil(PESQ_MIN_SECONDS * sample_rate)
+    if metric == "stoi":
+        # pystoi frames as range(0, len - 256, 128) twice (silence removal, overlap-add, STFT), so 30
+        # frames need more than 32 hops at 10 kHz even with no silent frame; shorter, it returns 1e-5
+        return math.floor((STOI_FRAMES + 2) * STOI_HOP * sample_rate / STOI_RATE) + 1
+    return None
+
+
+def check_metric_lengths(rec: LevelRecord, settings: RecordSettings) -> None:
+    """Raise UtteranceError when the utterance is shorter than an enabled metric needs."""
+    n = rec.mixture.shape[0]
+    for metric in settings.metrics:
+        need = metric_min_samples(metric, rec.sample_rate)
+        if need is not None and n < need:
+            raise UtteranceError(rec.utt_id, f"{n} samples is shorter than {metric} needs ({need} samples,"
+                                             f" {need / rec.sample_rate:.3f} s at {rec.sample_rate} Hz);"
+                                             f" leave {metric} out of --metrics to record it")
 
 
 def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
@@ -142,6 +176,7 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
 
 def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
     """Every per-utterance metric for every level and source, and for the unprocessed mixture."""
+    check_metric_lengths(rec, settings)
     ref, mix, est = rec.sources, rec.mixture, rec.estimates
     n_src = ref.shape[0]
     mix_s = np.broadcast_to(mix, ref.shape)
@@ -157,6 +192,20 @@ def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
             notes.append(f"sdr: {type(exc).__name__}: {exc}")
             return nan
 
+    def stoi_pair(e: np.ndarray, r: np.ndarray, s: int) -> tuple[float, float]:
+        # pystoi keeps only the reference's loud frames; too few of them and it warns and returns 1e-5,
+        # which would pass for a real score. The frames depend on the reference alone, so the
+        # mixture's (first) call already fails and no level gets a made-up score.
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
+            try:
+                return (stoi_score(e, r, rec.sample_rate, extended=False),
+                        stoi_score(e, r, rec.sample_rate, extended=True))
+            except RuntimeWarning:
+                raise UtteranceError(rec.utt_id, f"stoi needs {STOI_FRAMES} frames of 256 samples at 10 kHz"
+                                                 f" after silence removal; reference {s} has fewer"
+                                                 f" (too little non-silent speech)") from None
+
     def perceptual(e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         pq_, st, es = nan.copy(), nan.copy(), nan.copy()
         for s in range(n_src):
@@ -165,8 +214,7 @@ def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
                 if why:
                     notes.append(f"pesq[{s}]: {why}")
             if "stoi" in settings.metrics:
-                st[s] = stoi_score(e[s], ref[s], rec.sample_rate, extended=False)
-                es[s] = stoi_score(e[s], ref[s], rec.sample_rate, extended=True)
+                st[s], es[s] = stoi_pair(e[s], ref[s], s)
         return pq_, st, es
 
     mix_si, mix_snr, mix_sdr = si_snr(mix_s, ref), snr(mix_s, ref), sdr_of(np.array(mix_s))
