@@ -4,6 +4,11 @@ Each node is its own `ray start --block` process with its own temp dir; stopping
 process group only (never `ray stop`, which would kill every Ray process on the machine), and
 killing a node SIGKILLs its raylet the way a lost machine would. Used by the tests and by
 benchmarks/bench_node_loss.py.
+
+Every process of the cluster, drivers included (``Cluster.wrap``), runs in a network namespace of
+its own that has only a loopback interface: Ray would otherwise bind the machine's outward address
+for a multi-node cluster (it rewrites 127.0.0.1), and nothing here may listen or talk beyond
+loopback. Needs root (unshare/nsenter); ``Cluster.available()`` says whether it can run.
 """
 
 from __future__ import annotations
@@ -11,7 +16,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -22,14 +26,7 @@ from pathlib import Path
 RAY = str(Path(sys.executable).with_name("ray"))
 #: what every process of a test cluster needs, drivers included: no usage stats, and no token
 #: authentication (a local test cluster; Ray 2.5x enables tokens for `ray start --head` by default)
-DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 
 
 @dataclass
@@ -58,7 +55,7 @@ class Node:
         if self.proc.poll() is None:
             try:
                 os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout=15)
+                self.proc.wait(timeout=3)
             except (ProcessLookupError, subprocess.TimeoutExpired):
                 pass
         try:
@@ -94,11 +91,40 @@ def _kill_leftovers(temp_dir: Path) -> None:
 
 @dataclass
 class Cluster:
-    """A head node plus worker nodes on 127.0.0.1, each with ``cpus`` CPUs."""
+    """A head node plus worker nodes on 127.0.0.1 of a private network namespace."""
 
-    port: int = field(default_factory=free_port)
+    port: int = 6390
     nodes: list[Node] = field(default_factory=list)
     env: dict = field(default_factory=dict)
+    netns: subprocess.Popen | None = None
+
+    @staticmethod
+    def available() -> str | None:
+        """None when a namespaced cluster can start here, else the reason it cannot."""
+        if os.geteuid() != 0:
+            return "a private network namespace needs root"
+        for tool in ("unshare", "nsenter", "ip"):
+            if not shutil.which(tool):
+                return f"{tool} is not installed"
+        return None
+
+    def _ensure_netns(self) -> None:
+        if self.netns is not None:
+            return
+        self.netns = subprocess.Popen(["unshare", "-n", "--", "sh", "-c", "ip link set lo up && exec sleep 86400"],
+                                      start_new_session=True)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            up = subprocess.run(self.wrap(["ip", "-o", "link", "show", "lo"]), capture_output=True, text=True)
+            if "UP" in up.stdout.split("state")[0]:
+                return
+            time.sleep(0.05)
+        raise RuntimeError("the network namespace's loopback did not come up")
+
+    def wrap(self, cmd: list[str]) -> list[str]:
+        """``cmd`` run inside the cluster's network namespace (drivers must join it to reach the head)."""
+        self._ensure_netns()
+        return ["nsenter", f"--net=/proc/{self.netns.pid}/ns/net", "--", *cmd]
 
     @property
     def address(self) -> str:
@@ -110,7 +136,7 @@ class Cluster:
         env = dict(os.environ, **DRIVER_ENV, **self.env)
         cmd = [RAY, "start", "--block", "--num-cpus", str(cpus), "--num-gpus", "0", "--temp-dir", str(temp_dir),
                "--object-store-memory", str(200 * 1024 * 1024), "--disable-usage-stats", *args]
-        proc = subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(self.wrap(cmd), stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
         node = Node(proc, temp_dir, log)
         self.nodes.append(node)
@@ -119,7 +145,7 @@ class Cluster:
     def start_head(self, cpus: int = 1) -> Node:
         """Start the head node and wait until it answers."""
         node = self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.port),
-                            "--include-dashboard", "false", "--ray-client-server-port", str(free_port())], cpus)
+                            "--include-dashboard", "false"], cpus)
         self._wait_started(node)
         return node
 
@@ -141,6 +167,14 @@ class Cluster:
             time.sleep(0.2)
         raise TimeoutError(f"ray start did not finish in {timeout:g} s:\n{node.log.read_text()[-3000:]}")
 
+    def replace_worker(self, i: int, cpus: int = 1) -> Node:
+        """Stop node ``i`` (dead or alive) and start a fresh worker node in its place."""
+        self.nodes[i].stop()
+        node = self.add_worker(cpus)
+        self.nodes.remove(node)
+        self.nodes[i] = node
+        return node
+
     def stop(self) -> None:
         """Stop every node this cluster started (workers first), and remove their temp dirs."""
         for node in reversed(self.nodes):
@@ -148,3 +182,7 @@ class Cluster:
         for node in self.nodes:
             shutil.rmtree(node.temp_dir, ignore_errors=True)
         self.nodes = []
+        if self.netns is not None:
+            self.netns.kill()
+            self.netns.wait()
+            self.netns = None

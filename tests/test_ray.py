@@ -139,3 +139,29 @@ def test_ctrl_c_leaves_nothing_partial_visible(tmp_path):
     assert not list(tmp_path.glob("*/*/*.parquet.tmp")) and not list(tmp_path.glob("**/.*.tmp"))
     finished = list(staging.glob("*/shard-*/_SUCCESS"))
     assert finished, "no shard was finished before the interrupt"
+
+
+def test_a_shard_whose_worker_is_killed_twice_runs_again_each_time(ray_session, local_reference, tmp_path):
+    """Each SIGKILL of the actor costs only a retry of its shard: no errors rows, no gaps, no duplicates."""
+    count = ray_session.parent / "kill-count"
+    count.write_text("2")
+    spec = RunSpec("exitbench_testmodels:dies_n", SPEC.dataset, SPEC.dataset_options, SPEC.settings)
+    ex = RayExecutor(workers=1)
+    outcome = execute(prepare(spec), tmp_path, ex)
+    assert count.read_text() == "0", "the worker was not killed twice"
+    assert ex.actors_lost == 2 and ex.retried_shards >= 2  # every shard in flight on a dead actor reruns
+    assert outcome.num_errors == 0
+    root, ref = local_reference
+    assert_same_rows(blocks_of(tmp_path, outcome.run_id), blocks_of(root, ref.run_id))
+
+
+def test_a_shard_that_keeps_killing_its_worker_stops_the_run_as_failed(ray_session, tmp_path):
+    from exitbench.errors import WorkersLostError
+
+    count = ray_session.parent / "kill-count"
+    count.write_text("100")
+    spec = RunSpec("exitbench_testmodels:dies_n", SPEC.dataset, SPEC.dataset_options, SPEC.settings)
+    with pytest.raises(WorkersLostError, match="lost its worker 3 times"):
+        execute(prepare(spec), tmp_path, RayExecutor(workers=1, max_shard_attempts=3))
+    count.write_text("0")
+    assert ResultStore(tmp_path).read_manifest(prepare(spec).run_id)["status"] == "failed"

@@ -24,11 +24,15 @@ from exitbench.results.store import ResultStore
 
 def ensure_ray(address: str | None = None, extra_pythonpath: list[str] | None = None) -> bool:
     """Start or join Ray (``address`` or RAY_ADDRESS joins a cluster); True if this call started it."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        # a local cluster listens on loopback only: for multi-node support Ray would bind the
+        # machine's outward address (read when ray is first imported, hence before the import)
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS")
     runtime_env: dict[str, Any] = {}
     if address:  # a remote cluster may not have exitbench installed: ship the package
         runtime_env["py_modules"] = [str(Path(exitbench.__file__).parent)]
