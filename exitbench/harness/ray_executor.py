@@ -99,6 +99,12 @@ def _is_infrastructure(exc: BaseException) -> bool:
     return isinstance(exc, rex.RayError) and not isinstance(exc, code_failures)
 
 
+def _last_line(exc: BaseException) -> str:
+    """The last non-empty line of an error (a remote traceback ends with the actual exception)."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
 @dataclass
 class _Shard:
     """One shard in flight; ``attempt`` tells results of an abandoned attempt from the current one."""
@@ -323,6 +329,10 @@ class RayExecutor:
                 try:
                     identity = ray.get(ref)
                 except ray.exceptions.RayError as exc:
+                    if isinstance(exc, ray.exceptions.RayActorError) and exc.actor_init_failed:
+                        # the model itself cannot be built there: no retry will help
+                        raise UsageError(f"a model worker could not load {prepared.spec.model!r}:"
+                                         f" {_last_line(exc)}") from None
                     if not _is_infrastructure(exc):
                         raise
                     lose(slot, type(exc).__name__)
