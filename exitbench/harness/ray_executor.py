@@ -51,13 +51,12 @@ class ModelWorker:
     def __init__(self, spec_json: str, threads: int, device: str):
         import torch
 
-        from exitbench.harness.runner import open_for_model
+        from exitbench.harness.runner import load_model, open_for_model
         from exitbench.harness.spec import RunSpec
-        from exitbench.models.registry import resolve_model
 
         torch.set_num_threads(max(1, threads))
         self.spec = RunSpec.from_json(spec_json)
-        self.resolved = resolve_model(self.spec.model)
+        self.resolved = load_model(self.spec, check=False)  # the driver checked the contract
         self.model = self.resolved.model.to(device)
         self.testset = open_for_model(self.spec, self.model)
 

@@ -6,7 +6,7 @@ import datetime as _dt
 import os
 import socket
 import subprocess
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -76,9 +76,14 @@ def open_for_model(spec: RunSpec, model: ExitModel) -> TestSet:
     return open_testset(spec.dataset, **options)
 
 
+def load_model(spec: RunSpec, check: bool = True) -> ResolvedModel:
+    """The spec's model with its arguments and block size (contract-checked unless ``check`` is False)."""
+    return resolve_model(spec.model, dict(spec.model_args), check=check, block_size=spec.settings.block_size)
+
+
 def prepare(spec: RunSpec) -> PreparedRun:
     """Resolve the model and test set and compute the run id (raises clear errors on bad input)."""
-    resolved = resolve_model(spec.model)
+    resolved = load_model(spec)
     testset = open_for_model(spec, resolved.model)
     ids = testset.ids()
     if spec.settings.limit is not None:
@@ -86,8 +91,10 @@ def prepare(spec: RunSpec) -> PreparedRun:
     if not ids:
         raise UsageError(f"test set {spec.dataset!r} has no utterances: nothing to record")
     name, _ = parse_dataset_arg(spec.dataset)
+    # the block size actually used enters the id, whether given or the model's own
+    settings = replace(spec.settings, block_size=resolved.model.block_size)
     run_id = compute_run_id(resolved.identity, name, testset.fingerprint(),
-                            tuple(sorted(spec.dataset_options)), spec.settings)
+                            tuple(sorted(spec.dataset_options)), settings)
     return PreparedRun(spec, resolved, testset, ids, run_id)
 
 
@@ -148,6 +155,36 @@ def infrastructure_error_ids(store: ResultStore, run_id: str) -> set[str]:
             if e["stage"] == "worker" or str(e["reason"]).startswith(("worker failed", "metric task failed"))}
 
 
+#: how many first utterances, all failing in the model stage for one reason, stop a run
+BROKEN_MODEL_PROBE = 5
+
+
+class BrokenModelError(UsageError):
+    """The first utterances of a run all failed in the model stage with the same reason (exit 2)."""
+
+
+class _ShardGuard:
+    """Wraps a store's ``write_shard``: stops a run whose model fails the same way on its first utterances."""
+
+    def __init__(self, store: ResultStore, run_id: str, total: int, model: str):
+        self.store, self.run_id, self.model = store, run_id, model
+        self.need = min(BROKEN_MODEL_PROBE, total)
+        self.seen: list[tuple[str, str]] = []  # (stage, reason) of the first utterances, in shard order
+        self.write = store.write_shard
+
+    def __call__(self, run_id: str, shard: int, tables: dict[str, pa.Table]) -> bool:
+        if len(self.seen) < self.need:
+            errors = tables["errors"].to_pylist()
+            failed = {e["utt_id"]: (e["stage"], e["reason"]) for e in errors}
+            ok = tables["utterances"].column("utt_id").unique().to_pylist()
+            self.seen += [("ok", "")] * len(ok) + list(failed.values())
+            first = self.seen[: self.need]
+            if len(first) == self.need and len(set(first)) == 1 and first[0][0] == "model":
+                raise BrokenModelError(f"model {self.model} failed on the first {self.need} utterances with the"
+                                       f" same error, so the run stops: {first[0][1]}")
+        return self.write(run_id, shard, tables)
+
+
 def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, force: bool = False,
             on_start: Callable[[int, int], None] | None = None,
             on_utterance: Callable[[int], None] | None = None,
@@ -188,12 +225,22 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
         todo = {i: ids for i, ids in enumerate(shards) if i not in done}
         if on_start:
             on_start(sum(len(v) for v in todo.values()), sum(len(shards[i]) for i in done))
+        if not done:  # a fresh run: make sure its model does not fail the same way on everything
+            store.write_shard = _ShardGuard(store, p.run_id, len(p.utt_ids), p.spec.model)  # type: ignore[method-assign]
         try:
             executor.run(p, store, todo, on_utterance or (lambda k: None))
         except WorkersLostError:
             manifest["status"] = "failed"
             store.write_manifest(manifest)
             raise
+        except BrokenModelError:
+            store.delete_run(p.run_id)  # only errors rows of a broken adapter: keep nothing of it
+            store.drop_staging(p.run_id)
+            manifest["status"] = "failed"
+            store.write_manifest(manifest)
+            raise
+        finally:
+            store.__dict__.pop("write_shard", None)
         missing = set(range(len(shards))) - store.finished_shards(p.run_id)
         if missing:  # an executor that returns early is a bug, never a finished run
             manifest["status"] = "failed"

@@ -21,6 +21,7 @@ class RecordSettings:
     shard_size: int = 8  # utterances per shard; fixes shard membership, so it is part of the id
     resample: bool = False
     limit: int | None = None  # first N utterances only
+    block_size: int | None = None  # samples per block; None: the model's own (the run id holds the one used)
 
     def __post_init__(self) -> None:
         unknown = set(self.metrics) - set(ALL_METRICS)
@@ -30,6 +31,8 @@ class RecordSettings:
             raise UsageError(f"sdr backend must be fast_bss_eval or mir_eval, not {self.sdr_backend!r}")
         if self.shard_size < 1:
             raise UsageError("shard size must be at least 1")
+        if self.block_size is not None and self.block_size < 1:
+            raise UsageError(f"--block-size must be at least 1, got {self.block_size}")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,7 @@ class RunSpec:
     dataset: str  # NAME[:PATH]
     dataset_options: tuple[tuple[str, str], ...] = ()
     settings: RecordSettings = field(default_factory=RecordSettings)
+    model_args: tuple[tuple[str, str], ...] = ()  # --model-arg key=value, for module:factory models
 
     def to_json(self) -> str:
         """Stable JSON of the spec."""
@@ -53,7 +57,7 @@ class RunSpec:
         s = d["settings"]
         s["metrics"] = tuple(s["metrics"])
         return cls(d["model"], d["dataset"], tuple(tuple(kv) for kv in d["dataset_options"]),
-                   RecordSettings(**s))
+                   RecordSettings(**s), tuple(tuple(kv) for kv in d.get("model_args", ())))
 
 
 def compute_run_id(model_identity: str, dataset_name: str, dataset_fingerprint: str,

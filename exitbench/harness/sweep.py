@@ -48,8 +48,8 @@ from exitbench.policies import PolicyError
 from exitbench.policies.base import get_policy_class
 from exitbench.policies.builtin import DEFAULT_TARGETS, Static
 
-_TOP_KEYS = {"checkpoints", "testsets", "policies", "targets", "settings", "results", "name"}
-_SETTING_KEYS = {"metrics", "sdr_backend", "shard_size", "resample", "limit", "executor", "ray", "seed"}
+_TOP_KEYS = {"checkpoints", "testsets", "policies", "targets", "settings", "results", "name", "model_args"}
+_SETTING_KEYS = {"metrics", "sdr_backend", "shard_size", "resample", "limit", "executor", "ray", "seed", "block_size"}
 _RAY_KEYS = {"workers", "gpus_per_worker", "cpus_per_metric_task", "cpus_per_worker", "address",
              "max_shards_in_flight", "max_metric_tasks"}
 _TESTSET_KEYS = {"dataset", "split", "variant", "options"}
@@ -121,10 +121,13 @@ class SweepSpec:
     results: Path | None = None
     seed: int = 0
     name: str = "sweep"
+    model_args: tuple[tuple[str, str], ...] = ()  # for module:factory checkpoints (as --model-arg)
 
     def run_specs(self) -> list[tuple[CheckpointEntry, TestsetEntry, RunSpec]]:
         """Every (checkpoint, test set) pair as a run spec, checkpoints in step order."""
-        return [(ck, ts, RunSpec(ck.model, ts.dataset, ts.options, self.settings))
+        def args(ck: CheckpointEntry) -> tuple[tuple[str, str], ...]:
+            return self.model_args if ":" in ck.model and not Path(ck.model).exists() else ()
+        return [(ck, ts, RunSpec(ck.model, ts.dataset, ts.options, self.settings, args(ck)))
                 for ck in self.checkpoints for ts in self.testsets]
 
 
@@ -206,7 +209,7 @@ def parse_sweep_spec(data: dict[str, Any], base: Path = Path(".")) -> SweepSpec:
                                   sdr_backend=settings_t.get("sdr_backend", "fast_bss_eval"),
                                   shard_size=int(settings_t.get("shard_size", 8)),
                                   resample=bool(settings_t.get("resample", False)),
-                                  limit=settings_t.get("limit"))
+                                  limit=settings_t.get("limit"), block_size=settings_t.get("block_size"))
     except (TypeError, ValueError) as exc:
         raise SweepSpecError(f"[settings]: {exc}") from None
     executor = settings_t.get("executor", "local")
@@ -253,8 +256,12 @@ def parse_sweep_spec(data: dict[str, Any], base: Path = Path(".")) -> SweepSpec:
     if not targets:
         raise SweepSpecError("sweep spec: 'targets' is empty")
     results = Path(_resolve_path(data["results"], base)) if "results" in data else None
+    model_args = data.get("model_args", {})
+    if not isinstance(model_args, dict):
+        raise SweepSpecError("sweep spec: 'model_args' must be a table, e.g. model_args = { seed = 3 }")
     return SweepSpec(checkpoints, testsets, policies, targets, settings, executor, dict(ray_t), results,
-                     int(settings_t.get("seed", 0)), str(data.get("name", "sweep")))
+                     int(settings_t.get("seed", 0)), str(data.get("name", "sweep")),
+                     tuple(sorted((str(k), _text(v)) for k, v in model_args.items())))
 
 
 def load_sweep_spec(path: str | os.PathLike) -> SweepSpec:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -130,6 +132,26 @@ class ExitModel(abc.ABC):
         """Put the wrapped module in eval mode; returns self."""
         self.module.eval()
         return self
+
+    def set_block_size(self, block_size: int) -> None:
+        """Record with blocks of ``block_size`` samples (a model with per-block outputs checks it can)."""
+        if int(block_size) < 1:
+            raise UsageError(f"block size must be at least 1 sample, got {block_size}")
+        self.block_size = int(block_size)
+
+    def identity(self) -> str:
+        """A content hash: every parameter and buffer (name, dtype, shape, bytes) and ``describe()``.
+
+        Two models with the same identity compute the same outputs; override it when a model's
+        behaviour depends on more than its state dict and declared description.
+        """
+        h = hashlib.sha256()
+        for name, t in sorted(self.module.state_dict().items()):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        h.update(json.dumps(self.describe(), sort_keys=True, default=str).encode())
+        return h.hexdigest()
 
     def describe(self) -> dict[str, Any]:
         """A JSON-able summary for the manifest and the levels table."""

@@ -168,6 +168,14 @@ class PressModel(ExitModel):
         self.num_sources = int(self.config["num_sources"])
         self.block_size = int(self.config["block_size"])
 
+    def set_block_size(self, block_size: int) -> None:
+        """Blocks must be a whole number of the encoder stride (enc_stride), so that frames never straddle blocks."""
+        step = int(self.config["enc_stride"])
+        if int(block_size) < 1 or int(block_size) % step:
+            raise UsageError(f"block size {block_size} is not a positive multiple of the encoder stride ({step} samples)")
+        super().set_block_size(block_size)
+        self.config["block_size"] = self.module.cfg["block_size"] = int(block_size)
+
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
         """Every exit on a mono mixture ``[N]``."""
         if mixture.dim() != 1:

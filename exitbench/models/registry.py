@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from exitbench.models.base import ExitModel
 from exitbench.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
@@ -37,7 +37,7 @@ class ResolvedModel:
     """A model ready to run, with what identifies it in a run id and a manifest."""
 
     model: ExitModel
-    identity: str  # sha256 of the checkpoint bytes, or of the factory target for code-only models
+    identity: str  # sha256 of the checkpoint bytes, or of target + arguments + content for code-only models
     checkpoint: Checkpoint | None
     source: str  # what the user asked for
 
@@ -63,25 +63,113 @@ def resolve_checkpoint_path(name_or_path: str) -> Path | None:
     return p if p.exists() else None
 
 
-def resolve_model(name_or_path: str, **factory_kwargs: Any) -> ResolvedModel:
-    """Turn ``--model`` into an ExitModel: checkpoint file, bundled name, or ``module:factory``."""
+def _typed(text: str, annotation: Any, default: Any) -> Any:
+    """A ``--model-arg`` value typed by the factory's annotation or default (else the literal's own type)."""
+    kind = annotation if annotation in (bool, int, float, str) else (
+        type(default) if isinstance(default, (bool, int, float, str)) else None)
+    if isinstance(annotation, str):  # postponed annotations ("int", "float | None", ...)
+        kind = next((t for t in (bool, int, float, str) if annotation.split("|")[0].strip() == t.__name__), kind)
+    low = text.strip().lower()
+    if kind is bool or (kind is None and low in ("true", "false")):
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if kind is str:
+        return text
+    for cast in ((int,) if kind is int else (float,) if kind is float else (int, float)):
+        try:
+            return cast(text)
+        except ValueError:
+            continue
+    if kind in (int, float):
+        raise ValueError(f"expected {'an integer' if kind is int else 'a number'}")
+    return text
+
+
+def coerce_model_args(factory: Callable[..., Any], target: str, args: Mapping[str, str]) -> dict[str, Any]:
+    """``--model-arg key=value`` strings as the factory's typed keyword arguments (UsageError otherwise)."""
+    import inspect
+
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        params = {}
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    out: dict[str, Any] = {}
+    for key, text in args.items():
+        p = params.get(key)
+        if p is None and not takes_any:
+            known = [n for n, q in params.items() if q.kind in (q.POSITIONAL_OR_KEYWORD, q.KEYWORD_ONLY)]
+            raise CheckpointError(f"--model-arg {key}={text}: {target} takes no argument {key!r};"
+                                  f" its arguments: {', '.join(known) or 'none'}")
+        try:
+            out[key] = _typed(text, p.annotation if p else None, p.default if p else None)
+        except ValueError as exc:
+            raise CheckpointError(f"--model-arg {key}={text}: {exc}") from None
+    return out
+
+
+def _call(factory: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> Any:
+    """Call a model factory; missing arguments and unimplemented abstract methods are the user's to fix."""
+    import inspect
+
+    try:
+        inspect.signature(factory).bind(**kwargs)
+    except TypeError as exc:
+        raise CheckpointError(f"{target}: {exc} (pass it with --model-arg key=value)") from None
+    except ValueError:
+        pass  # no signature to check (a builtin): let the call say
+    try:
+        return factory(**kwargs)
+    except TypeError as exc:
+        if "abstract" in str(exc):  # an ExitModel subclass that lacks forward_all or macs_per_sample
+            raise CheckpointError(f"{target}: {exc}; an ExitModel implements forward_all(mixture) and"
+                                  f" macs_per_sample(level)") from None
+        raise
+
+
+def resolve_model(name_or_path: str, model_args: Mapping[str, str] | None = None, check: bool = True,
+                  block_size: int | None = None) -> ResolvedModel:
+    """Turn ``--model`` into an ExitModel: checkpoint file, bundled name, or ``module:factory``.
+
+    ``model_args`` reach a factory as typed keyword arguments; ``block_size`` overrides the
+    model's; ``check`` runs the contract check (models.contract) before anything else uses it.
+    The identity is the checkpoint's bytes, or for code-only models a hash of the target, its
+    arguments and the model's own ``identity()`` (weights, buffers, declared description).
+    """
+    from exitbench.models.contract import check_model
+
+    args = dict(model_args or {})
     path = resolve_checkpoint_path(name_or_path)
     if path is not None:
+        if args:
+            raise CheckpointError(f"--model-arg applies to module:factory models; {name_or_path!r} is a"
+                                  f" checkpoint (its config is stored in it)")
         ckpt = load_checkpoint(path)
-        return ResolvedModel(build_from_checkpoint(ckpt), ckpt.sha256, ckpt, name_or_path)
+        model = build_from_checkpoint(ckpt)
+        if block_size is not None:
+            model.set_block_size(block_size)
+        if check:
+            check_model(model, name_or_path)
+        return ResolvedModel(model, ckpt.sha256, ckpt, name_or_path)
     if ":" in name_or_path:
         try:
             factory = ARCHITECTURES.get(name_or_path)
         except PluginError as exc:
             raise CheckpointError(str(exc)) from exc
-        model = call_factory(factory, **factory_kwargs)
+        model = _call(factory, name_or_path, coerce_model_args(factory, name_or_path, args))
         if not isinstance(model, ExitModel):
             raise CheckpointError(f"{name_or_path!r} returned {type(model).__name__}, not an ExitModel")
-        ident = hashlib.sha256(
-            json.dumps({"factory": name_or_path, "kwargs": factory_kwargs}, sort_keys=True,
-                       default=str).encode()
-        ).hexdigest()
-        return ResolvedModel(model.eval(), ident, None, name_or_path)
+        if block_size is not None:
+            model.set_block_size(block_size)
+        if check:
+            check_model(model, name_or_path)
+        model.eval()
+        ident = hashlib.sha256(json.dumps({"factory": name_or_path, "args": sorted(args.items()),
+                                           "content": model.identity()}, sort_keys=True).encode()).hexdigest()
+        return ResolvedModel(model, ident, None, name_or_path)
     raise CheckpointError(
         f"model {name_or_path!r} is neither a checkpoint file, a bundled model"
         f" ({', '.join(BUNDLED)}), nor a 'module:factory' target"

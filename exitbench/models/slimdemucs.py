@@ -254,6 +254,14 @@ class SlimDemucsModel(ExitModel):
         self.num_sources = 1
         self.block_size = int(self.config["block_size"])
 
+    def set_block_size(self, block_size: int) -> None:
+        """Blocks must be a whole number of the router hop (router_hop), so that frames never straddle blocks."""
+        step = int(self.config["router_hop"])
+        if int(block_size) < 1 or int(block_size) % step:
+            raise UsageError(f"block size {block_size} is not a positive multiple of the router hop ({step} samples)")
+        super().set_block_size(block_size)
+        self.config["block_size"] = self.module.cfg["block_size"] = int(block_size)
+
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
         """Every utilization factor, the router's per-block logits and its own frame-wise execution."""
         if mixture.dim() != 1:

@@ -96,3 +96,94 @@ def dies_n() -> ExitModel:
 def buggy() -> ExitModel:
     """A factory with a bug in it: exitbench must call it an internal error, not the user's mistake."""
     return None + 1  # type: ignore[operator]
+
+
+# -- a user's own architecture, wrapped with the adapter toolkit ----------------------------------
+class TinyTasNet(torch.nn.Module):
+    """A small Conv-TasNet-like separator: encoder, three repeats of dilated convs, a mask decoder."""
+
+    def __init__(self, hidden: int = 16, repeats: int = 3, sources: int = 2):
+        super().__init__()
+        self.sources, self.hidden = sources, hidden
+        self.encoder = torch.nn.Conv1d(1, hidden, 16, stride=8, padding=8)
+        self.repeats = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Conv1d(hidden, hidden, 3, padding=2 ** r, dilation=2 ** r), torch.nn.PReLU())
+            for r in range(repeats))
+        self.mask = torch.nn.Conv1d(hidden, hidden * sources, 1)
+        self.decoder = torch.nn.ConvTranspose1d(hidden, 1, 16, stride=8, padding=8)
+
+    def forward(self, mixture: torch.Tensor) -> torch.Tensor:  # [1, N] -> features of the last repeat
+        h = torch.relu(self.encoder(mixture[:, None]))
+        for block in self.repeats:
+            h = h + block(h)
+        return h
+
+    def decode(self, feats: torch.Tensor, mixture: torch.Tensor) -> torch.Tensor:
+        """The exit head shared by every repeat: masks on the encoder output, decoded per source."""
+        w = torch.relu(self.encoder(mixture[:, None]))
+        m = torch.sigmoid(self.mask(feats)).view(feats.shape[0], self.sources, self.hidden, -1)
+        return self.decoder((m * w[:, None]).flatten(0, 1)).view(feats.shape[0], self.sources, -1)
+
+
+def tiny_exits(seed: int = 0, hidden: int = 16, block_size: int = 2000) -> ExitModel:
+    """TinyTasNet with an exit after each repeat, weights drawn from ``seed``."""
+    from exitbench.models.adapters import MultiExitAdapter
+
+    torch.manual_seed(seed)
+    net = TinyTasNet(hidden)
+    return MultiExitAdapter(net, taps=[f"repeats.{i}" for i in range(3)],
+                            head=lambda level, feats, mixture: net.decode(feats, mixture),
+                            sample_rate=8000, num_sources=2, block_size=block_size)
+
+
+def env_seeded() -> ExitModel:
+    """tiny_exits with weights from EXITBENCH_TEST_SEED (a user's environment-dependent factory)."""
+    import os
+
+    return tiny_exits(seed=int(os.environ.get("EXITBENCH_TEST_SEED", "0")))
+
+
+class _Broken(ExitModel):
+    """The shipped separator with one thing wrong, as a user's adapter might have it."""
+
+    def __init__(self, what: str):
+        self.inner = resolve_model("press-s").model
+        self.what = what
+        if what != "no_module":
+            self.module = self.inner.module
+        self.levels = ("a", "a", "b", "c") if what == "dup_levels" else self.inner.levels
+        self.sample_rate, self.num_sources, self.block_size = 8000, 2, 2000
+
+    def macs_per_sample(self, level: int | str) -> float:
+        if self.what == "zero_macs":
+            return 0.0
+        if self.what == "falling_macs":
+            return 10.0 - self.level_index(level)
+        return self.inner.macs_per_sample(level)
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        out = self.inner.forward_all(mixture)
+        if self.what == "bad_shape":
+            out.estimates = out.estimates[:, :1]
+        elif self.what == "int_dtype":
+            out.estimates = out.estimates.to(torch.int32)
+        elif self.what == "nan":
+            out.estimates[0, 0, 0] = float("nan")
+        return out
+
+
+def broken(what: str) -> ExitModel:
+    """A contract mistake by name: no_module, dup_levels, zero_macs, falling_macs, bad_shape, int_dtype, nan."""
+    return _Broken(what)
+
+
+class _NoMacs(ExitModel):
+    levels = ("exit1",)
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:  # pragma: no cover - never built
+        raise AssertionError
+
+
+def no_macs() -> ExitModel:
+    """An adapter that forgot to implement macs_per_sample."""
+    return _NoMacs()

@@ -13,6 +13,7 @@ from exitbench.harness.cli.app import (
     app,
     console,
     guarded,
+    out,
     parse_metrics,
     parse_options,
     positive_limit,
@@ -42,6 +43,8 @@ def run(
     model: str = ModelOpt,
     dataset: str = typer.Option("synthetic", "--dataset", "-d",
                                 help="NAME or NAME:PATH, e.g. wsj0-2mix:/data/wsj0-mix/2speakers/wav8k/min/tt"),
+    model_arg: list[str] = typer.Option([], "--model-arg", help="module:factory argument key=value, typed by the"
+                                                               " factory's signature (repeatable; part of the run id)"),
     dataset_opt: list[str] = typer.Option([], "--dataset-opt", help="loader option key=value (repeatable)"),
     split: Optional[str] = typer.Option(None, help="split for loaders that take a root (tt, cv, tr)"),
     variant: Optional[str] = typer.Option(None, help="variant for WHAM!/LibriMix (mix_clean, mix_both...)"),
@@ -50,6 +53,8 @@ def run(
     sdr_backend: str = typer.Option("fast_bss_eval", help="fast_bss_eval (default) or mir_eval"),
     resample: bool = typer.Option(False, help="resample audio whose rate differs from the model's"),
     limit: Optional[int] = typer.Option(None, help="record only the first N utterances"),
+    block_size: Optional[int] = typer.Option(None, help="samples per block (default: the model's own; part of"
+                                                        " the run id)"),
     shard_size: int = typer.Option(8, help="utterances per shard (the unit of resumption)"),
     executor: str = typer.Option("ray", help="ray (local cluster, or --address) or local (in-process)"),
     workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/4: metric tasks get the rest)"),
@@ -69,7 +74,8 @@ def run(
             raise UsageError(f"--workers must be at least 1, got {workers}")
         spec = RunSpec(model, dataset, tuple(sorted(opts)),
                        RecordSettings(parse_metrics(metrics), sdr_backend, shard_size, resample,
-                                      positive_limit(limit)))
+                                      positive_limit(limit), block_size),
+                       parse_options(model_arg, "--model-arg"))
         kw = {}
         if executor == "ray":
             kw = dict(workers=workers, gpus_per_worker=gpus_per_worker,
@@ -80,6 +86,28 @@ def run(
     report_outcome(outcome, quiet)
     if outcome.num_errors:
         raise typer.Exit(EXIT_UTTERANCES_FAILED)
+
+
+@app.command("check-model", help="Check a model against the ExitModel contract without recording anything:"
+                                  " module, levels, MACs, and one dry forward_all on a synthetic input.\n\n"
+                                  "run and sweep do the same check before any shard. Exit code 0 when the"
+                                  " model fits, 2 with one line naming what is wrong and what was expected.")
+def check_model_cmd(
+    model: str = ModelOpt,
+    model_arg: list[str] = typer.Option([], "--model-arg", help="module:factory argument key=value (repeatable)"),
+    block_size: Optional[int] = typer.Option(None, help="samples per block (default: the model's own)"),
+) -> None:
+    from exitbench.models.registry import resolve_model
+
+    def go() -> Any:
+        return resolve_model(model, dict(parse_options(model_arg, "--model-arg")), block_size=block_size)
+
+    resolved = guarded(go)
+    m = resolved.model
+    out.print(f"{model}: fits the ExitModel contract: levels {', '.join(m.levels)}; {m.sample_rate} Hz,"
+              f" {m.num_sources} source(s), blocks of {m.block_size} samples; GMAC/s per level"
+              f" {', '.join(f'{m.gmacs_per_second(i):.4g}' for i in range(m.num_levels))};"
+              f" identity {resolved.identity[:16]}", highlight=False, soft_wrap=True)
 
 
 @app.command()

@@ -1,0 +1,118 @@
+"""The model contract, checked before any shard: one line naming what is wrong and what was expected.
+
+``check_model`` runs on every model ``run``/``sweep``/``check-model`` resolves: the wrapped module
+is a torch module; levels are named, unique; rate, sources and block size are positive; MACs are
+positive and non-decreasing in level; and one dry ``forward_all`` on a short synthetic input
+returns outputs of the right shapes, floating dtypes and finite values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from exitbench.errors import UsageError
+from exitbench.models.base import ExitModel, LevelOutputs
+
+
+class ContractError(UsageError):
+    """A model that breaks the ExitModel contract (exit 2, before any run is created)."""
+
+
+def _fail(name: str, what: str) -> ContractError:
+    return ContractError(f"model {name}: {what}")
+
+
+def _declared(model: ExitModel, name: str) -> None:
+    try:
+        module = model.module
+    except AttributeError:
+        raise _fail(name, "has no `module` attribute; set self.module to the torch.nn.Module in __init__") from None
+    if not isinstance(module, torch.nn.Module):
+        raise _fail(name, f"`module` is a {type(module).__name__}; expected a torch.nn.Module")
+    levels = model.levels
+    if not isinstance(levels, (tuple, list)) or not levels or not all(isinstance(x, str) and x for x in levels):
+        raise _fail(name, f"`levels` is {levels!r}; expected a non-empty tuple of level names, cheapest first")
+    dupes = sorted({x for x in levels if list(levels).count(x) > 1})
+    if dupes:
+        raise _fail(name, f"level names must be unique; {dupes} repeat")
+    for attr in ("sample_rate", "num_sources", "block_size"):
+        v = getattr(model, attr, None)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise _fail(name, f"`{attr}` is {v!r}; expected a positive integer")
+
+
+def _macs(model: ExitModel, name: str) -> list[float]:
+    macs = []
+    for i, level in enumerate(model.levels):
+        try:
+            m = model.macs_per_sample(i)
+        except TypeError as exc:
+            raise _fail(name, f"macs_per_sample({i}) raised TypeError ({exc}); expected it to return the"
+                              f" cumulative MACs per input sample of level {level!r}"
+                              f" (exitbench.models.adapters.measure_macs counts them)") from None
+        except Exception as exc:
+            raise _fail(name, f"macs_per_sample({i}) raised {type(exc).__name__}: {exc}") from None
+        if not isinstance(m, (int, float)) or isinstance(m, bool) or not math.isfinite(m) or m <= 0:
+            raise _fail(name, f"macs_per_sample({i}) for level {level!r} is {m!r}; expected a positive number"
+                              f" (exitbench.models.adapters.measure_macs counts them)")
+        macs.append(float(m))
+    drops = [f"{model.levels[i]} {macs[i]:g} < {model.levels[i - 1]} {macs[i - 1]:g}"
+             for i in range(1, len(macs)) if macs[i] < macs[i - 1]]
+    if drops:
+        raise _fail(name, f"MACs must not decrease with the level (levels are cheapest first): {'; '.join(drops)}")
+    return macs
+
+
+def _check_tensor(name: str, what: str, t: Any, shape: tuple[int, ...]) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise _fail(name, f"{what} is a {type(t).__name__}; expected a tensor of shape {list(shape)}")
+    if tuple(t.shape) != shape:
+        raise _fail(name, f"{what} has shape {list(t.shape)}; expected {list(shape)}"
+                          f" (levels, sources, samples/blocks as in the ExitModel contract)")
+    if not t.is_floating_point():
+        raise _fail(name, f"{what} has dtype {t.dtype}; expected a floating dtype")
+    if not torch.isfinite(t).all():
+        raise _fail(name, f"{what} contains NaN or Inf on a synthetic input")
+
+
+def _dry_run(model: ExitModel, name: str) -> None:
+    n = max(2 * model.block_size + model.block_size // 2, 400)  # two blocks and a partial one
+    gen = torch.Generator().manual_seed(0)
+    mixture = (0.1 * torch.randn(n, generator=gen)).to(model.device)
+    try:
+        with torch.inference_mode():
+            out = model.forward_all(mixture)
+    except Exception as exc:
+        raise _fail(name, f"forward_all on a {n}-sample synthetic mixture raised {type(exc).__name__}: {exc}"
+                          ) from None
+    if not isinstance(out, LevelOutputs):
+        raise _fail(name, f"forward_all returned a {type(out).__name__}; expected"
+                          f" exitbench.models.base.LevelOutputs")
+    L, S, B = model.num_levels, model.num_sources, model.num_blocks(n)
+    _check_tensor(name, "estimates", out.estimates, (L, S, n))
+    if (out.alpha is None) != (out.beta is None):
+        raise _fail(name, "alpha and beta must be given together (the inverse-gamma parameters per block)")
+    for what in ("alpha", "beta"):
+        if getattr(out, what) is not None:
+            _check_tensor(name, what, getattr(out, what), (L, S, B))
+            if not (getattr(out, what) > 0).all():
+                raise _fail(name, f"{what} must be positive (inverse-gamma parameters)")
+    if out.router_logits is not None:
+        _check_tensor(name, "router_logits", out.router_logits, (B, L))
+    if out.dynamic is not None:
+        _check_tensor(name, "dynamic.estimates", out.dynamic.estimates, (S, n))
+        _check_tensor(name, "dynamic.macs", out.dynamic.macs, (B,))
+
+
+def check_model(model: Any, name: str = "") -> None:
+    """Raise ContractError (one line) unless ``model`` meets the ExitModel contract."""
+    name = repr(name) if name else type(model).__name__
+    if not isinstance(model, ExitModel):
+        raise _fail(name, f"is a {type(model).__name__}; expected an exitbench.models.base.ExitModel"
+                          f" (wrap a torch module with exitbench.models.adapters.MultiExitAdapter)")
+    _declared(model, name)
+    _macs(model, name)
+    _dry_run(model, name)
