@@ -20,7 +20,7 @@ from exitbench.models.registry import resolve_model
 from exitbench.results.compare import (bootstrap_mean_ci, compare_runs, front_area, pareto_front, regret_at,
                                        verdict)
 from exitbench.results.history import history
-from exitbench.results.registry import SchemaMismatch, list_runs
+from exitbench.results.catalog import SchemaMismatch, list_runs
 from exitbench.results.store import ResultStore
 from exitbench.results.views import connect
 
@@ -187,9 +187,9 @@ def test_registry_filters(runs):
     assert list_runs(root, dataset="wsj0-2mix").empty
     assert len(list_runs(root, since="2000-01-01", until="2999-12-31")) == 2
     assert list_runs(root, until="2000-01-01").empty
-    result = runner.invoke(app, ["registry", "-r", str(root), "--step", "2000", "--csv"])
+    result = runner.invoke(app, ["catalog", "-r", str(root), "--step", "2000", "--csv"])
     assert result.exit_code == 0 and runs["cand"] in result.output and runs["base"] not in result.output
-    result = runner.invoke(app, ["registry", "-r", str(root), "--step", "x..y"])
+    result = runner.invoke(app, ["catalog", "-r", str(root), "--step", "x..y"])
     assert result.exit_code == 2 and "expected N, A..B" in result.output
 
 
@@ -205,6 +205,7 @@ def test_registry_and_compare_refuse_another_schema_version(runs, tmp_path):
     assert len(list_runs(root, any_schema=True)) == 2
     assert list(list_runs(root, schema_version=exitbench.SCHEMA_VERSION)["run_id"]) == [runs["base"]]
     result = runner.invoke(app, ["registry", "-r", str(root)])
-    assert result.exit_code == 2 and "mix schema versions" in result.output
+    assert result.exit_code == 2 and "mix schema versions" in result.output  # the old name still works
+    assert "is now `exitbench catalog`" in result.output
     result = runner.invoke(app, ["compare", runs["base"], runs["cand"], "-r", str(root)])
     assert result.exit_code == 2 and f"schema version {exitbench.SCHEMA_VERSION + 1}" in result.output

@@ -55,7 +55,7 @@ def user_package(tmp_path, monkeypatch):
     yield
     sys.modules.pop("exitbench_userplugin", None)
     for reg, name in ((DATASETS, "tiny-synthetic"), (ARCHITECTURES, "user-press"), (POLICIES, "always-deepest")):
-        reg._objects.pop(name, None)
+        reg.unregister(name)
 
 
 def test_entry_points_register_datasets_models_and_policies(user_package):
@@ -74,3 +74,34 @@ def test_unknown_plugin_names_list_what_is_known():
         reg.get("b")
     with pytest.raises(PluginError, match="cannot import module"):
         reg.get("no_such_module_xyz:f")
+
+
+def test_registries_check_what_they_hold_and_refuse_a_silent_overwrite():
+    from exitbench.datasets.base import DatasetError
+    from exitbench.policies import PolicyError
+    from exitbench.policies.builtin import Static
+
+    with pytest.raises(PolicyError, match="policy 'static' is already registered; pass replace=True"):
+        POLICIES.register("static", Static)
+    with pytest.raises(PolicyError, match="which is not a Policy subclass"):
+        POLICIES.register("not-a-policy", dict)
+    with pytest.raises(PolicyError, match="which is not a Policy subclass"):
+        parse_policy("collections:OrderedDict")
+    with pytest.raises(DatasetError, match="dataset 'math:pi' resolves to 3.14.*not callable"):
+        DATASETS.get("math:pi")
+    with pytest.raises(DatasetError, match="dataset 'fractions:Fraction' returned Fraction, not a TestSet"):
+        DATASETS.build("fractions:Fraction", numerator=3)
+    with pytest.raises(DatasetError, match="unknown dataset 'nope'; known:"):
+        open_testset("nope")
+    try:  # replacing is allowed when asked for
+        POLICIES.register("deep2", Static)
+        POLICIES.register("deep2", Static, replace=True)
+    finally:
+        POLICIES.unregister("deep2")
+
+
+def test_a_plugin_policy_is_stored_under_its_qualified_target(user_package):
+    p = parse_policy("always-deepest:l=1")
+    assert p.spec() == "exitbench_userplugin:AlwaysDeepest:l=1"
+    assert parse_policy(p.spec()) == p  # the stored name resolves back without the entry point
+    assert parse_policy("static:l=1").spec() == "static:l=1"

@@ -105,7 +105,7 @@ def test_plugin_policy_goes_through_the_generic_sweep(arrays):
     try:
         frame = sweep(arrays, ["deepest", "static:l=2"], targets=[9.0])
     finally:
-        POLICIES._objects.pop("deepest")  # keep the shared registry as other tests expect it
+        POLICIES.unregister("deepest")  # keep the shared registry as other tests expect it
     deep = frame[frame.policy == "deepest"]
     assert deep.params.tolist() == ["k=0", "k=2"]
     _close(deep.iloc[1], frame[frame.policy == "static"].iloc[0])
@@ -118,3 +118,16 @@ def test_grid_index_equals_searchsorted_on_edges():
         values = np.concatenate([grid, np.nextafter(grid, -np.inf), np.nextafter(grid, np.inf),
                                  rng.uniform(grid[0] - 1, grid[-1] + 1, 1000), [np.nan, -np.inf, np.inf]])
         assert np.array_equal(grid_index(grid, values), np.searchsorted(grid, values, side="right"))
+
+
+def test_sweeping_one_policy_keeps_the_curves_of_the_others(synthetic_run):
+    from exitbench.results.replays import stored_sweep_files, sweep_run
+    from exitbench.results.views import connect
+
+    root, run = synthetic_run.root, synthetic_run.run_id
+    sweep_run(root, run, (10.0,), ["oracle", "static"])
+    sweep_run(root, run, (10.0,), ["probabilistic"])  # a later sweep of another policy
+    con = connect(root)
+    have = {p for (p,) in con.execute("SELECT DISTINCT policy FROM sweeps WHERE run = ?", [run]).fetchall()}
+    assert {"oracle", "static", "probabilistic"} <= have
+    assert len(stored_sweep_files(root, run)) >= 3

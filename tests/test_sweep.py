@@ -14,6 +14,7 @@ from exitbench.harness.sweep import (default_record_fn, load_sweep_spec, parse_s
                                      run_sweep)
 from exitbench.models.checkpoint import save_checkpoint
 from exitbench.models.registry import resolve_model
+from exitbench.results.replays import stored_sweep_files
 from exitbench.results.replays import replay_run
 from exitbench.results.views import connect
 
@@ -129,7 +130,7 @@ def test_sweep_resumes_after_an_interruption_and_a_rerun_skips_everything(spec_d
     late_id = runs[1][0]
     for run_id in (pre.run_id, late_id):
         assert all(replay_stored(root, run_id, c).exists() for c in EXPECTED_CONFIGS)
-        curves = pq.read_table(root / "sweeps" / f"run={run_id}" / "part-0.parquet").to_pandas()
+        curves = pd.concat([pq.read_table(f).to_pandas() for f in stored_sweep_files(root, run_id)])
         assert set(curves["policy"]) == {"static", "uniform", "oracle", "probabilistic"}
         assert set(curves["t"]) >= {10.0, 20.0}
     # a stored replay is the replay: per-utterance SI-SNRi identical to a fresh one

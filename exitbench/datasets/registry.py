@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from exitbench.datasets.base import DatasetError, TestSet
-from exitbench.plugins import PluginError, Registry, call_factory
+from exitbench.plugins import Registry
 
 #: name -> factory(path: str | None, **options) -> TestSet. Options every factory may receive:
 #: ``sample_rate`` (the model's rate), ``resample`` (bool), ``split``, ``variant``, ``limit``,
 #: and any ``--dataset-opt key=value`` given by the user; a factory ignores what it does not take.
-DATASETS = Registry(
+DATASETS: Registry[TestSet] = Registry(
     "dataset",
     "exitbench.datasets",
     {
@@ -26,6 +26,7 @@ DATASETS = Registry(
         "demo": "exitbench.datasets.folders:demo",
         "demo-enhance": "exitbench.datasets.folders:demo_enhance",
     },
+    base=TestSet, produces=True, error=DatasetError,
 )
 
 
@@ -40,11 +41,4 @@ def parse_dataset_arg(arg: str) -> tuple[str, str | None]:
 def open_testset(arg: str, **options: Any) -> TestSet:
     """Open a test set from ``NAME[:PATH]`` and options; DatasetError with a clear reason otherwise."""
     name, path = parse_dataset_arg(arg)
-    try:
-        factory = DATASETS.get(name)
-    except PluginError as exc:
-        raise DatasetError(str(exc)) from exc
-    testset = call_factory(factory, path=path, **options)
-    if not isinstance(testset, TestSet):
-        raise DatasetError(f"dataset {name!r} returned {type(testset).__name__}, not a TestSet")
-    return testset
+    return DATASETS.build(name, path=path, **options)

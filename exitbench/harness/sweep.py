@@ -302,12 +302,15 @@ def replay_stored(root: Path, run_id: str, spec: str) -> Path:
 
 
 def _stored_curves(root: Path, run_id: str, targets: Sequence[float]) -> bool:
-    path = root / "sweeps" / f"run={run_id}" / "part-0.parquet"
-    if not path.exists():
-        return False
     import pyarrow.parquet as pq
 
-    have = set(pq.read_table(path, columns=["t"]).column("t").to_pylist())
+    from exitbench.results.replays import stored_sweep_files
+
+    files = stored_sweep_files(root, run_id) + [p for p in [root / "sweeps" / f"run={run_id}" / "part-0.parquet"]
+                                                if p.exists()]
+    if not files:
+        return False
+    have = {t for f in files for t in pq.read_table(f, columns=["t"]).column("t").to_pylist()}
     return all(any(abs(float(t) - float(h)) < 1e-9 for h in have if h == h) for t in targets)
 
 

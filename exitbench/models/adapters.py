@@ -2,7 +2,9 @@
 
 - :func:`measure_macs` counts multiply-accumulates with ``torch.utils.flop_counter.FlopCounterMode``
   (FLOPs / 2), split by module path, plus analytic counts for ops it cannot see (recurrent kernels:
-  ``nn.LSTM`` and ``nn.GRU`` are declared here; add your own with ``analytic``).
+  ``nn.LSTM`` and ``nn.GRU`` are declared here; add your own with ``analytic``). An analytic count
+  applies only to a module in which FlopCounterMode counted nothing (on CPU torch decomposes a GRU
+  into matrix products it counts, but runs an LSTM as one opaque kernel).
 - :class:`MultiExitAdapter` wraps an ``nn.Module`` and "where each exit taps the network" (module
   paths whose outputs a head turns into an estimate, or a callable returning every exit's
   estimate) into an :class:`~exitbench.models.base.ExitModel`; it measures its own MACs per exit.
@@ -82,11 +84,7 @@ def count_macs(module: nn.Module, call: Callable[[], Any],
         if rule is not None:
             def hook(mod: nn.Module, inputs: tuple, output: Any, rule: AnalyticCount = rule) -> None:
                 path = names[id(mod)]
-                macs = rule(mod, inputs, output)
-                parts = path.split(".") if path else []
-                for i in range(len(parts) + 1):  # the module and each of its parents
-                    key = ".".join(parts[:i])
-                    extra[key] = extra.get(key, 0.0) + macs
+                extra[path] = extra.get(path, 0.0) + rule(mod, inputs, output)
             hooks.append(m.register_forward_hook(hook))
     try:
         with FlopCounterMode(display=False) as counter:
@@ -106,7 +104,12 @@ def count_macs(module: nn.Module, call: Callable[[], Any],
         path = key[len(root) + 1:] if key != root else ""
         by_path[path] = sum(ops.values()) / 2  # FlopCounterMode counts a multiply-add as 2 FLOPs
     for path, macs in extra.items():
-        by_path[path] = by_path.get(path, 0.0) + macs
+        if by_path.get(path, 0.0) > 0:
+            continue  # this torch build decomposes the kernel into ops FlopCounterMode counts: keep those
+        parts = path.split(".") if path else []
+        for i in range(len(parts) + 1):  # the module and each of its parents
+            key = ".".join(parts[:i])
+            by_path[key] = by_path.get(key, 0.0) + macs
     return MacCount(by_path)
 
 

@@ -10,16 +10,17 @@ from typing import Any, Callable, Mapping
 
 from exitbench.models.base import ExitModel
 from exitbench.models.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from exitbench.plugins import PluginError, Registry, call_factory
+from exitbench.plugins import Registry
 
 #: architecture name -> factory(config) returning an ExitModel with freshly initialised weights
-ARCHITECTURES = Registry(
+ARCHITECTURES: Registry[ExitModel] = Registry(
     "architecture",
     "exitbench.models",
     {
         "press": "exitbench.models.press:build_press",
         "slimdemucs": "exitbench.models.slimdemucs:build_slimdemucs",
     },
+    base=ExitModel, produces=True, error=CheckpointError,
 )
 
 CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
@@ -44,8 +45,7 @@ class ResolvedModel:
 
 def build_from_checkpoint(ckpt: Checkpoint) -> ExitModel:
     """Instantiate the checkpoint's architecture and load its weights."""
-    factory: Callable[..., ExitModel] = ARCHITECTURES.get(ckpt.architecture)
-    model = call_factory(factory, config=ckpt.config)
+    model = ARCHITECTURES.build(ckpt.architecture, config=ckpt.config)
     missing, unexpected = model.module.load_state_dict(ckpt.state_dict, strict=False)
     if missing or unexpected:
         raise CheckpointError(
@@ -155,13 +155,9 @@ def resolve_model(name_or_path: str, model_args: Mapping[str, str] | None = None
             check_model(model, name_or_path)
         return ResolvedModel(model, ckpt.sha256, ckpt, name_or_path)
     if ":" in name_or_path:
-        try:
-            factory = ARCHITECTURES.get(name_or_path)
-        except PluginError as exc:
-            raise CheckpointError(str(exc)) from exc
-        model = _call(factory, name_or_path, coerce_model_args(factory, name_or_path, args))
-        if not isinstance(model, ExitModel):
-            raise CheckpointError(f"{name_or_path!r} returned {type(model).__name__}, not an ExitModel")
+        factory = ARCHITECTURES.get(name_or_path)
+        model = ARCHITECTURES.instance(name_or_path,
+                                       _call(factory, name_or_path, coerce_model_args(factory, name_or_path, args)))
         if block_size is not None:
             model.set_block_size(block_size)
         if check:

@@ -103,7 +103,7 @@ class Trainer:
         minutes = max_minutes if max_minutes is not None else self.tcfg["max_minutes"]
         self.budget_s = None if minutes is None else float(minutes) * 60
         torch.manual_seed(self.tcfg["seed"])
-        self.model = ARCHITECTURES.get(config["architecture"])(config["model"])
+        self.model = ARCHITECTURES.build(config["architecture"], config=config["model"])
         self.net = self.model.module.to(self.device)
         self.sr = self.model.sample_rate
         self.is_slim = config["architecture"] == "slimdemucs"

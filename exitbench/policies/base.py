@@ -9,7 +9,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from exitbench.errors import UsageError
-from exitbench.plugins import PluginError, Registry
+from exitbench.plugins import Registry
 from exitbench.policies.arrays import BlockArrays
 
 
@@ -114,10 +114,22 @@ class Policy(abc.ABC):
         """``k=v,...`` of every parameter, in declaration order."""
         return ",".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
 
+    @classmethod
+    def qualified_name(cls) -> str:
+        """The name stored with replays and sweeps: a built-in's own, a plug-in's ``module:Class``.
+
+        Two packages may each ship a policy called ``greedy``; their results never mix, and the
+        stored name resolves back to the class whether or not the plug-in is registered.
+        """
+        if cls.__module__ == "exitbench.policies.builtin":
+            return cls.name
+        return f"{cls.__module__}:{cls.__qualname__}"
+
     def spec(self) -> str:
         """The string ``parse_policy`` turns back into this policy."""
         params = self.param_string()
-        return f"{self.name}:{params}" if params else self.name
+        name = self.qualified_name()
+        return f"{name}:{params}" if params else name
 
     def __repr__(self) -> str:
         return f"<policy {self.spec()}>"
@@ -134,7 +146,7 @@ def _fmt(v: Any) -> str:
 
 
 #: policy name -> Policy subclass; plugins register through the ``exitbench.policies`` entry-point group
-POLICIES = Registry(
+POLICIES: Registry[Policy] = Registry(
     "policy",
     "exitbench.policies",
     {
@@ -144,19 +156,14 @@ POLICIES = Registry(
         "probabilistic": "exitbench.policies.builtin:Probabilistic",
         "router": "exitbench.policies.builtin:Router",
     },
+    base=Policy, error=PolicyError,
 )
 BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router")
 
 
 def get_policy_class(name: str) -> type[Policy]:
     """The Policy subclass registered as ``name`` (or a ``module:attr`` target)."""
-    try:
-        cls = POLICIES.get(name)
-    except PluginError as exc:
-        raise PolicyError(str(exc)) from None
-    if not (isinstance(cls, type) and issubclass(cls, Policy)):
-        raise PolicyError(f"{name!r} resolves to {cls!r}, which is not a Policy subclass")
-    return cls
+    return POLICIES.get(name)
 
 
 def split_spec(spec: str) -> tuple[str, dict[str, str]]:

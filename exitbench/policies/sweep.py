@@ -122,7 +122,7 @@ def _metric_curves(arrays: BlockArrays, steps: np.ndarray, g: int) -> tuple[np.n
 
 # -- per-policy sweeps -------------------------------------------------------------------------
 def _row(policy: Policy, t: float, p: float, summary: dict[str, float]) -> dict[str, Any]:
-    return {"policy": policy.name, "params": policy.param_string(), "t": t, "p": p,
+    return {"policy": policy.qualified_name(), "params": policy.param_string(), "t": t, "p": p,
             **{k: summary[k] for k in ("gmacs", "regret", "si_snri", "snri")}}
 
 

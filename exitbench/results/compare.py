@@ -20,7 +20,7 @@ import pandas as pd
 
 from exitbench.errors import UsageError
 from exitbench.policies import PolicyError, parse_policy
-from exitbench.results.registry import resolve_run
+from exitbench.results.catalog import resolve_run
 from exitbench.results.views import connect
 
 #: per-utterance metrics of the utterance table that a comparison can use (all: higher is better)

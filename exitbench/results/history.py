@@ -20,7 +20,7 @@ import pandas as pd
 from exitbench.errors import UsageError
 from exitbench.results.compare import (DEFAULT_RESAMPLES, paired_table, parse_metrics, parse_tolerance,
                                        run_values)
-from exitbench.results.registry import list_runs
+from exitbench.results.catalog import list_runs
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
            "regression")

@@ -2,7 +2,8 @@
 
 Layout: ``replays/run=<id>/policy=<slug>/part-0.parquet`` (per utterance),
 ``replay_blocks/run=<id>/policy=<slug>/part-0.parquet`` (chosen level per block) and
-``sweeps/run=<id>/part-0.parquet`` (tidy curves of every policy over its parameters).
+``sweeps/run=<id>/sweep=<policy>/part-0.parquet`` (tidy curves of each policy over its parameters; one
+file per policy, so sweeping one policy never overwrites another's curves).
 """
 
 from __future__ import annotations
@@ -125,7 +126,35 @@ def sweep_run(root: str | os.PathLike, run_id: str, targets: Sequence[float] | N
     arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
     frame = sweep(arrays, policies, targets=tuple(targets) if targets else DEFAULT_TARGETS)
     if store:
+        _split_legacy_sweep(Path(root), run_id)
         out = frame.assign(run_id=run_id)
-        write_parquet_atomic(pa.Table.from_pandas(out, preserve_index=False),
-                             Path(root) / "sweeps" / f"run={run_id}" / "part-0.parquet")
+        for name, part in out.groupby("policy", sort=False):
+            write_parquet_atomic(pa.Table.from_pandas(part, preserve_index=False),
+                                 sweep_path(root, run_id, str(name)))
     return frame
+
+
+def sweep_path(root: str | os.PathLike, run_id: str, policy: str) -> Path:
+    """Where one policy's stored curves of a run live (the partition key is ``sweep``: the files
+    hold a ``policy`` column, which a hive key of the same name would overwrite)."""
+    return Path(root) / "sweeps" / f"run={run_id}" / f"sweep={policy_slug(policy)}" / "part-0.parquet"
+
+
+def stored_sweep_files(root: str | os.PathLike, run_id: str) -> list[Path]:
+    """Every stored curve file of a run."""
+    return sorted((Path(root) / "sweeps" / f"run={run_id}").glob("sweep=*/part-0.parquet"))
+
+
+def _split_legacy_sweep(root: Path, run_id: str) -> None:
+    """exitbench 0.1 kept every policy's curves of a run in one file: split it into per-policy files."""
+    import pyarrow.parquet as pq
+
+    legacy = root / "sweeps" / f"run={run_id}" / "part-0.parquet"
+    if not legacy.exists():
+        return
+    old = pq.read_table(legacy).to_pandas()
+    for name, part in old.groupby("policy", sort=False):
+        path = sweep_path(root, run_id, str(name))
+        if not path.exists():
+            write_parquet_atomic(pa.Table.from_pandas(part, preserve_index=False), path)
+    legacy.unlink()

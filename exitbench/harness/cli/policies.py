@@ -82,4 +82,4 @@ def sweep_policies(
         t.add_row(name, f"{tt:g}", str(len(g)), f"{g.gmacs.min():.3f}-{g.gmacs.max():.3f}",
                   f"{g.si_snri.max():.2f}", f"{g.regret.min():.3f}")
     out.print(t)
-    console.print(f"stored: {results}/sweeps/run={run_id}/part-0.parquet (view `sweeps`)", highlight=False)
+    console.print(f"stored: {results}/sweeps/run={run_id}/sweep=<policy>/ (view `sweeps`)", highlight=False)

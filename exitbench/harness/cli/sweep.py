@@ -233,9 +233,9 @@ def history(
         raise typer.Exit(1)
 
 
-# -- registry ---------------------------------------------------------------------------------------
+# -- catalog ----------------------------------------------------------------------------------------
 @app.command()
-def registry(
+def catalog(
     results: Path = typer.Option(Path("results"), "--results", "-r", help="results root"),
     run: Optional[str] = typer.Option(None, help="run id prefix"),
     checkpoint: list[str] = typer.Option([], "--checkpoint", "-c",
@@ -256,9 +256,30 @@ def registry(
     Refuses (exit code 2) to mix runs written with another schema version than this exitbench's,
     unless --any-schema or --schema-version selects them.
     """
+    _catalog(**locals())
+
+
+@app.command(hidden=True, help="Deprecated: the old name of `exitbench catalog` (kept for one release).")
+def registry(
+    results: Path = typer.Option(Path("results"), "--results", "-r"), run: Optional[str] = None,
+    checkpoint: list[str] = typer.Option([], "--checkpoint", "-c"), step: Optional[str] = None,
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d"), fingerprint: Optional[str] = None,
+    since: Optional[str] = None, until: Optional[str] = None, harness_version: Optional[str] = None,
+    schema_version: Optional[int] = None, status: Optional[str] = None,
+    any_schema: bool = typer.Option(False, "--any-schema"), csv: bool = False,
+) -> None:
+    console.print("[yellow]`exitbench registry` is now `exitbench catalog` (\"registry\" means plug-ins);"
+                  " the old name goes in the next release[/]", highlight=False)
+    _catalog(**locals())
+
+
+def _catalog(results: Path, run: Optional[str], checkpoint: list[str], step: Optional[str],
+             dataset: Optional[str], fingerprint: Optional[str], since: Optional[str], until: Optional[str],
+             harness_version: Optional[str], schema_version: Optional[int], status: Optional[str],
+             any_schema: bool, csv: bool) -> None:
     import sys
 
-    from exitbench.results.registry import list_runs
+    from exitbench.results.catalog import list_runs
 
     df = guarded(lambda: list_runs(results, run=run, checkpoint=checkpoint or None, step=step, dataset=dataset,
                                    fingerprint=fingerprint, since=since, until=until,
