@@ -105,7 +105,7 @@ def test_probabilistic_min_over_sources():
 
 def test_requirements_and_router():
     a = tiny(ERR)
-    with pytest.raises(PolicyError, match=r"probabilistic needs predicted variances \(alpha, beta\), but this "
+    with pytest.raises(PolicyError, match=r"probabilistic needs predicted variances \(alpha, beta or sigma2\), but this "
                                           r"recording's model has no variance head"):
         Probabilistic()(a)
     with pytest.raises(PolicyError, match="router needs router logits or the model's dynamic output"):

@@ -106,7 +106,8 @@ def test_plugin_policy_goes_through_the_generic_sweep(arrays):
         frame = sweep(arrays, ["deepest", "static:l=2"], targets=[9.0])
     finally:
         POLICIES.unregister("deepest")  # keep the shared registry as other tests expect it
-    deep = frame[frame.policy == "deepest"]
+    deep = frame[frame.policy == Deepest.qualified_name()]  # a plug-in is stored under its module:Class
+    assert Deepest.qualified_name().endswith(":Deepest")
     assert deep.params.tolist() == ["k=0", "k=2"]
     _close(deep.iloc[1], frame[frame.policy == "static"].iloc[0])
 

@@ -152,3 +152,18 @@ def test_dry_run_prints_the_plan_without_recording(spec_dir):
     result = runner.invoke(app, ["sweep", str(spec_dir / "sweep.toml"), "-r", str(spec_dir / "r"), "--dry-run"])
     assert result.exit_code == 0, result.output
     assert "2 recording(s)" in result.output and not (spec_dir / "r" / "runs").exists()
+
+
+def test_model_args_and_block_size_in_a_spec_reach_factories_and_the_run_id():
+    data = {"checkpoints": ["press-s", "exitbench_testmodels:tiny_exits"], "model_args": {"seed": 3, "hidden": 8},
+            "settings": {"block_size": 4000, "metrics": "none"},
+            "testsets": [{"dataset": "synthetic", "options": {"num_utterances": 2}}]}
+    sp = parse_sweep_spec(data)
+    by_model = {rs.model: rs for _, _, rs in sp.run_specs()}
+    assert by_model["exitbench_testmodels:tiny_exits"].model_args == (("hidden", "8"), ("seed", "3"))
+    assert by_model["press-s"].model_args == ()  # a checkpoint carries its own config
+    assert all(rs.settings.block_size == 4000 for rs in by_model.values())
+    from exitbench.harness.runner import prepare
+
+    p = prepare(by_model["exitbench_testmodels:tiny_exits"])
+    assert p.model.module.hidden == 8 and p.model.block_size == 4000

@@ -34,7 +34,7 @@ from exitbench.metrics import (
 )
 from exitbench.metrics.perceptual import PESQ_MIN_SECONDS, PESQ_MODES
 from exitbench.models.base import ExitModel
-from exitbench.results.schema import BLOCKS, ERRORS, STAT_COLUMNS, UTTERANCES
+from exitbench.results.schema import BLOCKS, ERRORS, SCORE_PREFIX, STAT_COLUMNS, UTTERANCES
 
 
 @dataclass
@@ -146,7 +146,7 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
             a = np.concatenate([a, np.full((1,) + a.shape[1:], np.nan)], axis=0)
         return a
 
-    alpha, beta = per_level(out.alpha), per_level(out.beta)
+    alpha, beta, sigma2 = per_level(out.alpha), per_level(out.beta), per_level(out.sigma2)
     router = None
     if out.router_logits is not None:
         r = out.router_logits.detach().double().cpu().numpy().T  # [L, B]
@@ -164,11 +164,17 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
     }
     for c in STAT_COLUMNS[1:]:
         cols[c] = stats[c].ravel()
-    for name, arr in (("alpha", alpha), ("beta", beta), ("router_logit", router)):
+    for name, arr in (("alpha", alpha), ("beta", beta), ("router_logit", router), ("sigma2", sigma2)):
         cols[name] = pa.nulls(lv.size, pa.float64()) if arr is None else \
             pa.array(arr.ravel(), pa.float64(), from_pandas=True)  # NaN -> null
     cols["macs"] = macs.ravel()
-    blocks = pa.table(cols, schema=BLOCKS)
+    blocks = pa.table({f.name: cols[f.name] for f in BLOCKS}, schema=BLOCKS)
+    for name, t in sorted(out.scores.items()):  # per (block, level), the same for every source
+        sc = t.detach().double().cpu().numpy()  # [L, B]
+        if n_lv > model.num_levels:
+            sc = np.concatenate([sc, np.full((1, n_blk), np.nan)], axis=0)
+        blocks = blocks.append_column(SCORE_PREFIX + name, pa.array(
+            np.broadcast_to(sc[:, None, :], (n_lv, n_src, n_blk)).ravel(), pa.float64(), from_pandas=True))
     return LevelRecord(utt.id, utt.sample_rate, utt.mixture.astype(np.float64),
                        utt.sources.astype(np.float64), est.astype(np.float64), names, level_macs, perm,
                        blocks, dict(utt.metadata))

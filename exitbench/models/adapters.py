@@ -149,6 +149,40 @@ def _pad_sources(est: torch.Tensor, num_sources: int, n: int) -> torch.Tensor:
     return torch.nn.functional.pad(est, (0, n - est.shape[-1]))
 
 
+def pool_frames_to_blocks(frames: torch.Tensor, hop: int, num_samples: int, block_size: int) -> torch.Tensor:
+    """Per-frame values ``[S, F]`` (frame f covers samples f·hop .. f·hop + hop − 1, the last frame the
+    rest) as the exact mean over each block's samples ``[S, B]``: what a per-sample value averages to."""
+    s, f = frames.shape
+    idx = torch.clamp(torch.arange(num_samples, device=frames.device) // hop, max=f - 1)
+    per_sample = frames[:, idx]  # [S, N]
+    b = -(-num_samples // block_size)
+    padded = torch.nn.functional.pad(per_sample, (0, b * block_size - num_samples))
+    counts = torch.full((b,), float(block_size), device=frames.device, dtype=per_sample.dtype)
+    counts[-1] = num_samples - (b - 1) * block_size
+    return padded.view(s, b, block_size).sum(-1) / counts
+
+
+def block_sums(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``Σ`` over each block of the last axis: ``[..., N]`` -> ``[..., B]`` (the last block may be shorter)."""
+    n = x.shape[-1]
+    b = -(-n // block_size)
+    return torch.nn.functional.pad(x, (0, b * block_size - n)).unflatten(-1, (b, block_size)).sum(-1)
+
+
+def agreement_scores(estimates: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Per block, how much exit l agrees with exit l − 1 (dB): 10·log10(‖x̂_{l−1}‖² / ‖x̂_l − x̂_{l−1}‖²),
+    summed over sources; ``[L, B]``, −inf at the first exit (no evidence), +inf where they coincide."""
+    e = estimates.double()
+    prev = block_sums((e[:-1] ** 2).sum(1), block_size)
+    diff = block_sums(((e[1:] - e[:-1]) ** 2).sum(1), block_size)
+    with torch.no_grad():
+        db = 10 * torch.log10(prev / diff)
+    db = torch.where(diff == 0, torch.full_like(db, float("inf")), db)
+    db = torch.where(prev == 0, torch.full_like(db, float("-inf")), db)
+    first = torch.full((1, db.shape[1]), float("-inf"), dtype=db.dtype)
+    return torch.cat([first, db], 0)
+
+
 class MultiExitAdapter(ExitModel):
     """An ``nn.Module`` with several exits as an ExitModel, MACs measured per exit.
 
@@ -164,6 +198,14 @@ class MultiExitAdapter(ExitModel):
     is trimmed or zero-padded to N. MACs per sample are measured on a ``probe_seconds`` input: a
     pass stopped right after tap l plus head l, or one call of ``upto(l, ...)``; with ``exits``
     alone pass ``macs_per_sample`` (or ``levels_paths``: the module paths each exit needs).
+
+    An exit may also return a dict: ``{"estimate": ..., "alpha": [S, B], "beta": [S, B]}`` (PRESS's
+    inverse-gamma variance per block, ``uncertainty="invgamma"``), ``{"estimate": ..., "sigma2": ...}``
+    (a Gaussian error variance per sample, ``uncertainty="gaussian"``: ``[S, B]`` per block, or
+    ``[S, F]`` per frame of ``variance_hop`` samples, pooled exactly to each block's mean), and
+    ``"scores": {name: [B]}`` (the exit's own per-block confidence). ``scores=("agreement",)`` adds
+    the adapter's agreement of each exit with the one before it (dB, see ``agreement_scores``);
+    the ``threshold:score=NAME,tau=X`` policy exits on any recorded score.
     """
 
     def __init__(self, module: nn.Module, *, sample_rate: int, num_sources: int,
@@ -174,7 +216,8 @@ class MultiExitAdapter(ExitModel):
                  levels: Sequence[str] | None = None, block_size: int | None = None,
                  macs_per_sample: Sequence[float] | None = None,
                  levels_paths: Sequence[Sequence[str]] | None = None,
-                 analytic: Mapping[type | str, AnalyticCount] | None = None, probe_seconds: float = 1.0):
+                 analytic: Mapping[type | str, AnalyticCount] | None = None, probe_seconds: float = 1.0,
+                 uncertainty: str = "none", variance_hop: int | None = None, scores: Sequence[str] = ()):
         if taps is not None and (exits is not None or upto is not None):
             raise UsageError("MultiExitAdapter takes taps=[module paths] or exits/upto callables, not both")
         if taps is None and exits is None and upto is None:
@@ -198,6 +241,9 @@ class MultiExitAdapter(ExitModel):
             self.levels = tuple(f"exit{i + 1}" for i in range(n_levels))
         else:
             raise UsageError("MultiExitAdapter with exits or upto callables needs levels=[names, cheapest first]")
+        if uncertainty not in ("none", "invgamma", "gaussian"):
+            raise UsageError(f"uncertainty must be 'none', 'invgamma' or 'gaussian', not {uncertainty!r}")
+        self.uncertainty, self.variance_hop, self.score_names = uncertainty, variance_hop, tuple(scores)
         self._analytic = analytic
         probe = torch.zeros(1, max(1, int(probe_seconds * sample_rate)))
         torch.manual_seed(0)
@@ -270,8 +316,31 @@ class MultiExitAdapter(ExitModel):
             outs = self._call_all(mixture.to(self.device, torch.float32)[None])
         if len(outs) != self.num_levels:
             raise RuntimeError(f"the network produced {len(outs)} exits; the adapter declares {self.num_levels}")
-        est = torch.stack([_pad_sources(o.float(), self.num_sources, n) for o in outs])
-        return LevelOutputs(estimates=est)
+        parts = [o if isinstance(o, dict) else {"estimate": o} for o in outs]
+        est = torch.stack([_pad_sources(p["estimate"].float(), self.num_sources, n) for p in parts])
+        b = self.num_blocks(n)
+        out = LevelOutputs(estimates=est)
+
+        def stacked(key: str) -> torch.Tensor:
+            missing = [i for i, p in enumerate(parts) if key not in p]
+            if missing:
+                raise RuntimeError(f"uncertainty={self.uncertainty!r} but exit(s) {missing} returned no {key!r}")
+            return torch.stack([p[key].reshape(self.num_sources, -1).double() for p in parts])
+
+        if self.uncertainty == "invgamma":
+            out.alpha, out.beta = stacked("alpha"), stacked("beta")
+        elif self.uncertainty == "gaussian":
+            s2 = stacked("sigma2")
+            if self.variance_hop:  # per frame: the exact mean over each block's samples
+                s2 = torch.stack([pool_frames_to_blocks(v, self.variance_hop, n, self.block_size) for v in s2])
+            out.sigma2 = s2
+        names = sorted({k for p in parts for k in p.get("scores", {})})
+        for name in names:
+            out.scores[name] = torch.stack([torch.as_tensor(p["scores"][name], dtype=torch.float64).reshape(-1)
+                                            .expand(b) for p in parts])
+        if "agreement" in self.score_names:
+            out.scores["agreement"] = agreement_scores(est, self.block_size)
+        return out
 
     def macs_per_sample(self, level: int | str) -> float:
         """Measured cumulative MACs per input sample of ``level``."""

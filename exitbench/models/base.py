@@ -26,7 +26,8 @@ class DynamicOutput:
     """The model's own input-adaptive execution (e.g. router-driven slimming).
 
     ``estimates`` is ``[S, N]``; ``macs`` the realised multiply-accumulates per block ``[B]``;
-    ``level_share`` optionally ``[B, L]``, the fraction of each block run at each level.
+    ``level_share`` optionally ``[B, L]``, the fraction of each block run at each level (for the model's
+    own use: not recorded; the realised MACs per block are).
     """
 
     estimates: torch.Tensor
@@ -43,7 +44,9 @@ class LevelOutputs:
     beta: torch.Tensor | None = None  # [L, S, B] inverse-gamma scale
     router_logits: torch.Tensor | None = None  # [B, L]
     dynamic: DynamicOutput | None = None
-    extras: dict[str, Any] = field(default_factory=dict)
+    sigma2: torch.Tensor | None = None  # [L, S, B] Gaussian error variance per sample of each block
+    scores: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> [L, B] per-block exit scores
+    extras: dict[str, Any] = field(default_factory=dict)  # free for the model's own use; not recorded
 
     def validate(self, num_levels: int, num_sources: int, num_samples: int, num_blocks: int) -> None:
         """Raise ValueError naming the first tensor whose shape or values break the contract."""
@@ -61,6 +64,19 @@ class LevelOutputs:
         if (self.alpha is None) != (self.beta is None):
             raise ValueError("alpha and beta must be given together")
         check("router_logits", self.router_logits, (num_blocks, num_levels))
+        check("sigma2", self.sigma2, (num_levels, num_sources, num_blocks))
+        if self.sigma2 is not None and not (self.sigma2 > 0).all():
+            raise ValueError("sigma2 must be positive (a Gaussian error variance per sample)")
+        if self.sigma2 is not None and self.alpha is not None:
+            raise ValueError("give one uncertainty family: alpha/beta (inverse-gamma) or sigma2 (Gaussian)")
+        for name, t in self.scores.items():
+            if not name.isidentifier():
+                raise ValueError(f"exit score name {name!r} must be an identifier (it names a column)")
+            if t is None or tuple(t.shape) != (num_levels, num_blocks):
+                raise ValueError(f"scores[{name!r}] has shape {None if t is None else tuple(t.shape)},"
+                                 f" expected {(num_levels, num_blocks)}")
+            if torch.isnan(t).any():
+                raise ValueError(f"scores[{name!r}] contains NaN (use -inf for 'no evidence')")
         if self.dynamic is not None:
             check("dynamic.estimates", self.dynamic.estimates, (num_sources, num_samples))
             check("dynamic.macs", self.dynamic.macs, (num_blocks,))

@@ -105,6 +105,10 @@ def _dry_run(model: ExitModel, name: str) -> None:
     if out.dynamic is not None:
         _check_tensor(name, "dynamic.estimates", out.dynamic.estimates, (S, n))
         _check_tensor(name, "dynamic.macs", out.dynamic.macs, (B,))
+    try:  # the rest of the contract (sigma2, exit scores, one uncertainty family)
+        out.validate(L, S, n, B)
+    except ValueError as exc:
+        raise _fail(name, str(exc)) from None
 
 
 def check_model(model: Any, name: str = "") -> None:

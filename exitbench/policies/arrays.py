@@ -50,6 +50,8 @@ class BlockArrays:
     beta: np.ndarray | None = None  # [K, L, S]
     router_logit: np.ndarray | None = None  # [K, L]
     dynamic: DynamicArrays | None = None
+    sigma2: np.ndarray | None = None  # [K, L, S] Gaussian error variance per sample (the other family)
+    scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [K, L] the model's exit scores
     p_ref: np.ndarray | None = None  # [K]; default: the utterance's mixture mean power
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
@@ -95,8 +97,9 @@ class BlockArrays:
         return self._cache["utt_samples"]
 
     def features(self) -> set[str]:
-        """Optional recorded features present: a subset of {alpha, beta, router_logit, dynamic}."""
-        have = {name for name in OPTIONAL_COLUMNS if getattr(self, name) is not None}
+        """Optional recorded features present: alpha, beta, router_logit, sigma2, dynamic, score:<name>."""
+        have = {name for name in (*OPTIONAL_COLUMNS, "sigma2") if getattr(self, name) is not None}
+        have |= {f"score:{name}" for name in self.scores}
         return have | ({"dynamic"} if self.dynamic is not None else set())
 
     def validate(self) -> None:
@@ -276,6 +279,15 @@ def _from_arrow(table: pa.Table, num_levels: int, sample_rate: int, has_dynamic:
 
     alpha, beta = optional("alpha"), optional("beta")
     router = optional("router_logit")
+    # newer columns: absent from older recordings, so optional as columns too
+    sigma2 = optional("sigma2") if "sigma2" in table.column_names else None
+    scores = {}
+    for col in (c for c in table.column_names if c.startswith("score_")):
+        sc = optional(col)
+        if sc is not None:
+            if not (sc == sc[:, :, :1]).all():
+                raise RecordingError(f"{col} must be equal across the sources of a (block, level)")
+            scores[col.removeprefix("score_")] = sc[:, :, 0]
     if router is not None:
         if not (router == router[:, :, :1]).all():
             raise RecordingError("router_logit must be equal across the sources of a (block, level)")
@@ -288,7 +300,7 @@ def _from_arrow(table: pa.Table, num_levels: int, sample_rate: int, has_dynamic:
         utt=ut, utt_ids=utt_ids, block=blk, start=start, n=n_full[:, 0, 0],
         stats={name: arr[:, :num_levels] for name, arr in st_full.items()},
         macs=macs_full[:, :num_levels, 0], sample_rate=int(sample_rate),
-        alpha=alpha, beta=beta, router_logit=router, dynamic=dynamic,
+        alpha=alpha, beta=beta, router_logit=router, dynamic=dynamic, sigma2=sigma2, scores=scores,
     )
 
 

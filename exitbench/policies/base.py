@@ -155,10 +155,11 @@ POLICIES: Registry[Policy] = Registry(
         "oracle": "exitbench.policies.builtin:Oracle",
         "probabilistic": "exitbench.policies.builtin:Probabilistic",
         "router": "exitbench.policies.builtin:Router",
+        "threshold": "exitbench.policies.builtin:Threshold",
     },
     base=Policy, error=PolicyError,
 )
-BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router")
+BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router", "threshold")
 
 
 def get_policy_class(name: str) -> type[Policy]:

@@ -67,7 +67,7 @@ class Probabilistic(Policy):
               help="which ratio counts as reaching t: any of the three ('all'), or only one"),
     )
     requires = (
-        Requirement(("alpha",), "predicted variances (alpha, beta)",
+        Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
                     "this recording's model has no variance head"),
     )
 
@@ -94,3 +94,27 @@ class Router(Policy):
             return np.full(arrays.num_blocks, arrays.num_levels, dtype=np.int64)
         self.check_requirements(arrays)
         return np.argmax(arrays.router_logit, axis=1).astype(np.int64)
+
+
+class Threshold(Policy):
+    """The first level whose exit score (a model's own per-block confidence) reaches tau, else the deepest.
+
+    Confidence-based early exit (DeeBERT, PABEE and kin) without writing a policy: the score is one
+    the model recorded (``LevelOutputs.scores``, column ``score_<name>``), e.g. the adapter's
+    ``agreement`` (dB) between an exit and the one before it.
+    """
+
+    name = "threshold"
+    params = (
+        Param("score", str, "agreement", help="the exit score to threshold (a score_<name> column)"),
+        Param("tau", float, 0.0, help="exit once the score is at least tau"),
+    )
+
+    def check_requirements(self, arrays: BlockArrays) -> None:
+        if self.score not in arrays.scores:  # type: ignore[attr-defined]
+            have = ", ".join(sorted(arrays.scores)) or "none"
+            raise PolicyError(f"threshold needs the exit score {self.score!r}, but this recording's scores"  # type: ignore[attr-defined]
+                              f" are: {have}")
+
+    def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
+        return first_true_or_last(arrays.scores[self.score] >= self.tau)  # type: ignore[attr-defined]

@@ -16,9 +16,9 @@ _TINY = np.finfo(np.float64).tiny
 
 
 def _require_variances(arrays: BlockArrays) -> None:
-    if arrays.alpha is None or arrays.beta is None:
-        raise PolicyError("calibration needs predicted variances (alpha, beta), but this recording's model"
-                          " has no variance head")
+    if (arrays.alpha is None or arrays.beta is None) and arrays.sigma2 is None:
+        raise PolicyError("calibration needs predicted variances (alpha, beta or sigma2), but this recording's"
+                          " model has no variance head")
 
 
 def error_energy(arrays: BlockArrays) -> np.ndarray:
@@ -28,9 +28,15 @@ def error_energy(arrays: BlockArrays) -> np.ndarray:
 
 
 def pit_values(arrays: BlockArrays) -> np.ndarray:
-    """PIT u = P(σ² ≤ ‖x − x̂‖²/n) = Q(α, β·n/‖x − x̂‖²) per block, level, source [K, L, S]."""
+    """PIT values per block, level, source [K, L, S]: uniform when the predicted variance is calibrated.
+
+    Inverse-gamma: u = P(σ² ≤ ‖x − x̂‖²/n) = Q(α, β·n/‖x − x̂‖²). Gaussian (σ² per sample):
+    u = P(σ²·χ²_n ≤ ‖x − x̂‖²) = P(n/2, ‖x − x̂‖²/(2σ²)).
+    """
     _require_variances(arrays)
     n = arrays.n[:, None, None].astype(np.float64)
+    if arrays.alpha is None:
+        return gammainc(n / 2.0, error_energy(arrays) / (2.0 * arrays.sigma2))
     return upper_gamma(arrays.alpha, arrays.beta * n / error_energy(arrays))
 
 

@@ -1,4 +1,13 @@
-"""PRESS exit probabilities P(exit-SNR ≥ t) from the inverse-gamma error-variance model (DESIGN §5)."""
+"""Exit probabilities P(exit-SNR ≥ t) from a model's predicted error variance (DESIGN §5).
+
+Two families. PRESS's inverse-gamma: σ² ~ InvGamma(α, β), the ratios are shifted gamma variables
+and P = Q(α, x) (regularised upper incomplete gamma). Gaussian: a predicted variance σ² per sample
+of the block, errors iid N(0, σ²), so the error energy ‖x − x̂‖² ~ σ²·χ²_n = Gamma(n/2, scale 2σ²).
+With the same large-n reading of the ratios as PRESS (‖x‖² ≈ ‖x̂‖² + ‖e‖²), each condition is
+``‖e‖² ≤ limit``: SNR ≥ τ at limit ‖x̂‖²/(τ − 1), SNRi at ‖x̂ − y‖²/(τ − 1), SNR_ref at n·P_ref/τ, so
+P = P(n/2, limit/(2σ²)) (the regularised lower incomplete gamma), and the max over the three
+conditions is P at the largest limit.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +15,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from scipy.special import gammaincc
+from scipy.special import gammainc, gammaincc
 
 from exitbench.errors import UsageError
 from exitbench.policies.arrays import BlockArrays
@@ -83,12 +92,41 @@ def condition_probability(t_db: float, condition: str, alpha, beta, n, e_est, e_
     return upper_gamma(alpha, arguments_from_rates(t_db, rates, condition))
 
 
+def gaussian_limits(n, e_est, e_mix, dot_est_mix, p_ref) -> dict[str, np.ndarray]:
+    """The t-independent error-energy limits of the Gaussian family: SNR and SNRi are ``‖·‖² / (τ − 1)``
+    of these, SNR_ref is this over τ (see the module docstring)."""
+    return {"snr": np.maximum(e_est, 0.0), "snri": np.maximum(e_est - 2.0 * dot_est_mix + e_mix, 0.0),
+            "snr_ref": n * p_ref}
+
+
+def gaussian_probabilities(t_db: float, limits: dict[str, np.ndarray], sigma2, n, condition: str) -> np.ndarray:
+    """P(exit-SNR ≥ t) under a Gaussian error of variance σ² per sample (elementwise over blocks)."""
+    if condition not in CONDITION_CHOICES:
+        raise UsageError(f"unknown condition {condition!r}; choose from {CONDITION_CHOICES}")
+    tau = 10.0 ** (t_db / 10.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        shifted = np.inf if tau <= 1.0 else 1.0 / (tau - 1.0)  # τ ≤ 1: SNR, SNRi ≥ τ always (P = 1)
+        lim = {"snr": limits["snr"] * shifted, "snri": limits["snri"] * shifted, "snr_ref": limits["snr_ref"] / tau}
+        best = np.maximum(np.maximum(lim["snr"], lim["snri"]), lim["snr_ref"]) if condition == "all" \
+            else lim[condition]
+        best = np.where(np.isnan(best), np.inf, best)  # inf * 0 (a silent estimate at τ ≤ 1): reachable
+        return gammainc(n / 2.0, best / (2.0 * sigma2))
+
+
 def level_probabilities(arrays: BlockArrays, t_db: float, condition: str = "all",
                         levels: slice | None = None) -> np.ndarray:
     """Predicted P(exit-SNR ≥ t) per block and static level [K, L'], min over sources (DESIGN §5)."""
-    if arrays.alpha is None or arrays.beta is None:
-        raise UsageError("this recording has no predicted variances (alpha, beta)")
     lv = slice(None) if levels is None else levels
+    if (arrays.alpha is None or arrays.beta is None) and arrays.sigma2 is not None:
+        key = ("gaussian_limits", lv.start, lv.stop, lv.step)
+        st = arrays.stats
+        n = arrays.n[:, None, None].astype(np.float64)
+        if key not in arrays._cache:
+            arrays._cache[key] = gaussian_limits(n, st["e_est"][:, lv], st["e_mix"][:, lv],
+                                                 st["dot_est_mix"][:, lv], arrays.p_ref[:, None, None])
+        return gaussian_probabilities(t_db, arrays._cache[key], arrays.sigma2[:, lv], n, condition).min(axis=2)
+    if arrays.alpha is None or arrays.beta is None:
+        raise UsageError("this recording has no predicted variances (alpha, beta or sigma2)")
     key = ("gamma_rates", lv.start, lv.stop, lv.step)
     if key not in arrays._cache:  # t-independent: computed once per recording for a whole sweep
         st = arrays.stats

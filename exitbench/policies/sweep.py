@@ -21,7 +21,7 @@ import pandas as pd
 
 from exitbench.policies.arrays import BlockArrays
 from exitbench.policies.base import BUILTIN_POLICIES, Policy, PolicyError, get_policy_class, split_spec
-from exitbench.policies.builtin import DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, Probabilistic, Router, Static, Uniform
+from exitbench.policies.builtin import DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, Probabilistic, Router, Static, Threshold, Uniform
 from exitbench.policies.probability import level_probabilities
 from exitbench.policies.replay import composite_from_sums, summarize, utterance_gmacs
 
@@ -181,6 +181,28 @@ def sweep_router(arrays: BlockArrays, targets: Sequence[float]) -> list[dict[str
     return [_row(pol, s["t"], np.nan, s) for s in summarize(arrays, pol(arrays), targets)]
 
 
+def threshold_grid(scores: np.ndarray, points: int = 41) -> list[float]:
+    """Thresholds spanning a score's recorded range: its quantiles (ties merged), below and above all."""
+    finite = scores[np.isfinite(scores)]
+    if finite.size == 0:
+        return [0.0]
+    q = np.unique(np.quantile(finite, np.linspace(0.0, 1.0, points)))
+    return [float(finite.min()) - 1.0, *map(float, q), float(finite.max()) + 1.0]
+
+
+def sweep_threshold(arrays: BlockArrays, targets: Sequence[float], score: str,
+                    taus: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Threshold(score, tau) over tau (the score's range by default) at every target: one staircase each."""
+    sc = arrays.scores[score][:, : arrays.num_levels - 1]
+    grid = list(taus) if taus is not None else threshold_grid(sc)
+    rows = []
+    for t in targets:
+        c = staircase_curve(arrays, np.where(np.isnan(sc), -np.inf, sc), grid, float(t))
+        for j, tau in enumerate(grid):
+            rows.append(_row(Threshold(score=score, tau=tau), float(t), np.nan, {k: float(v[j]) for k, v in c.items()}))
+    return rows
+
+
 def sweep_generic(arrays: BlockArrays, cls: type[Policy], fixed: dict[str, Any], targets: Sequence[float],
                   seed: int = 0) -> list[dict[str, Any]]:
     """Any policy: the product of its parameters' sweep values (fixed ones held), choose + summarize each."""
@@ -206,7 +228,9 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
     raises PolicyError. gmacs, si_snri, snri are means over utterances; regret the mean over blocks.
     """
     explicit = policies is not None
-    specs = list(policies) if explicit else list(BUILTIN_POLICIES)
+    # the threshold policy needs a recorded exit score: by default, one sweep per score the model has
+    specs = list(policies) if explicit else [p for p in BUILTIN_POLICIES if p != "threshold"] + \
+        [f"threshold:score={name}" for name in sorted(arrays.scores)]
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for spec in specs:
@@ -233,6 +257,8 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
             rows += sweep_uniform(arrays, ts, probe.values["seed"], uniform_draws)
         elif cls is Router:
             rows += sweep_router(arrays, ts)
+        elif cls is Threshold:
+            rows += sweep_threshold(arrays, ts, probe.values["score"], [fixed["tau"]] if "tau" in fixed else None)
         else:
             rows += sweep_generic(arrays, cls, fixed, ts, seed)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))

@@ -29,8 +29,11 @@ BLOCKS = pa.schema(
         ("beta", pa.float64()),  # inverse-gamma scale
         ("macs", pa.float64()),  # MACs spent on this block at this level (realised for dynamic)
         ("router_logit", pa.float64()),  # router score of this level on this block (null if none)
+        ("sigma2", pa.float64()),  # Gaussian error variance per sample of this block (null if none)
     ]
 )
+#: a model's own per-block exit scores are extra float64 columns of the blocks table, one per score
+SCORE_PREFIX = "score_"
 
 #: per-utterance metric columns, each also present for the unprocessed mixture as ``mix_<name>``
 UTTERANCE_METRICS = ("si_snr", "snr", "sdr", "pesq", "stoi", "estoi")

@@ -31,7 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from exitbench.errors import ResultsRootError
-from exitbench.results.schema import RUNS, SHARD_TABLES, TABLES
+from exitbench.results.schema import BLOCKS, RUNS, SCORE_PREFIX, SHARD_TABLES, TABLES
 
 ROW_GROUP_SIZE = 1_000_000  # large row groups: DuckDB slows down a lot on many small ones
 
@@ -113,14 +113,21 @@ def _write_table(table: pa.Table, path: Path) -> None:
 
 
 def conform(table: pa.Table, schema: pa.Schema) -> pa.Table:
-    """Cast/reorder a table to ``schema``; missing nullable columns become nulls."""
-    cols = []
+    """Cast/reorder a table to ``schema``; missing nullable columns become nulls.
+
+    The blocks table also keeps its exit-score columns (``score_<name>``, float64), which vary by model.
+    """
+    cols, fields = [], list(schema)
     for field in schema:
         if field.name in table.column_names:
             cols.append(table.column(field.name).cast(field.type))
         else:
             cols.append(pa.nulls(table.num_rows, field.type))
-    return pa.Table.from_arrays(cols, schema=schema)
+    if schema is BLOCKS:
+        for name in sorted(c for c in table.column_names if c.startswith(SCORE_PREFIX)):
+            cols.append(table.column(name).cast(pa.float64()))
+            fields.append(pa.field(name, pa.float64()))
+    return pa.Table.from_arrays(cols, schema=pa.schema(fields))
 
 
 class ResultStore:

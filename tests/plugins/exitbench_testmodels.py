@@ -187,3 +187,21 @@ class _NoMacs(ExitModel):
 def no_macs() -> ExitModel:
     """An adapter that forgot to implement macs_per_sample."""
     return _NoMacs()
+
+
+def tiny_gaussian(seed: int = 0) -> ExitModel:
+    """TinyTasNet whose exits also predict a Gaussian error variance per frame and report agreement."""
+    from exitbench.models.adapters import MultiExitAdapter
+
+    torch.manual_seed(seed)
+    net = TinyTasNet(16)
+    net.var_head = torch.nn.Conv1d(16, 2, 1)  # one log-variance per source and frame
+
+    def head(level: int, feats: torch.Tensor, mixture: torch.Tensor) -> dict:
+        sigma2 = torch.nn.functional.softplus(net.var_head(feats))[0] * 1e-3 + 1e-6  # [S, frames]
+        return {"estimate": net.decode(feats, mixture), "sigma2": sigma2,
+                "scores": {"confidence": -sigma2.mean().log10()}}  # one number per exit: every block
+
+    return MultiExitAdapter(net, taps=[f"repeats.{i}" for i in range(3)], head=head, sample_rate=8000,
+                            num_sources=2, block_size=2000, uncertainty="gaussian", variance_hop=8,
+                            scores=("agreement",))
