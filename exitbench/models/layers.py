@@ -149,3 +149,15 @@ def merge_config(kind: str, config: dict[str, Any] | None, defaults: dict[str, A
     if unknown:
         raise UsageError(f"unknown {kind} config keys {sorted(unknown)}; known: {sorted(known)}")
     return out
+
+
+def set_config_block_size(model: Any, block_size: int, step_key: str, what: str) -> None:
+    """Set a config-driven model's block size; it must be a whole number of ``config[step_key]`` samples
+    (frames of that hop never straddle blocks, so per-block heads stay exact)."""
+    from exitbench.errors import UsageError
+
+    step = int(model.config[step_key])
+    if int(block_size) < 1 or int(block_size) % step:
+        raise UsageError(f"block size {block_size} is not a positive multiple of {what} ({step} samples)")
+    model.block_size = int(block_size)
+    model.config["block_size"] = model.module.cfg["block_size"] = int(block_size)

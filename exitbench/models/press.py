@@ -31,7 +31,7 @@ from torch import nn
 
 from exitbench.errors import UsageError
 from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (merge_config, ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -169,12 +169,8 @@ class PressModel(ExitModel):
         self.block_size = int(self.config["block_size"])
 
     def set_block_size(self, block_size: int) -> None:
-        """Blocks must be a whole number of the encoder stride (enc_stride), so that frames never straddle blocks."""
-        step = int(self.config["enc_stride"])
-        if int(block_size) < 1 or int(block_size) % step:
-            raise UsageError(f"block size {block_size} is not a positive multiple of the encoder stride ({step} samples)")
-        super().set_block_size(block_size)
-        self.config["block_size"] = self.module.cfg["block_size"] = int(block_size)
+        """Blocks must be a whole number of the encoder stride (enc_stride)."""
+        set_config_block_size(self, block_size, "enc_stride", "the encoder stride")
 
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
         """Every exit on a mono mixture ``[N]``."""

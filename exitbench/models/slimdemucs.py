@@ -32,7 +32,7 @@ from torch import nn
 
 from exitbench.errors import UsageError
 from exitbench.models.base import DynamicOutput, ExitModel, LevelOutputs
-from exitbench.models.layers import (merge_config, InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
+from exitbench.models.layers import (set_config_block_size, merge_config, InvGammaHead, accumulate_inverse_gamma, block_mean, block_power, recalibrate,
                                      frame_block_index, num_blocks)
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -255,12 +255,8 @@ class SlimDemucsModel(ExitModel):
         self.block_size = int(self.config["block_size"])
 
     def set_block_size(self, block_size: int) -> None:
-        """Blocks must be a whole number of the router hop (router_hop), so that frames never straddle blocks."""
-        step = int(self.config["router_hop"])
-        if int(block_size) < 1 or int(block_size) % step:
-            raise UsageError(f"block size {block_size} is not a positive multiple of the router hop ({step} samples)")
-        super().set_block_size(block_size)
-        self.config["block_size"] = self.module.cfg["block_size"] = int(block_size)
+        """Blocks must be a whole number of the router hop (router_hop)."""
+        set_config_block_size(self, block_size, "router_hop", "the router hop")
 
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
         """Every utilization factor, the router's per-block logits and its own frame-wise execution."""
