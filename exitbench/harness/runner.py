@@ -163,26 +163,27 @@ class BrokenModelError(UsageError):
     """The first utterances of a run all failed in the model stage with the same reason (exit 2)."""
 
 
-class _ShardGuard:
-    """Wraps a store's ``write_shard``: stops a run whose model fails the same way on its first utterances."""
+class _FirstUtterancesCheck:
+    """Stops a run (BrokenModelError) whose model fails the same way on its first utterances.
 
-    def __init__(self, store: ResultStore, run_id: str, total: int, model: str):
-        self.store, self.run_id, self.model = store, run_id, model
+    Called by the store with each shard's tables before they are published.
+    """
+
+    def __init__(self, total: int, model: str):
+        self.model = model
         self.need = min(BROKEN_MODEL_PROBE, total)
         self.seen: list[tuple[str, str]] = []  # (stage, reason) of the first utterances, in shard order
-        self.write = store.write_shard
 
-    def __call__(self, run_id: str, shard: int, tables: dict[str, pa.Table]) -> bool:
-        if len(self.seen) < self.need:
-            errors = tables["errors"].to_pylist()
-            failed = {e["utt_id"]: (e["stage"], e["reason"]) for e in errors}
-            ok = tables["utterances"].column("utt_id").unique().to_pylist()
-            self.seen += [("ok", "")] * len(ok) + list(failed.values())
-            first = self.seen[: self.need]
-            if len(first) == self.need and len(set(first)) == 1 and first[0][0] == "model":
-                raise BrokenModelError(f"model {self.model} failed on the first {self.need} utterances with the"
-                                       f" same error, so the run stops: {first[0][1]}")
-        return self.write(run_id, shard, tables)
+    def __call__(self, tables: dict[str, pa.Table]) -> None:
+        if len(self.seen) >= self.need:
+            return
+        failed = [(e["stage"], e["reason"]) for e in tables["errors"].to_pylist()]
+        ok = tables["utterances"].column("utt_id").unique().to_pylist()
+        self.seen += [("ok", "")] * len(ok) + failed
+        first = self.seen[: self.need]
+        if len(first) == self.need and len(set(first)) == 1 and first[0][0] == "model":
+            raise BrokenModelError(f"model {self.model} failed on the first {self.need} utterances with the"
+                                   f" same error, so the run stops: {first[0][1]}")
 
 
 def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, force: bool = False,
@@ -226,7 +227,7 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
         if on_start:
             on_start(sum(len(v) for v in todo.values()), sum(len(shards[i]) for i in done))
         if not done:  # a fresh run: make sure its model does not fail the same way on everything
-            store.write_shard = _ShardGuard(store, p.run_id, len(p.utt_ids), p.spec.model)  # type: ignore[method-assign]
+            store.before_shard = _FirstUtterancesCheck(len(p.utt_ids), p.spec.model)
         try:
             executor.run(p, store, todo, on_utterance or (lambda k: None))
         except WorkersLostError:
@@ -240,7 +241,7 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
             store.write_manifest(manifest)
             raise
         finally:
-            store.__dict__.pop("write_shard", None)
+            store.before_shard = None
         missing = set(range(len(shards))) - store.finished_shards(p.run_id)
         if missing:  # an executor that returns early is a bug, never a finished run
             manifest["status"] = "failed"

@@ -136,6 +136,8 @@ class ResultStore:
     def __init__(self, root: str | os.PathLike, on_shard_written: Callable[[int], None] | None = None):
         self.root = Path(root)
         self.on_shard_written = on_shard_written  # progress displays count published shards
+        # a check of each shard's tables before it is published (it may raise to stop the run)
+        self.before_shard: Callable[[dict[str, pa.Table]], None] | None = None
 
     # -- paths ---------------------------------------------------------------------------
     def table_dir(self, table: str, run_id: str) -> Path:
@@ -189,6 +191,8 @@ class ResultStore:
         final = self.shard_dir(run_id, shard)
         if final.exists():
             return False
+        if self.before_shard is not None:
+            self.before_shard(tables)
         tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             with root_errors(final.parent, sum(t.nbytes for t in tables.values())):
