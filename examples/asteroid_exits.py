@@ -29,14 +29,9 @@ from exitbench.models.adapters import MultiExitAdapter
 from exitbench.models.base import ExitModel
 
 
-def _load(model: torch.nn.Module, weights: str, seed: int) -> None:
+def _load(model: torch.nn.Module, weights: str) -> None:
     if weights:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    else:
-        torch.manual_seed(seed)
-        for p in model.parameters():  # a fresh draw per seed (Asteroid initialises at construction)
-            if p.dim() > 1:
-                torch.nn.init.xavier_uniform_(p)
 
 
 def conv_tasnet(n_repeats: int = 3, n_blocks: int = 4, n_filters: int = 64, bn_chan: int = 32,
@@ -46,9 +41,10 @@ def conv_tasnet(n_repeats: int = 3, n_blocks: int = 4, n_filters: int = 64, bn_c
     from asteroid.models import ConvTasNet
     from asteroid.utils.torch_utils import pad_x_to_y
 
+    torch.manual_seed(seed)  # Asteroid draws its initial weights at construction: the same seed, the same model
     net = ConvTasNet(n_src=2, n_repeats=n_repeats, n_blocks=n_blocks, n_filters=n_filters, bn_chan=bn_chan,
                      hid_chan=hid_chan, skip_chan=skip_chan, sample_rate=sample_rate).eval()
-    _load(net, weights, seed)
+    _load(net, weights)
     masker = net.masker
 
     def upto(level: int, mixture: torch.Tensor) -> torch.Tensor:
@@ -75,9 +71,10 @@ def dprnn_tasnet(n_repeats: int = 3, n_filters: int = 64, bn_chan: int = 32, hid
     from asteroid.models import DPRNNTasNet
     from asteroid.utils.torch_utils import pad_x_to_y
 
+    torch.manual_seed(seed)
     net = DPRNNTasNet(n_src=2, n_repeats=n_repeats, n_filters=n_filters, bn_chan=bn_chan, hid_size=hid_size,
                       chunk_size=chunk_size, sample_rate=sample_rate).eval()
-    _load(net, weights, seed)
+    _load(net, weights)
     m = net.masker
     encoded: dict[str, torch.Tensor] = {}
     net.encoder.register_forward_hook(lambda mod, inputs, out: encoded.__setitem__("w", out))

@@ -4,7 +4,8 @@ Exit codes mean one thing each:
 
 ==== ==========================================================================================
 0    success
-1    some utterances failed: each has a row in the run's ``errors`` table (the data's fault)
+1    what was evaluated failed: some utterances failed (each has a row in the run's ``errors``
+     table: the data's fault), or ``compare``/``history`` found a regression (the candidate's)
 2    bad input: an option, a file, a test set, a model or a policy that cannot be used
 3    the results root is unavailable: the run is locked by another process, the root is not a
      directory, does not exist (read commands), is not writable, or has no space left
@@ -31,9 +32,10 @@ EXIT_INTERRUPTED = 130
 #: the table above as (code, meaning) pairs, for --help texts and the README check
 EXIT_CODES: tuple[tuple[int, str], ...] = (
     (EXIT_OK, "success"),
-    (EXIT_UTTERANCES_FAILED, "some utterances failed (rows of the errors table)"),
+    (EXIT_UTTERANCES_FAILED, "what was evaluated failed: some utterances failed (rows of the errors table),"
+                             " or compare/history found a regression"),
     (EXIT_BAD_INPUT, "bad input"),
-    (EXIT_RESULTS_ROOT, "results root unavailable (locked, not a directory, missing, no space)"),
+    (EXIT_RESULTS_ROOT, "results root unavailable (locked, not a directory, missing, not writable, no space)"),
     (EXIT_WORKERS_LOST, "the cluster lost its workers (finished shards kept; rerun resumes)"),
     (EXIT_INTERNAL, "internal error (traceback, also in <root>/_logs/)"),
     (EXIT_INTERRUPTED, "interrupted (finished shards kept; rerun resumes)"),

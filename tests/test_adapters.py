@@ -31,6 +31,7 @@ def test_a_factory_run_id_changes_with_its_weights_its_arguments_and_the_block_s
     assert run_id(TINY) == base, "the same model and inputs must give the same id"
     assert run_id(TINY, (("seed", "1"),)) != base  # other weights
     assert run_id(TINY, (("hidden", "8"),)) != base  # another argument
+    assert run_id(TINY, (("hidden", "16"),)) == base  # its default, given explicitly: the same model
     assert run_id(TINY, block_size=4000) != base  # another block size
     assert run_id(TINY, block_size=2000) == base  # the model's own block size, given explicitly
     assert run_id("press-s", block_size=4000) != run_id("press-s")

@@ -229,7 +229,8 @@ def test_a_results_root_that_is_a_file_or_missing_is_exit_3(tmp_path):
     for args in (["run", "--executor", "local", "--dataset-opt", "num_utterances=1", "-r", str(f), "-q"],
                  ["runs", "-r", str(f)], ["query", "SELECT 1", "-r", str(f)],
                  ["runs", "-r", str(tmp_path / "typo")], ["query", "SELECT 1", "-r", str(tmp_path / "typo")],
-                 ["replay", "abc", "-p", "oracle:t=1", "-r", str(tmp_path / "typo")]):
+                 ["replay", "abc", "-p", "oracle:t=1", "-r", str(tmp_path / "typo")],
+                 ["run", "--executor", "local", "-r", "/proc/exitbench-cannot-be-here", "-q"]):  # mkdir fails
         result = runner.invoke(app, args)
         assert result.exit_code == 3, (args, result.output)
         assert "results root" in result.output and "Traceback" not in result.output

@@ -118,6 +118,7 @@ def base_manifest(p: PreparedRun) -> dict[str, Any]:
     name, path = parse_dataset_arg(p.spec.dataset)
     return {
         "run_id": p.run_id, "status": "running", "model": p.spec.model,
+        "model_args": json_dumps(dict(p.spec.model_args)) if p.spec.model_args else None,
         "architecture": ck.architecture if ck else p.spec.model,
         "checkpoint_path": str(Path(ck.path).resolve()) if ck else None,
         "checkpoint_sha256": ck.sha256 if ck else p.resolved.identity,

@@ -111,6 +111,20 @@ def coerce_model_args(factory: Callable[..., Any], target: str, args: Mapping[st
     return out
 
 
+def _effective_args(factory: Callable[..., Any], args: Mapping[str, str]) -> list[tuple[str, str]]:
+    """The factory's arguments as called, defaults included: giving a default explicitly is the same model."""
+    import inspect
+
+    try:
+        sig = inspect.signature(factory)
+        bound = sig.bind_partial(**coerce_model_args(factory, "", args))
+    except (TypeError, ValueError):
+        return sorted(args.items())
+    bound.apply_defaults()
+    return sorted((k, repr(v)) for k, v in bound.arguments.items()
+                  if sig.parameters[k].kind not in (inspect.Parameter.VAR_POSITIONAL,))
+
+
 def _call(factory: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> Any:
     """Call a model factory; missing arguments and unimplemented abstract methods are the user's to fix."""
     import inspect
@@ -163,8 +177,9 @@ def resolve_model(name_or_path: str, model_args: Mapping[str, str] | None = None
         if check:
             check_model(model, name_or_path)
         model.eval()
-        ident = hashlib.sha256(json.dumps({"factory": name_or_path, "args": sorted(args.items()),
-                                           "content": model.identity()}, sort_keys=True).encode()).hexdigest()
+        ident = hashlib.sha256(json.dumps({"factory": name_or_path, "args": _effective_args(factory, args),
+                                           "content": model.identity()}, sort_keys=True,
+                                          default=str).encode()).hexdigest()
         return ResolvedModel(model, ident, None, name_or_path)
     raise CheckpointError(
         f"model {name_or_path!r} is neither a checkpoint file, a bundled model"

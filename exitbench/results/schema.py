@@ -93,6 +93,7 @@ RUNS = pa.schema(
         ("run_id", pa.string()),
         ("status", pa.string()),  # running | complete | failed
         ("model", pa.string()),  # what the user asked for
+        ("model_args", pa.string()),  # --model-arg key=value pairs as JSON (null for none)
         ("architecture", pa.string()),
         ("checkpoint_path", pa.string()),
         ("checkpoint_sha256", pa.string()),

@@ -299,10 +299,12 @@ class ResultStore:
         with root_errors(self.root):
             try:
                 self.root.mkdir(parents=True, exist_ok=True)
-            except FileExistsError:
+            except (FileExistsError, NotADirectoryError):
                 raise ResultsRootError(f"results root {self.root} cannot be created: a parent is a file") from None
-            except NotADirectoryError:
-                raise ResultsRootError(f"results root {self.root} cannot be created: a parent is a file") from None
+            except OSError as exc:
+                if exc.errno in _ROOT_ERRNOS or exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise ResultsRootError(f"results root {self.root} cannot be created: {exc.strerror}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ResultsRootError(f"results root {self.root} is not writable")
 

@@ -49,6 +49,7 @@ console = Console(stderr=True)
 out = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped
 
 ResultsOpt = typer.Option(Path("results"), "--results", "-r", help="results root (created if missing)")
+ReadResultsOpt = typer.Option(Path("results"), "--results", "-r", help="results root to read (must exist)")
 
 
 def fail(message: str, code: int = 2) -> NoReturn:

@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from exitbench.errors import UsageError
-from exitbench.harness.cli.app import ResultsOpt, app, console, guarded, out
+from exitbench.harness.cli.app import ReadResultsOpt, app, console, guarded, out
 
 
 def _floats(text: str) -> list[float]:
@@ -27,7 +27,7 @@ def replay(
                                           " uniform:seed=1, router (repeatable)"),
     target: Optional[float] = typer.Option(None, "--target", "-t",
                                            help="regret target t (dB) for policies without their own t"),
-    results: Path = ResultsOpt,
+    results: Path = ReadResultsOpt,
     seed: int = typer.Option(0, help="seed for random policies"),
 ) -> None:
     """Replay exit policies over a recording: exact metrics of the stitched output, stored under the root."""
@@ -63,7 +63,7 @@ def sweep_policies(
     policy: list[str] = typer.Option([], "--policy", "-p",
                                      help="only these policies (names or specs); default: every one the"
                                           " recording supports"),
-    results: Path = ResultsOpt,
+    results: Path = ReadResultsOpt,
 ) -> None:
     """Run every policy over its whole range (all thresholds in one pass) and store the curves."""
     from exitbench.results.replays import resolve_run_id, sweep_run

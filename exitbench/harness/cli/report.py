@@ -8,13 +8,13 @@ from typing import Any, Optional
 import typer
 
 from exitbench.errors import UsageError
-from exitbench.harness.cli.app import ResultsOpt, app, console, guarded, out
+from exitbench.harness.cli.app import ReadResultsOpt, app, console, guarded, out
 
 
 @app.command()
 def report(
     runs: list[str] = typer.Argument(..., help="run ids (or unique prefixes); several are shown side by side"),
-    results: Path = ResultsOpt,
+    results: Path = ReadResultsOpt,
     out_dir: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the report or figures"),
     paper: bool = typer.Option(False, help="write the figures alone as PDF + SVG in the paper style"),
     targets: str = typer.Option("10,15,20", help="exit-SNR targets t in dB, comma-separated"),

@@ -10,11 +10,11 @@ import typer
 from rich.table import Table
 
 from exitbench.errors import UsageError, exit_codes_help
-from exitbench.harness.cli.app import ResultsOpt, app, console, guarded, out, readable_root, record, report_outcome
+from exitbench.harness.cli.app import ReadResultsOpt, app, console, guarded, out, readable_root, record, report_outcome
 
 
 @app.command()
-def runs(results: Path = ResultsOpt,
+def runs(results: Path = ReadResultsOpt,
          status: Optional[str] = typer.Option(None, help="only runs with this status (running, complete,"
                                                          " failed, corrupt)")) -> None:
     """List the runs in a results root with their ids, models, test sets and status.
@@ -28,7 +28,8 @@ def runs(results: Path = ResultsOpt,
         con = connect(readable_root(results))
         where = "WHERE status = ?" if status else ""
         return con.execute(
-            f"SELECT run_id, status, model, step, dataset, num_utterances, num_errors, started_at, problem"
+            f"SELECT run_id, status, model || coalesce(' ' || model_args, ''), step, dataset, num_utterances,"
+            f" num_errors, started_at, problem"
             f" FROM runs {where} ORDER BY started_at NULLS LAST, run_id", [status] if status else []).fetchall()
 
     rows = guarded(go, results)
@@ -46,7 +47,7 @@ def runs(results: Path = ResultsOpt,
 @app.command()
 def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances, levels, runs, errors,"
                                               " replays, replay_blocks, sweeps"),
-          results: Path = ResultsOpt,
+          results: Path = ReadResultsOpt,
           csv: bool = typer.Option(False, help="print CSV instead of a table")) -> None:
     """Run SQL with DuckDB over a results root (each view has a `run` column; complete runs only)."""
     import duckdb
@@ -75,7 +76,7 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
 @app.command(help="Record a damaged run again from its manifest's spec (same run id), e.g. after"
                   " `exitbench runs` shows it as corrupt.\n\n" + exit_codes_help())
 def repair(run: str = typer.Argument(..., help="run id (or a unique prefix) in the results root"),
-           results: Path = ResultsOpt,
+           results: Path = ReadResultsOpt,
            executor: str = typer.Option("ray", help="ray or local"),
            quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or table")) -> None:
     from exitbench.harness.spec import RunSpec

@@ -24,6 +24,13 @@ def _fmt(v: Any, p: int = 2) -> str:
     return str(v)
 
 
+def _model_name(checkpoint_path: Any, model: Any) -> str:
+    """A run's model as a short name: its checkpoint file's name, else what was asked for (module:factory)."""
+    if isinstance(checkpoint_path, str) and checkpoint_path:
+        return Path(checkpoint_path).name
+    return str(model)
+
+
 def _int(v: Any) -> str:
     """An integer-valued cell (NaN/None as '-')."""
     try:
@@ -154,8 +161,8 @@ def compare(
 
     cmp = guarded(go)
     b, c = cmp.base, cmp.candidate
-    console.print(f"base {b['run_id']} ({Path(str(b['checkpoint_path'] or b['model'])).name}, step {_int(b['step'])})"
-                  f" vs candidate {c['run_id']} ({Path(str(c['checkpoint_path'] or c['model'])).name}, step"
+    console.print(f"base {b['run_id']} ({_model_name(b['checkpoint_path'], b['model'])}, step {_int(b['step'])})"
+                  f" vs candidate {c['run_id']} ({_model_name(c['checkpoint_path'], c['model'])}, step"
                   f" {_int(c['step'])}) on {b['dataset']}", highlight=False, soft_wrap=True)
     pct = f"{100 * cmp.confidence:g}%"
     t = Table(title=f"paired per-utterance deltas (candidate − base), {pct} bootstrap CI")
@@ -293,7 +300,7 @@ def _catalog(results: Path, run: Optional[str], checkpoint: list[str], step: Opt
               "schema", "started"):
         t.add_column(c, no_wrap=c in ("run", "started", "sha256"))
     for r in df.itertuples(index=False):
-        t.add_row(r.run_id, r.status, Path(str(r.checkpoint_path or r.model)).name,
+        t.add_row(r.run_id, r.status, _model_name(r.checkpoint_path, r.model),
                   str(r.checkpoint_sha256 or "")[:12], _int(r.step), r.dataset,
                   _int(r.num_utterances), _int(r.num_errors),
                   _fmt(r.harness_version), _int(r.schema_version), _fmt(r.started_at))
