@@ -59,9 +59,9 @@ def test_ray_run_equals_the_in_process_run(ray_session, local_reference, tmp_pat
 
 def test_a_sigkilled_worker_is_retried_without_duplicates_or_gaps(ray_session, local_reference, tmp_path):
     spec = RunSpec("exitbench_testmodels:dies_once", SPEC.dataset, SPEC.dataset_options, SPEC.settings)
-    ray_session.write_text("armed")
+    ray_session.write_text("1")
     outcome = execute(prepare(spec), tmp_path, RayExecutor(workers=1))
-    assert not ray_session.exists(), "the worker never reached the kill"
+    assert ray_session.read_text() == "0", "the worker never reached the kill"
     assert outcome.num_errors == 0
     root, ref = local_reference
     got, want = blocks_of(tmp_path, outcome.run_id), blocks_of(root, ref.run_id)

@@ -248,12 +248,12 @@ class RayExecutor:
                 on_utterance(-shard.settled)  # the progress display counts them again on the retry
             attempts[index] += 1
             self.retried_shards += 1
-            self.on_note(f"lost a worker ({why}): shard {index} runs again (attempt {attempts[index] + 1})")
             if attempts[index] >= self.max_shard_attempts:
                 raise WorkersLostError(
                     f"shard {index} ({len(shard.ids)} utterances from {shard.ids[0]}) lost its worker"
                     f" {attempts[index]} times (last: {why}); the {len(store.finished_shards(prepared.run_id))}"
                     f" finished shard(s) are kept, rerun the same command to resume")
+            self.on_note(f"lost a worker ({why}): shard {index} runs again (attempt {attempts[index] + 1})")
             queue.appendleft(index)
 
         def submit_forwards() -> None:

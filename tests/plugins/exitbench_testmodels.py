@@ -40,32 +40,6 @@ def raise_on_long() -> ExitModel:
     return Faulty("raise", 16000)
 
 
-class DiesOnce(Faulty):
-    """Kills its own worker process with SIGKILL on the first forward after ``marker`` is armed."""
-
-    def __init__(self, marker: str):
-        super().__init__("ok", 10**12)
-        self.marker = marker
-
-    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
-        import os
-        import signal
-        from pathlib import Path
-
-        armed = Path(self.marker)
-        if armed.exists():
-            armed.unlink()  # only once: the restarted actor's retry must succeed
-            os.kill(os.getpid(), signal.SIGKILL)
-        return super().forward_all(mixture)
-
-
-def dies_once() -> ExitModel:
-    """SIGKILLs its worker once, when the file named by EXITBENCH_TEST_KILL_MARKER exists."""
-    import os
-
-    return DiesOnce(os.environ.get("EXITBENCH_TEST_KILL_MARKER", "/nonexistent"))
-
-
 class DiesN(Faulty):
     """SIGKILLs its worker while the number in ``marker`` is positive, counting it down each time."""
 
@@ -84,6 +58,13 @@ class DiesN(Faulty):
             path.write_text(str(left - 1))
             os.kill(os.getpid(), signal.SIGKILL)
         return super().forward_all(mixture)
+
+
+def dies_once() -> ExitModel:
+    """SIGKILLs its worker once, when the file named by EXITBENCH_TEST_KILL_MARKER holds "1"."""
+    import os
+
+    return DiesN(os.environ.get("EXITBENCH_TEST_KILL_MARKER", "/nonexistent"))
 
 
 def dies_n() -> ExitModel:
