@@ -152,3 +152,26 @@ def test_train_command_writes_a_loadable_checkpoint(tmp_path):
     assert resolved.checkpoint.step and resolved.checkpoint.step > 0
     bad = CliRunner().invoke(app, ["train", "no-such-config", "-o", str(tmp_path)])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
+    from typer.testing import CliRunner
+
+    from exitbench.harness.cli import app
+    from exitbench.models.registry import resolve_model
+
+    common = ["--device", "cpu", "--max-minutes", "0.05", "--corpus", str(tmp_path / "no-corpus"),
+              "--set", "train.batch_size=2", "--set", "data.valid_items=2"]
+    first = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "a"), *common])
+    assert first.exit_code == 0, first.output
+    start = resolve_model(str(tmp_path / "a" / "tiny-press.pt")).checkpoint
+    again = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "b"), "--init", start.path,
+                                     *common])
+    assert again.exit_code == 0, again.output
+    cont = resolve_model(str(tmp_path / "b" / "tiny-press.pt")).checkpoint
+    assert cont.step > start.step  # the step count goes on from the checkpoint's
+    assert cont.metadata["data"]["init"]["sha256"] == start.sha256
+    bad = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "nope.pt"])
+    assert bad.exit_code == 2 and "--init 'nope.pt' is neither" in bad.output
+    other = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "press-s", *common])
+    assert other.exit_code == 2 and "do not fit this config" in other.output  # press-s is not tiny

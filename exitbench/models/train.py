@@ -131,7 +131,11 @@ class Trainer:
             from exitbench.models.checkpoint import load_checkpoint
 
             ckpt = load_checkpoint(self.tcfg["init"])
-            self.net.load_state_dict(ckpt.state_dict)
+            try:
+                self.net.load_state_dict(ckpt.state_dict)
+            except RuntimeError as exc:  # another architecture or size than this config's
+                raise UsageError(f"train.init {self.tcfg['init']}: its weights do not fit this config"
+                                 f" ({str(exc).splitlines()[0]})") from None
             self.initial_step = int(ckpt.metadata.get("step") or 0)
             self.data_desc["init"] = {"checkpoint": str(self.tcfg["init"]), "sha256": ckpt.sha256,
                                       "step": self.initial_step}

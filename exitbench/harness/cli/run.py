@@ -151,15 +151,28 @@ def train(
     max_minutes: Optional[float] = typer.Option(None, help="wall-clock budget (overrides the config)"),
     corpus: Optional[str] = typer.Option(None, help="corpus root (default: the config's, .corpus)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, SECTION.KEY=VALUE (repeatable)"),
+    init: Optional[str] = typer.Option(None, "--init", help="continue from this checkpoint (a path or a bundled"
+                                                            " name: press-s, slimdemucs-s): its weights and step"),
 ) -> None:
     """Train a reference model with dynamic mixing from a speech corpus (scripts/build_corpus.py).
 
     Validates every epoch (SI-SNRi per level) and writes a checkpoint in exitbench's format each
-    epoch, with the steps, data, config and validation metrics in its metadata.
+    epoch, with the steps, data, config and validation metrics in its metadata. With --init the
+    run picks up where that checkpoint stopped (its step count goes on).
     """
+    from exitbench.models.checkpoint import CheckpointError
+    from exitbench.models.registry import resolve_checkpoint_path
     from exitbench.models.train import main as train_main
 
     argv = [config, str(out)]
+    if init is not None:
+        def init_path() -> str:
+            path = resolve_checkpoint_path(init)
+            if path is None:
+                raise CheckpointError(f"--init {init!r} is neither a checkpoint file nor a bundled model")
+            return str(path)
+
+        argv += ["--set", f"train.init={guarded(init_path)}"]
     argv += ["--device", device] if device else []
     argv += ["--max-minutes", str(max_minutes)] if max_minutes is not None else []
     argv += ["--corpus", corpus] if corpus else []
