@@ -197,6 +197,7 @@ def test_a_corrupt_manifest_is_listed_and_the_rest_stays_usable(tmp_path):
     con = connect(tmp_path)
     assert dict(con.execute("SELECT run_id, status FROM runs").fetchall()) == {a.run_id: "corrupt",
                                                                                  b.run_id: "complete"}
+    assert con.execute("SELECT run FROM runs WHERE run_id = ?", [a.run_id]).fetchone()[0] == a.run_id
     assert con.execute("SELECT DISTINCT run FROM utterances").fetchall() == [(b.run_id,)]
 
 

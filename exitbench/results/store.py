@@ -302,8 +302,8 @@ class ResultStore:
             except (FileExistsError, NotADirectoryError):
                 raise ResultsRootError(f"results root {self.root} cannot be created: a parent is a file") from None
             except OSError as exc:
-                if exc.errno in _ROOT_ERRNOS or exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise
+                if exc.errno in _ROOT_ERRNOS:
+                    raise  # root_errors says it in its words (no space, read-only, forbidden)
                 raise ResultsRootError(f"results root {self.root} cannot be created: {exc.strerror}") from None
         if not os.access(self.root, os.W_OK | os.X_OK):
             raise ResultsRootError(f"results root {self.root} is not writable")

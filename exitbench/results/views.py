@@ -21,6 +21,8 @@ from exitbench.results.schema import RUNS, TABLES
 
 #: tables a results root may hold beyond the recording's own (replays are written by the policies)
 EXTRA_TABLES = ("replays", "replay_blocks", "sweeps")
+#: every table with a view over its files (``runs`` is built from the manifests)
+FILE_TABLES = tuple(t for t in TABLES if t != "runs") + EXTRA_TABLES
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -70,15 +72,14 @@ def _read_manifests(root: Path) -> tuple[pa.Table, dict[str, str]]:
                 except Exception as exc:  # any unreadable manifest: that run only
                     run_id = f.parent.name.removeprefix("run=")
                     corrupt[run_id] = f"unreadable manifest {f}: {_first_line(exc)}; {_fix(run_id)}"
+                    parts.append(pa.table({"run_id": [run_id], "status": ["corrupt"], "filename": [str(f)]}))
     rows = []
     for t in parts:
         rows.extend(t.to_pylist())
-    for run_id, problem in corrupt.items():
-        rows.append({"run_id": run_id, "status": "corrupt", "filename": str(root / "runs" / f"run={run_id}")})
     fields = list(RUNS) + [pa.field("problem", pa.string()), pa.field("run", pa.string())]
     cols: dict[str, list] = {f.name: [] for f in fields}
     for r in rows:
-        run = Path(r.pop("filename")).parent.name.removeprefix("run=") if r.get("filename") else r["run_id"]
+        run = Path(r.pop("filename")).parent.name.removeprefix("run=")  # the partition, whatever the file says
         for f in RUNS:
             cols[f.name].append(r.get(f.name))
         cols["problem"].append(corrupt.get(run))
@@ -108,7 +109,7 @@ def scan(root: str | os.PathLike) -> RootScan:
     complete = {r for r, s in zip(runs.column("run").to_pylist(), runs.column("status").to_pylist())
                 if s == "complete"}
     files: dict[str, list[str]] = {}
-    for name in [t for t in TABLES if t != "runs"] + list(EXTRA_TABLES):
+    for name in FILE_TABLES:
         folder = root / name
         if not folder.is_dir():
             continue
@@ -141,7 +142,7 @@ def _mark_corrupt(runs: pa.Table, corrupt: dict[str, str]) -> pa.Table:
 
 
 def _create_views(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
-    for name in [t for t in TABLES if t != "runs"] + list(EXTRA_TABLES):
+    for name in FILE_TABLES:
         paths = files.get(name) or []
         if paths:
             con.execute(

@@ -29,7 +29,6 @@ from exitbench.errors import (
     EXIT_INTERRUPTED,
     EXIT_RESULTS_ROOT,
     ExitbenchError,
-    ResultsRootError,
     UsageError,
     exit_codes_help,
 )
