@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# Train press-s and slimdemucs-s concurrently on one GPU, each stopped by wall clock.
+# Train reference models concurrently on one GPU, each stopped by wall clock.
 #
 # Run from the repository root on the lent GPU machine, with .corpus carried along:
 #   OUT=$OUT bash scripts/gpu_train.sh
-# Environment: OUT (output folder, default /tmp/out), MAX_MINUTES (per model, default 8.5),
+# Environment: MODELS (config names, default "press-s slimdemucs-s"), INIT_DIR (a folder holding
+# <name>.pt checkpoints to continue, train.init, with their step counts), OUT (output folder,
+# default /tmp/out), MAX_MINUTES (per model, default 8.5),
 # DEVICE (default cuda if available, else cpu), THREADS (torch threads per process, default 4),
 # CORPUS (corpus root, default .corpus; a missing one means synthetic sources).
-# Writes to $OUT: press-s.pt, press-s.log.json, slimdemucs-s.pt, slimdemucs-s.log.json, train.log.
+# Writes to $OUT: <name>.pt and <name>.log.json per model, and train.log.
 # EXTRA_ARGS: more arguments for both trainers, e.g. "--set train.batch_size=2".
 # CPU smoke test (small batches and validation set so that it fits in half a minute):
 #   MAX_MINUTES=0.5 OUT=/tmp/out DEVICE=cpu THREADS=1 \
-#   EXTRA_ARGS="--set train.batch_size=2 --set data.valid_items=4 --set train.num_workers=1" bash scripts/gpu_train.sh
+#   EXTRA_ARGS="--set train.batch_size=2 --set data.valid_items=4" bash scripts/gpu_train.sh
 set -uo pipefail
 
 OUT=${OUT:-/tmp/out}
+MODELS=${MODELS:-"press-s slimdemucs-s"}
+INIT_DIR=${INIT_DIR:-}
 MAX_MINUTES=${MAX_MINUTES:-8.5}
 THREADS=${THREADS:-4}
 CORPUS=${CORPUS:-.corpus}
@@ -47,22 +51,26 @@ fi
 KILL_AFTER=$(python -c "print(int(float('$MAX_MINUTES') * 60 + 40))")
 
 run() {  # name
+  local init=()
+  if [ -n "$INIT_DIR" ] && [ -f "$INIT_DIR/$1.pt" ]; then init=(--set "train.init=$INIT_DIR/$1.pt"); fi
   timeout --signal=INT --kill-after=15 "$KILL_AFTER" \
     python -m exitbench.models.train "$1" "$OUT" --device "$DEVICE" --max-minutes "$MAX_MINUTES" \
-      --threads "$THREADS" --corpus "$CORPUS" ${EXTRA_ARGS:-} >"$OUT/.$1.stdout" 2>&1
+      --threads "$THREADS" --corpus "$CORPUS" "${init[@]}" ${EXTRA_ARGS:-} >"$OUT/.$1.stdout" 2>&1
 }
 
-run press-s & PID_PRESS=$!
-run slimdemucs-s & PID_SLIM=$!
-wait "$PID_PRESS"; RC_PRESS=$?
-wait "$PID_SLIM"; RC_SLIM=$?
-
-for name in press-s slimdemucs-s; do
+declare -A PIDS
+for name in $MODELS; do run "$name" & PIDS[$name]=$!; done
+STATUS=0
+SUMMARY=""
+for name in $MODELS; do
+  wait "${PIDS[$name]}"; rc=$?
+  [ "$rc" -eq 0 ] || STATUS=1
+  SUMMARY="$SUMMARY $name=$rc"
   { echo "== $name output (last 60 lines)"; tail -n 60 "$OUT/.$name.stdout"; } >>"$LOG" 2>&1
   rm -f "$OUT/.$name.stdout"
 done
 rm -f "$OUT"/.*.tmp "$OUT"/*.tmp
-echo "== done $(date -u +%FT%TZ) rc press-s=$RC_PRESS slimdemucs-s=$RC_SLIM" >>"$LOG"
+echo "== done $(date -u +%FT%TZ) rc$SUMMARY" >>"$LOG"
 ls -la "$OUT" >>"$LOG"
 tail -n 30 "$LOG"
-[ "$RC_PRESS" -eq 0 ] && [ "$RC_SLIM" -eq 0 ]
+exit "$STATUS"

@@ -224,3 +224,25 @@ def test_policy_summary_and_manifest(press):
         A.policy_summary(root, run, ["router"])
     man = A.manifest(root, run)
     assert man["run_id"] == run and isinstance(man["spec"], dict)
+
+
+def test_auto_targets_are_the_quartiles_of_the_deepest_levels_exit_snr(press):
+    root, run_id, _ = press
+    targets = A.auto_targets(root, run_id)
+    deepest = load_block_arrays(root, run_id).exit_snr_db()[:, 3]
+    assert len(targets) == 3 and targets == sorted(targets)
+    for t, q in zip(targets, (0.25, 0.5, 0.75)):
+        assert abs(t - np.quantile(deepest, q)) <= 0.25 + 1e-9 and abs(2 * t - round(2 * t)) < 1e-9
+    assert targets != list(A.DEFAULT_TARGETS)
+
+
+def test_regret_at_equal_compute_interpolates_the_dynamic_curve():
+    rows = [("dynamic", None, 0.2, 3.0), ("dynamic", None, 0.6, 1.0), ("dynamic", None, 0.6, 1.4),
+            ("static", "exit1", 0.3, 2.0), ("static", "exit2", 0.5, 1.75), ("static", "exit3", 0.9, 0.2),
+            ("oracle", None, 0.4, 0.0)]
+    curves = pd.DataFrame([{"run": "r", "t": 10.0, "strategy": s, "level_name": n, "gmacs": g, "regret": r}
+                           for s, n, g, r in rows])
+    eq = A.regret_at_equal_compute(curves)
+    assert eq["level_name"].tolist() == ["exit1", "exit2"]  # exit3 lies beyond the curve's compute
+    np.testing.assert_allclose(eq["dynamic_regret"], [2.5, 1.5])  # the lesser regret at gmacs 0.6
+    np.testing.assert_allclose(eq["difference"], [0.5, -0.25])

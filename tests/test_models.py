@@ -117,23 +117,25 @@ def test_slim_shapes_and_contract(slim, n):
     torch.testing.assert_close(out.dynamic.level_share.sum(-1), torch.ones(b, dtype=torch.float64))
 
 
-def test_slim_dynamic_is_framewise_selection_with_realised_macs(slim):
+def test_slim_dynamic_is_the_routed_pass_with_realised_macs(slim):
     n = 10_000
-    out = slim.forward_all(torch.randn(n) * 0.1)
-    hop = slim.config["router_hop"]
     with torch.no_grad():
         logits = slim.module(torch.randn(1, 1), router=True)  # smoke: tiny input works
     x = torch.randn(n) * 0.1
     out = slim.forward_all(x)
     with torch.no_grad():
-        frame_logits = slim.module(x[None])["router_logits"][0]
-    choice = frame_logits.argmax(-1)
-    expect = torch.stack([out.estimates[choice[i // hop], 0, i] for i in range(0, n, 97)])
-    torch.testing.assert_close(out.dynamic.estimates[0, ::97], expect)
+        choice = slim.module(x[None])["router_logits"][0].argmax(-1)
+        weights = torch.nn.functional.one_hot(choice, 4).float()[None]
+        expect = slim.module.forward_dynamic(x[None], weights)["estimate"]
+    torch.testing.assert_close(out.dynamic.estimates, expect)
+    realised = slim.dynamic_macs(n, choice)
+    torch.testing.assert_close(out.dynamic.macs, realised, rtol=0, atol=0)
+    # the long-input limit per sample is close to the realised count (which pays the padded frames)
+    hop = slim.config["router_hop"]
     per = torch.tensor([slim.macs_per_sample(c) for c in choice.tolist()], dtype=torch.float64)
     lens = torch.tensor([min(hop, n - i * hop) for i in range(len(choice))], dtype=torch.float64)
-    total = (per * lens).sum() + n * slim.router_macs_per_sample()
-    assert float(out.dynamic.macs.sum()) == pytest.approx(float(total), rel=1e-9)
+    limit = (per * lens).sum() + n * slim.router_macs_per_sample()
+    assert float(realised.sum()) == pytest.approx(float(limit), rel=0.05)
     assert logits["router_logits"].shape == (1, 1, 4)
     assert torch.isfinite(logits["estimates"]).all()
 

@@ -13,10 +13,13 @@ import torch
 from scipy.stats import multivariate_t
 
 from exitbench.errors import UsageError
-from exitbench.models.losses import block_sums, invgamma_nll, pit_level_losses, router_regularisers
+from exitbench.models import layers
+from exitbench.models.losses import (block_sums, difficulty_targets, invgamma_nll, pit_level_losses,
+                                     router_regularisers)
 from exitbench.models.registry import resolve_model
 from exitbench.models.train import load_config, train
-from exitbench.models.training_data import fixed_set, load_pool, make_example
+from exitbench.models.press import PressModel
+from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
 
 
 
@@ -76,25 +79,91 @@ def write_corpus(root, rate=8000):
     (root / "corpus.json").write_text(json.dumps({"name": "fake"}))
 
 
-def test_corpus_pool_and_dynamic_mixing(tmp_path):
+def test_corpus_pool_and_batched_dynamic_mixing(tmp_path):
     write_corpus(tmp_path)
     pool = load_pool(tmp_path, 8000, "train", need_noise=True)
     assert set(pool.speech) == {"a", "b", "c"} and len(pool.noise) == 1
     assert pool.description["corpus_json"] == {"name": "fake"}
-    rng = np.random.default_rng(1)
+    n = 12000  # longer than the 1-s clips, shorter than the 2-s ones
     for task, s in (("separation", 2), ("enhancement", 1)):
-        mix, src = make_example(rng, pool, task, 12000, 8000, 5.0, (-5.0, 15.0), (-30.0, -15.0))
-        assert mix.shape == (12000,) and src.shape == (s, 12000)
+        corpus = DeviceCorpus(pool, task, 8000)
+        mix, src, snr = corpus.draw(generator("cpu", 1), 400, n, 5.0, (-5.0, 15.0), (-30.0, -15.0))
+        assert mix.shape == (400, n) and src.shape == (400, s, n) and snr.shape == (400,)
+        level = 10 * torch.log10(mix.pow(2).mean(-1))
+        assert float(level.max()) <= -15.0 + 1e-3 and float(mix.abs().max()) <= 0.99 + 1e-6
+        assert float(level.min()) < -28 and float(level.max()) > -17  # the whole level range is used
         if task == "separation":
-            np.testing.assert_allclose(mix, src.sum(0), atol=1e-6)
-            ratio = 10 * math.log10((src[0] ** 2).sum() / (src[1] ** 2).sum())
-            assert abs(ratio) <= 5.0 + 1e-3  # random gain within +-5 dB
+            torch.testing.assert_close(mix, src.sum(1), atol=1e-6, rtol=0)
+            ratio = 10 * torch.log10(src[:, 0].pow(2).sum(-1) / src[:, 1].pow(2).sum(-1))
+            assert float(ratio.abs().max()) <= 5.0 + 1e-3 and float(ratio.abs().max()) > 4.0
+            torch.testing.assert_close(snr, ratio, atol=1e-3, rtol=0)
+            # two different speakers: clips of one speaker never meet (the fake speakers differ in noise
+            # seed only, so check through the clip each window was cut from)
+            silent = (src == 0).float().mean(-1)  # 1-s clips in a 1.5-s window leave a third in zeros
+            assert float(silent.max()) > 0.3 and float(silent.min()) == 0.0
         else:
-            snr = 10 * math.log10((src[0] ** 2).sum() / ((mix - src[0]) ** 2).sum())
-            assert -5.01 <= snr <= 15.01
+            real = 10 * torch.log10(src[:, 0].pow(2).sum(-1) / (mix - src[:, 0]).pow(2).sum(-1))
+            torch.testing.assert_close(snr, real, atol=1e-3, rtol=0)
+            assert -5.01 <= float(snr.min()) < -4.0 and 14.0 < float(snr.max()) <= 15.01
     a = fixed_set(pool, "separation", 3, 1.0, 8000, seed=0)
     b = fixed_set(pool, "separation", 3, 1.0, 8000, seed=0)
-    assert torch.equal(a[0], b[0])
+    assert torch.equal(a[0], b[0]) and not torch.equal(a[0], fixed_set(pool, "separation", 3, 1.0, 8000, seed=1)[0])
+
+
+def test_mixing_draws_distinct_speakers_and_whole_windows():
+    # speaker k's one clip is a sine of (k + 1) * 200 Hz: each source's spectral peak names its speaker
+    from exitbench.models.training_data import Pool
+
+    t = np.arange(8000 + 800) / 8000
+    speech = {f"s{k}": [np.sin(2 * np.pi * (k + 1) * 200 * t).astype(np.float32)] for k in range(4)}
+    corpus = DeviceCorpus(Pool(speech, []), "separation", 8000)
+    _, src, _ = corpus.draw(generator("cpu", 3), 600, 4000, 0.0, (0.0, 0.0), (-20.0, -20.0))
+    peak = torch.fft.rfft(src).abs().argmax(-1)  # bin of 2 Hz
+    speaker = torch.round(peak * 2 / 200).long() - 1  # [b, 2]
+    assert bool((speaker[:, 0] != speaker[:, 1]).all())
+    for i in range(2):  # every speaker in both roles, roughly uniformly
+        assert torch.bincount(speaker[:, i], minlength=4).min() > 100
+    assert bool((src.abs().amax(-1) > 0).all()) and float((src == 0).float().mean()) < 1e-3  # no zero-padded windows
+
+
+def test_gpu_forms_of_norm_and_depthwise_conv_match_the_cpu_forms():
+    torch.manual_seed(0)
+    model = PressModel({"size": "tiny"})
+    for p in model.module.parameters():  # the heads start at zero: make every output depend on them
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 8000 + 13) * 0.1
+    with torch.no_grad():
+        ref = model.module(x)
+        old = layers.GPU_REWRITES
+        layers.GPU_REWRITES = True
+        try:
+            got = model.module(x)
+        finally:
+            layers.GPU_REWRITES = old
+    for key in ref:
+        torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
+
+
+def test_block_mean_counts_frames_without_bincount():
+    x = torch.arange(10.0)[None]
+    index = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    assert layers.block_mean(x, index, 4).tolist() == [[1.0, 4.5, 8.0, 0.0]]
+
+
+def test_difficulty_targets_spend_more_on_harder_items_and_keep_the_mean():
+    widths = [0.125, 0.25, 0.5, 1.0]
+    snr = torch.linspace(-5, 15, 101)
+    t = difficulty_targets(snr, (-5.0, 15.0), 0.5, widths)
+    assert float(t[0]) == pytest.approx(0.875) and float(t[-1]) == pytest.approx(0.125)
+    assert float(t.mean()) == pytest.approx(0.5, abs=1e-6) and bool((t[1:] < t[:-1]).all())
+    assert torch.allclose(difficulty_targets(snr, (-5.0, 15.0), 0.5, widths, 0.0), torch.full_like(snr, 0.5))
+
+    logits = torch.zeros(2, 5, 4, requires_grad=True)
+    reg = router_regularisers(logits, torch.tensor(widths), torch.tensor([0.9, 0.1]))
+    reg["efficiency"].backward()
+    # item 0 (hard) is pushed to the wide levels, item 1 (easy) to the narrow ones
+    assert logits.grad[0, :, 3].mean() < 0 < logits.grad[0, :, 0].mean()
+    assert logits.grad[1, :, 0].mean() < 0 < logits.grad[1, :, 3].mean()
 
 
 def test_missing_corpus_without_fallback_is_an_error(tmp_path):
@@ -175,3 +244,4 @@ def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
     assert bad.exit_code == 2 and "--init 'nope.pt' is neither" in bad.output
     other = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "press-s", *common])
     assert other.exit_code == 2 and "do not fit this config" in other.output  # press-s is not tiny
+

@@ -22,7 +22,7 @@ def frame_block_index(num_frames: int, hop: int, block_size: int, num_samples: i
     """Block index of each frame whose first new sample is ``m * hop``; frames past the end join the last block."""
     b = num_blocks(num_samples, block_size)
     idx = torch.arange(num_frames, device=device) * hop // block_size
-    return idx.clamp_(max=b - 1)
+    return idx.clamp(max=b - 1)
 
 
 def block_mean(x: torch.Tensor, index: torch.Tensor, num_blocks_: int) -> torch.Tensor:
@@ -32,7 +32,10 @@ def block_mean(x: torch.Tensor, index: torch.Tensor, num_blocks_: int) -> torch.
     """
     out = x.new_zeros(*x.shape[:-1], num_blocks_)
     out.index_add_(x.dim() - 1, index, x)
-    counts = torch.bincount(index, minlength=num_blocks_).clamp_(min=1).to(x.dtype)
+    # counts by comparison, not bincount: bincount's output size depends on the data (a host sync
+    # on CUDA), and a scatter of constants trips torch.compile's CPU code generation
+    blocks = torch.arange(num_blocks_, device=index.device)
+    counts = (index[None, :] == blocks[:, None]).sum(1).clamp_(min=1).to(x.dtype)
     return out / counts
 
 
@@ -56,14 +59,50 @@ class ChannelNorm(nn.Module):
         self.norm = nn.LayerNorm(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # channel statistics as a matrix product: LayerNorm on a transposed view copies the
-        # activations twice and strided reductions over dim 1 are slow on CPU; GEMM is not
-        avg = x.new_full((1, x.shape[1]), 1.0 / x.shape[1])
-        mean = torch.matmul(avg, x)
-        centred = x - mean
-        var = torch.matmul(avg, centred * centred)
+        if gpu_form(x):
+            # on the GPU plain reductions: torch.compile fuses them with the centring and the affine
+            # map into one kernel (the GEMV form below costs a batched GEMV and four passes)
+            mean = x.mean(1, keepdim=True)
+            centred = x - mean
+            var = centred.square().mean(1, keepdim=True)
+        else:
+            # on the CPU channel statistics as a matrix product: LayerNorm on a transposed view copies
+            # the activations twice and strided reductions over dim 1 are slow on CPU; GEMM is not
+            avg = x.new_full((1, x.shape[1]), 1.0 / x.shape[1])
+            mean = torch.matmul(avg, x)
+            centred = x - mean
+            var = torch.matmul(avg, centred * centred)
         y = centred * torch.rsqrt(var + self.norm.eps)
         return torch.addcmul(self.norm.bias[:, None], y, self.norm.weight[:, None])
+
+
+def depthwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` (a depthwise Conv1d, odd kernel, "same" padding) applied to ``x [batch, C, M]``.
+
+    On the GPU as a sum of K shifted, per-channel scaled copies: the same arithmetic as the
+    convolution, but elementwise, so torch.compile fuses it (forward and backward) with its
+    neighbours, where cuDNN's depthwise kernels for 1-D bf16 input are slow, above all backward.
+    """
+    if not gpu_form(x):
+        return conv(x)
+    k, d, pad = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
+    m = x.shape[-1]
+    xp = F.pad(x, (pad, pad))
+    w = conv.weight[:, 0].to(x.dtype)  # [C, K]
+    y = xp[..., :m] * w[:, 0:1]
+    for j in range(1, k):
+        y = y + xp[..., j * d:j * d + m] * w[:, j:j + 1]
+    return y if conv.bias is None else y + conv.bias.to(x.dtype)[:, None]
+
+
+#: the GPU forms of ChannelNorm and depthwise convolution (same maths): "auto" uses them on CUDA
+#: tensors; True forces them (the tests check them on the CPU), False switches them off (benchmarks)
+GPU_REWRITES: bool | str = "auto"
+
+
+def gpu_form(x: torch.Tensor) -> bool:
+    """Whether the GPU forms apply to ``x`` (see GPU_REWRITES)."""
+    return GPU_REWRITES is True or (GPU_REWRITES == "auto" and x.is_cuda)
 
 
 class InvGammaHead(nn.Module):

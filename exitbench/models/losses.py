@@ -80,15 +80,33 @@ def pit_level_losses(estimates: torch.Tensor, refs: torch.Tensor, alpha: torch.T
     return {k: pick(k).mean() for k in ("total", "nll", "neg_snr")}, best
 
 
-def router_regularisers(logits: torch.Tensor, widths: torch.Tensor, target: float
+def difficulty_targets(input_snr: torch.Tensor, snr_range: tuple[float, float] | list[float], mean_target: float,
+                       widths: list[float], spread: float | str = "auto") -> torch.Tensor:
+    """Per-item target utilization, higher for harder (lower input SNR) items.
+
+    Difficulty d = (hi - snr) / (hi - lo) in [0, 1] over the training SNR range; the target is
+    ``mean_target + spread * (2d - 1)``, so with SNRs drawn uniformly its mean is ``mean_target``.
+    ``spread="auto"`` is the largest that keeps every target inside [min(widths), max(widths)];
+    ``spread=0`` gives every item the same target (the plain efficiency term).
+    """
+    lo, hi = float(snr_range[0]), float(snr_range[1])
+    if spread == "auto":
+        spread = max(0.0, min(mean_target - min(widths), max(widths) - mean_target))
+    d = ((hi - input_snr.float()) / max(hi - lo, 1e-6)).clamp(0.0, 1.0)
+    return mean_target + float(spread) * (2 * d - 1)
+
+
+def router_regularisers(logits: torch.Tensor, widths: torch.Tensor, target: float | torch.Tensor
                         ) -> dict[str, torch.Tensor]:
     """Efficiency and balance terms on router logits ``[batch, F, L]``.
 
-    efficiency: (mean expected utilisation - target)^2, expected utilisation = sum_l softmax_l * v_l;
-    balance: KL(mean level usage || uniform), against collapse onto one level.
+    efficiency: mean over items of (item's expected utilisation - its target)^2, expected utilisation
+    = frame mean of sum_l softmax_l * v_l, the target a scalar or per item ``[batch]``
+    (:func:`difficulty_targets`); balance: KL(mean level usage || uniform), against collapse onto one level.
     """
     probs = logits.float().softmax(-1)
-    util = (probs * widths.to(probs)).sum(-1).mean()
+    util = (probs * widths.to(probs)).sum(-1).mean(-1)  # [batch]
+    target = torch.as_tensor(target, dtype=util.dtype, device=util.device)
     usage = probs.mean((0, 1))
     balance = (usage * (usage.clamp_min(1e-8) * usage.numel()).log()).sum()
-    return {"efficiency": (util - target) ** 2, "balance": balance, "utilization": util.detach()}
+    return {"efficiency": ((util - target) ** 2).mean(), "balance": balance, "utilization": util.mean().detach()}

@@ -31,7 +31,7 @@ from torch import nn
 
 from exitbench.errors import UsageError
 from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -81,7 +81,10 @@ class TCNBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.net(x)
+        up, act1, norm1, depthwise, act2, norm2, down = self.net
+        h = norm1(act1(up(x)))
+        h = norm2(act2(depthwise_conv1d(h, depthwise)))
+        return x + down(h)
 
 
 class ExitDecoder(nn.Module):

@@ -8,17 +8,43 @@ In the style of facebookresearch/denoiser ``demucs.py`` (no resampling, causal L
 
 One weight set serves every utilization factor v in ``widths``: only the INNER width of each
 conv block (v*h_i) is sliced, so block inputs/outputs, skips and the LSTM stay full width.
-Levels are ``uf<v>`` cheapest first.
+Levels are ``uf<v>`` cheapest first; each is a static pass at one width (``forward_level``).
 
 Router: Conv1d(1, C, R, stride R) + ReLU, GRU(C, C), Conv1d(C, L, 1): logits per router frame
-of R samples. Training mixes the level outputs frame-wise with straight-through Gumbel-softmax
-weights; evaluation takes the argmax. The ``dynamic`` output of ``forward_all`` is that frame-wise
-selection of the level outputs; its realised MACs per block are the router's MACs plus, for each
-frame, the chosen level's MACs per sample times the frame's samples in the block.
+of R samples (F = ceil(N/R) frames, the last zero-padded).
+
+Dynamic pass (``SlimDemucsNet.forward_dynamic``): ONE pass through the network in which each frame
+of each conv block runs at the width of the level chosen for the router frame it belongs to.
+Frames are mapped to router frames by the first input sample they start at: frame m at depth i
+(the output of encoder i, which is also the input, GLU output h and transposed-conv input frame
+of the decoder at depth i; i = 0 is the shallowest) starts at input sample s = m * S^(i+1), and
+belongs to router frame f(m) = min(floor(s / R), F - 1) (frames in the padding past N join the
+last router frame). Given per-router-frame level weights w[b, f, l] (one-hot at evaluation,
+straight-through Gumbel one-hot in training) the inner activations of that block are multiplied by
+
+  mask[b, c, m] = sum_l w[b, f(m), l] * [c < round(v_l * h_i)]
+
+(encoder: after conv + bias + ReLU, before the 1x1 + GLU; decoder: the GLU output h, before the
+transposed conv). A zeroed inner channel contributes nothing downstream, exactly as a sliced one,
+so a constant choice of level l reproduces ``forward_level`` at v_l; a varying choice gives a
+genuinely mixed pass: receptive fields straddle router frames and the LSTM state carries the
+mixed history (it is not a stitching of the static outputs, which ``frame_select`` would be).
+
+Realised MACs of the dynamic pass, per block of T samples: each frame m at depth i with inner
+width c_m = sum_l w[f(m), l] * round(v_l * h_i) costs, for this N's actual frame counts (the
+input is padded to ``valid_length``),
+
+  encoder  c_m * chin_i * K + c_m * 2 * h_i        decoder  h_i * 2 * c_m + c_m * chout_i * K
+
+plus the LSTM's MACs per step for each of its frames (depth D - 1) and the router's MACs per
+router frame; each frame's MACs go to the block holding its first input sample (clamped to the
+last block), so the blocks sum to the utterance's total. A constant choice costs exactly what
+FlopCounterMode counts for ``forward_level`` (plus the analytic LSTM), plus the router.
+``macs_per_sample`` stays the long-input limit per level.
 
 Each level has an inverse-gamma head on its last decoder block's inner features pooled per block
 of T samples: alpha = alpha_min + softplus(a), E[sigma^2] = P_mix(block) * exp(c), beta = E[sigma^2](alpha-1)
-(levels are independent here, not accumulated).
+(levels are independent here, not accumulated). The dynamic pass has no head of its own.
 """
 
 from __future__ import annotations
@@ -89,9 +115,18 @@ class SlimEncoderBlock(nn.Module):
         x = F.relu(F.conv1d(x, self.conv.weight[:c], self.conv.bias[:c], stride=self.conv.stride))
         return F.glu(F.conv1d(x, self.point.weight[:, :c], self.point.bias), dim=1)
 
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Full-width pass with the inner features ``[batch, chout, M]`` multiplied by ``mask`` (same shape)."""
+        # masked after bias + ReLU: a zeroed channel feeds the 1x1 exactly what a sliced-off one does
+        x = F.relu(self.conv(x)) * mask.to(x.dtype)
+        return F.glu(self.point(x), dim=1)
+
+    def macs_per_channel(self) -> int:
+        """MACs of one frame per inner channel used (the conv's output and the 1x1's input)."""
+        return self.chin * self.k + 2 * self.chout
+
     def macs_per_frame(self, v: float) -> int:
-        c = inner(self.chout, v)
-        return c * self.chin * self.k + c * 2 * self.chout
+        return inner(self.chout, v) * self.macs_per_channel()
 
     def params(self, v: float) -> int:
         c = inner(self.chout, v)
@@ -115,9 +150,18 @@ class SlimDecoderBlock(nn.Module):
         y = F.conv_transpose1d(h, self.deconv.weight[:c], self.deconv.bias, stride=self.deconv.stride)
         return (y if self.last else F.relu(y)), h
 
+    def forward_masked(self, x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-width pass with the GLU output ``h [batch, chin, M]`` multiplied by ``mask``; returns output, h."""
+        h = F.glu(self.point(x), dim=1) * mask.to(x.dtype)  # GLU of sliced rows == slice of the full GLU
+        y = self.deconv(h)
+        return (y if self.last else F.relu(y)), h
+
+    def macs_per_channel(self) -> int:
+        """MACs of one input frame per inner channel used (the 1x1's two GLU rows, the transposed conv's input)."""
+        return 2 * self.chin + self.chout * self.k
+
     def macs_per_frame(self, v: float) -> int:
-        c = inner(self.chin, v)
-        return self.chin * 2 * c + c * self.chout * self.k
+        return inner(self.chin, v) * self.macs_per_channel()
 
     def params(self, v: float) -> int:
         c = inner(self.chin, v)
@@ -141,10 +185,13 @@ class Router(nn.Module):
         g, _ = self.gru(f)
         return self.out(g.transpose(1, 2)).transpose(1, 2)
 
-    def macs_per_sample(self) -> float:
+    def macs_per_frame(self) -> int:
+        """MACs of one router frame: filterbank, GRU step (3 gates, input and hidden), classifier."""
         c = self.frontend.out_channels
-        per_frame = c * self.hop + 3 * (c * c + c * c) + c * self.out.out_channels
-        return per_frame / self.hop
+        return c * self.hop + 3 * (c * c + c * c) + c * self.out.out_channels
+
+    def macs_per_sample(self) -> float:
+        return self.macs_per_frame() / self.hop
 
 
 class SlimDemucsNet(nn.Module):
@@ -180,26 +227,45 @@ class SlimDemucsNet(nn.Module):
             length = (length - 1) * s + k
         return int(length)
 
+    def frame_counts(self, n: int) -> list[int]:
+        """Frames at each depth (encoder i's output, shallowest first) for an input of ``n`` samples."""
+        k, s = self.cfg["kernel_size"], self.cfg["stride"]
+        length, counts = self.valid_length(n), []
+        for _ in range(self.cfg["depth"]):
+            length = (length - k) // s + 1  # exact: the padded length maps back without remainder
+            counts.append(length)
+        return counts
+
     def input_scale(self, mixture: torch.Tensor) -> torch.Tensor:
         """Per-utterance std (population, so one sample works) the net normalises by, as denoiser does."""
         if not self.cfg["normalize"]:
             return torch.ones_like(mixture[:, :1])
         return mixture.std(-1, correction=0, keepdim=True)
 
+    def _network_input(self, mixture: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised, padded ``[batch, 1, valid_length]`` input and the scale to undo."""
+        n = mixture.shape[-1]
+        std = self.input_scale(mixture)
+        x = F.pad(mixture / (self.cfg["floor"] + std), (0, self.valid_length(n) - n)).unsqueeze(1)
+        return x, std
+
+    def _bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The full-width LSTM (and projection when bidirectional) on ``[batch, C, M]``."""
+        y, _ = self.lstm(x.transpose(1, 2))
+        if self.lstm_proj is not None:
+            y = self.lstm_proj(y)
+        return y.transpose(1, 2)
+
     def forward_level(self, mixture: torch.Tensor, v: float, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         """One utilization factor: ``mixture [batch, N]`` -> estimate ``[batch, N]``, raw head ``[batch, 2, B]``."""
         cfg = self.cfg
         n = mixture.shape[-1]
-        std = self.input_scale(mixture)
-        x = F.pad(mixture / (cfg["floor"] + std), (0, self.valid_length(n) - n)).unsqueeze(1)
+        x, std = self._network_input(mixture)
         skips = []
         for enc in self.encoder:
             x = enc(x, v)
             skips.append(x)
-        y, _ = self.lstm(x.transpose(1, 2))
-        if self.lstm_proj is not None:
-            y = self.lstm_proj(y)
-        x = y.transpose(1, 2)
+        x = self._bottleneck(x)
         feats = None
         for dec in self.decoder:
             skip = skips.pop()
@@ -211,6 +277,84 @@ class SlimDemucsNet(nn.Module):
         index = frame_block_index(feats.shape[-1], hop, cfg["block_size"], n, device=mixture.device)
         raw = self.var_heads[level](block_mean(feats, index, b))
         return est, raw
+
+    def level_widths(self, depth: int) -> list[int]:
+        """Inner width of the blocks at ``depth`` (encoder ``depth`` and its decoder) at each level."""
+        return [inner(self.encoder[depth].chout, v) for v in self.cfg["widths"]]
+
+    def frame_weights(self, depth: int, num_frames: int, weights: torch.Tensor, n: int) -> torch.Tensor:
+        """Level weights ``[batch, M, L]`` of the frames at ``depth`` from router-frame ``weights [batch, F, L]``."""
+        # frame m starts at input sample m * S^(depth+1); router frame floor(start / R), the last one
+        # for frames in the padding (frame_block_index with R-sample "blocks" is exactly that map)
+        hop = self.cfg["stride"] ** (depth + 1)
+        index = frame_block_index(num_frames, hop, self.cfg["router_hop"], n, device=weights.device)
+        # as a product with the one-hot assignment [M, F], not a gather: its backward is a matmul too,
+        # where the gather's scatter-add backward trips torch.compile's CPU code generation
+        assign = (index[:, None] == torch.arange(weights.shape[1], device=weights.device)).to(weights.dtype)
+        return torch.matmul(assign, weights)
+
+    def forward_dynamic(self, mixture: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor | list]:
+        """One pass at per-frame widths: ``mixture [batch, N]``, per-router-frame level ``weights [batch, F, L]``
+        -> ``estimate [batch, N]``, ``widths`` (per depth, inner width per frame ``[batch, M_i]``), ``macs [batch, B]``."""
+        cfg = self.cfg
+        n = mixture.shape[-1]
+        expect = (mixture.shape[0], math.ceil(n / cfg["router_hop"]), len(cfg["widths"]))
+        if tuple(weights.shape) != expect:
+            raise ValueError(f"weights have shape {tuple(weights.shape)}, expected {expect} (batch, router frames, levels)")
+        x, std = self._network_input(mixture)
+        masks, widths = [], []
+        for depth, m in enumerate(self.frame_counts(n)):
+            w = self.frame_weights(depth, m, weights, n)  # [batch, M, L]
+            level_w = torch.tensor(self.level_widths(depth), device=w.device, dtype=w.dtype)
+            # channel c is on at level l iff c < inner width_l: mask = table @ weights, linear in the weights
+            # so a straight-through one-hot passes gradients to the router
+            table = (torch.arange(self.encoder[depth].chout, device=w.device)[:, None] < level_w[None, :]).to(w.dtype)
+            masks.append(torch.matmul(table, w.transpose(1, 2)))  # [batch, C, M]
+            widths.append((w * level_w).sum(-1))
+        skips = []
+        for enc, mask in zip(self.encoder, masks):
+            x = enc.forward_masked(x, mask)
+            skips.append(x)
+        x = self._bottleneck(x)
+        for dec, mask in zip(self.decoder, reversed(masks)):
+            skip = skips.pop()
+            x = x + skip[..., : x.shape[-1]]
+            x, _ = dec.forward_masked(x, mask)
+        return {"estimate": x[:, 0, :n] * std, "widths": widths, "macs": self.dynamic_macs(n, weights)}
+
+    def lstm_macs_per_step(self) -> int:
+        """MACs of one LSTM frame (all layers and directions, and the projection when bidirectional)."""
+        h, dirs = self.lstm.hidden_size, 2 if self.cfg["bidirectional"] else 1
+        per_step = 0
+        for layer in range(self.cfg["lstm_layers"]):
+            din = h if layer == 0 else h * dirs
+            per_step += dirs * 4 * (din * h + h * h)
+        if self.cfg["bidirectional"]:
+            per_step += 2 * h * h
+        return per_step
+
+    def dynamic_macs(self, n: int, weights: torch.Tensor) -> torch.Tensor:
+        """Realised MACs per block ``[batch, B]`` (float64, differentiable in ``weights [batch, F, L]``)
+        of the dynamic pass on ``n`` samples: convs at each frame's width, the LSTM and the router."""
+        cfg = self.cfg
+        t, depth, dev = cfg["block_size"], cfg["depth"], weights.device
+        w = weights.double()
+        out = w.new_zeros(w.shape[0], num_blocks(n, t))
+        counts = self.frame_counts(n)
+        for i, m in enumerate(counts):
+            # elementwise, not a matmul: exact in float64 even under autocast
+            level_w = torch.tensor(self.level_widths(i), dtype=w.dtype, device=dev)
+            width = (self.frame_weights(i, m, w, n) * level_w).sum(-1)  # [batch, M]
+            per_channel = self.encoder[i].macs_per_channel() + self.decoder[depth - 1 - i].macs_per_channel()
+            block = frame_block_index(m, cfg["stride"] ** (i + 1), t, n, device=dev)
+            out = out.index_add(1, block, width * per_channel)
+        # fixed-cost frames: the LSTM's (one per deepest frame) and the router's (one per R samples)
+        fixed = [(counts[-1], cfg["stride"] ** depth, self.lstm_macs_per_step()),
+                 (math.ceil(n / cfg["router_hop"]), cfg["router_hop"], self.router.macs_per_frame())]
+        for frames, hop, macs in fixed:
+            block = frame_block_index(frames, hop, t, n, device=dev)
+            out = out.index_add(1, block, w.new_full((w.shape[0], frames), float(macs)))
+        return out
 
     def forward(self, mixture: torch.Tensor, levels: list[int] | None = None,
                 router: bool = True) -> dict[str, torch.Tensor]:
@@ -237,7 +381,10 @@ class SlimDemucsNet(nn.Module):
 
 
 def frame_select(estimates: torch.Tensor, weights: torch.Tensor, hop: int) -> torch.Tensor:
-    """Mix level outputs frame-wise: ``estimates [..., L, N]``, ``weights [..., F, L]`` -> ``[..., N]``."""
+    """Mix level outputs frame-wise: ``estimates [..., L, N]``, ``weights [..., F, L]`` -> ``[..., N]``.
+
+    A stitching of static outputs, not the dynamic pass (``SlimDemucsNet.forward_dynamic`` is that).
+    """
     n = estimates.shape[-1]
     w = weights.transpose(-1, -2).repeat_interleave(hop, dim=-1)[..., :n]  # [..., L, N]
     return (w * estimates).sum(-2)
@@ -259,36 +406,38 @@ class SlimDemucsModel(ExitModel):
         set_config_block_size(self, block_size, "router_hop", "the router hop")
 
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
-        """Every utilization factor, the router's per-block logits and its own frame-wise execution."""
+        """Every utilization factor, the router's per-block logits and its own dynamic pass (argmax per frame)."""
         if mixture.dim() != 1:
             raise ValueError(f"forward_all takes a mono mixture [N], got shape {tuple(mixture.shape)}")
         n = mixture.shape[0]
         hop, T = self.config["router_hop"], self.block_size
+        x = mixture.to(self.device, torch.float32)[None]
         with torch.no_grad():
-            out = self.module(mixture.to(self.device, torch.float32)[None])
-        logits = out["router_logits"][0]  # [F, L]
+            out = self.module(x)
+            logits = out["router_logits"][0]  # [F, L]
+            choice = logits.argmax(-1)
+            onehot = F.one_hot(choice, self.num_levels).to(logits.dtype)
+            dyn = self.module.forward_dynamic(x, onehot[None])
         alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], self.config["calibration"], monotone=False)
-        choice = logits.argmax(-1)
-        onehot = F.one_hot(choice, self.num_levels).to(logits.dtype)
         est = out["estimates"][0]  # [L, 1, N]
-        dyn = frame_select(est[:, 0], onehot, hop)[None]
-        # realised MACs: each frame's samples inside the utterance at the chosen level, plus the router
+        # share of each block's samples per level, by router frame (frames never straddle blocks)
         b = self.num_blocks(n)
         frame_len = torch.clamp(n - torch.arange(len(choice), device=logits.device) * hop, max=hop).to(torch.float64)
-        level_macs = torch.tensor([self.macs_per_sample(i) for i in range(self.num_levels)],
-                                  dtype=torch.float64, device=logits.device)
         block_of_frame = torch.arange(len(choice), device=logits.device) * hop // T
-        macs = torch.zeros(b, dtype=torch.float64, device=logits.device)
-        macs.index_add_(0, block_of_frame, level_macs[choice] * frame_len)
         share = torch.zeros(b, self.num_levels, dtype=torch.float64, device=logits.device)
         share.index_add_(0, block_of_frame, onehot.to(torch.float64) * frame_len[:, None])
         block_len = share.sum(-1, keepdim=True)
-        macs += block_len[:, 0] * self.router_macs_per_sample()
         block_logits = block_mean(logits.transpose(0, 1), block_of_frame, b).transpose(0, 1)
         return LevelOutputs(
             estimates=est, alpha=alpha, beta=beta, router_logits=block_logits,
-            dynamic=DynamicOutput(estimates=dyn, macs=macs, level_share=share / block_len),
+            dynamic=DynamicOutput(estimates=dyn["estimate"], macs=dyn["macs"][0], level_share=share / block_len),
         )
+
+    def dynamic_macs(self, n: int, choice: torch.Tensor) -> torch.Tensor:
+        """Realised MACs per block ``[B]`` (float64) of the dynamic pass on ``n`` samples with the level
+        ``choice [F]`` (an index per router frame), router included."""
+        onehot = F.one_hot(choice.long(), self.num_levels).to(torch.float64)
+        return self.module.dynamic_macs(n, onehot[None])[0]
 
     def macs_per_sample(self, level: int | str) -> float:
         """Convs at the level's inner width plus the full-width LSTM, per input sample (long-input limit)."""
@@ -303,15 +452,7 @@ class SlimDemucsModel(ExitModel):
     def lstm_macs_per_sample(self) -> float:
         """LSTM bottleneck MACs per sample, declared analytically (FlopCounterMode misses LSTM kernels)."""
         c = self.config
-        h = self.module.lstm.hidden_size
-        dirs = 2 if c["bidirectional"] else 1
-        per_step = 0
-        for layer in range(c["lstm_layers"]):
-            din = h if layer == 0 else h * dirs
-            per_step += dirs * 4 * (din * h + h * h)
-        if c["bidirectional"]:
-            per_step += 2 * h * h
-        return per_step / c["stride"] ** c["depth"]
+        return self.module.lstm_macs_per_step() / c["stride"] ** c["depth"]
 
     def router_macs_per_sample(self) -> float:
         """Router MACs per sample (paid only by the dynamic execution)."""

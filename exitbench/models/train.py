@@ -20,16 +20,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from exitbench.errors import UsageError
 from exitbench.models.checkpoint import save_checkpoint
-from exitbench.models.losses import (level_losses, pit_level_losses, router_regularisers, si_snr_db,
-                                     snr_db)
+from exitbench.models.losses import (difficulty_targets, level_losses, pit_level_losses, router_regularisers,
+                                     si_snr_db, snr_db)
 from exitbench.models.registry import ARCHITECTURES
-from exitbench.models.slimdemucs import frame_select
-from exitbench.models.training_data import MixingStream, fixed_set, load_pool
+from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
 
 try:
     import tomllib
@@ -43,16 +43,17 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 
 TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "max_steps": 1_000_000, "max_minutes": None,
-    "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "num_workers": 0, "init": None,
-    "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16,
+    "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "init": None,
+    "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16, "compile": "auto",
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "corpus": ".corpus", "segment_seconds": 4.0, "gain_db": 5.0, "snr_db": [-5.0, 15.0],
     "level_db": [-30.0, -15.0], "valid_items": 64, "valid_seconds": 4.0, "synthetic_fallback": True,
+    "finetune_max_seconds": 12.0,
 }
 LOSS_DEFAULTS: dict[str, Any] = {
     "nll_weight": 1.0, "snr_weight": 1.0, "router_weight": 1.0, "efficiency_weight": 50.0,
-    "target_utilization": 0.5, "balance_weight": 1.0, "gumbel_tau": 1.0,
+    "target_utilization": 0.5, "balance_weight": 1.0, "gumbel_tau": 1.0, "difficulty_spread": "auto",
 }
 
 
@@ -82,6 +83,16 @@ def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D tensors (average ranks for ties)."""
+    from scipy.stats import spearmanr
+
+    x, y = a.double().cpu().numpy(), b.double().cpu().numpy()
+    if x.min() == x.max() or y.min() == y.max():  # undefined for a constant input: no association
+        return 0.0
+    return float(spearmanr(x, y).statistic)
+
+
 def _lr_at(step: int, frac: float, cfg: dict[str, Any]) -> float:
     """Linear warm-up, then cosine decay over the run's progress ``frac`` (time or steps) to 5%."""
     base = cfg["lr"]
@@ -107,8 +118,17 @@ class Trainer:
         self.net = self.model.module.to(self.device)
         self.sr = self.model.sample_rate
         self.is_slim = config["architecture"] == "slimdemucs"
-        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg["lr"])
-        self.amp = self.device.type == "cuda" and self.tcfg["amp"] == "bf16"
+        cuda = self.device.type == "cuda"
+        # fused Adam: one kernel for all parameters instead of a few per tensor (same update)
+        self.opt = torch.optim.Adam(self.net.parameters(), lr=self.tcfg["lr"], fused=cuda or None)
+        self.amp = cuda and self.tcfg["amp"] == "bf16"
+        compile_ = self.tcfg["compile"]
+        if compile_ not in ("auto", True, False):
+            raise UsageError(f"train.compile must be true, false or \"auto\", got {compile_!r}")
+        # torch.compile fuses the elementwise chains (norms, PReLUs, gates, heads, the loss) of the
+        # step; on the CPU compiling costs more than it saves in a short run
+        self.compiled = compile_ is True or (compile_ == "auto" and cuda)
+        self.loss_fn = torch.compile(self.losses) if self.compiled else self.losses
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -124,6 +144,8 @@ class Trainer:
                           "valid_seconds": self.dcfg["valid_seconds"], "mixing": mix_kw,
                           "segment_seconds": self.dcfg["segment_seconds"]}
         self.mix_kw = mix_kw
+        self.train_corpus = DeviceCorpus(self.train_pool, config["task"], self.sr, self.device, self.tcfg["seed"])
+        self.clip_seconds = self.train_corpus.lengths.cpu().numpy() / self.sr
         self.step = 0
         self.epoch = 0
         self.initial_step = 0
@@ -144,18 +166,26 @@ class Trainer:
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, seconds: float | None, batch_size: int, seed_offset: int) -> Any:
-        """An endless iterator of (mixture [b, N], sources [b, S, N]) on the device."""
-        stream = MixingStream(self.train_pool, self.cfg["task"], seconds, self.sr,
-                              self.tcfg["seed"] + seed_offset, **self.mix_kw)
-        workers = int(self.tcfg["num_workers"])
-        dl = torch.utils.data.DataLoader(
-            stream, batch_size=batch_size, num_workers=workers, pin_memory=self.device.type == "cuda",
-            persistent_workers=workers > 0, prefetch_factor=4 if workers > 0 else None)
-        for mix, src in dl:
-            yield mix.to(self.device, non_blocking=True), src.to(self.device, non_blocking=True)
+        """An endless iterator of (mixture [b, N], sources [b, S, N], input SNR dB [b]) made on the device.
+
+        ``seconds=None`` (the fine-tune phase) gives whole utterances: each batch takes the length of
+        a random corpus clip (at most ``data.finetune_max_seconds``), every item a random clip at that
+        length, and as many items as keep the batch's samples near ``batch_size`` crops of
+        ``data.segment_seconds``.
+        """
+        gen = generator(self.device, self.tcfg["seed"] * 7919 + seed_offset)
+        lengths = np.random.default_rng([self.tcfg["seed"], seed_offset])
+        while True:
+            if seconds is None:
+                sec = min(float(lengths.choice(self.clip_seconds)), self.dcfg["finetune_max_seconds"])
+                n = max(self.model.block_size, int(sec * self.sr))
+                b = max(1, round(batch_size * self.dcfg["segment_seconds"] * self.sr / n))
+            else:
+                n, b = int(seconds * self.sr), batch_size
+            yield self.train_corpus.draw(gen, b, n, **self.mix_kw)
 
     # -- one step -----------------------------------------------------------------------------
-    def losses(self, mix: torch.Tensor, src: torch.Tensor) -> dict[str, torch.Tensor]:
+    def losses(self, mix: torch.Tensor, src: torch.Tensor, input_snr: torch.Tensor) -> dict[str, torch.Tensor]:
         """Total training loss and its parts for one batch."""
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             out = self.net(mix)
@@ -168,30 +198,35 @@ class Trainer:
         parts = {k: v.mean() for k, v in per.items()}
         logits = out["router_logits"].float()
         weights = F.gumbel_softmax(logits, tau=lc["gumbel_tau"], hard=True)
-        # level outputs are detached: the router learns from the dynamic output, the backbone from the levels
-        dyn = frame_select(out["estimates"][:, :, 0].detach().float(), weights, self.model.config["router_hop"])
-        widths = torch.tensor(self.model.config["widths"], device=logits.device)
-        reg = router_regularisers(logits, widths, lc["target_utilization"])
+        # the dynamic output is one pass at the widths the router chose per frame; the straight-through
+        # weights carry its gradient to the router
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            dyn = self.net.forward_dynamic(mix, weights)["estimate"].float()
+        widths = self.model.config["widths"]
+        targets = difficulty_targets(input_snr, self.dcfg["snr_db"], lc["target_utilization"], widths,
+                                     lc["difficulty_spread"])
+        reg = router_regularisers(logits, torch.tensor(widths, device=logits.device), targets)
         parts["dyn_neg_snr"] = -snr_db(dyn, src[:, 0].float()).mean()
         parts["efficiency"], parts["balance"], parts["utilization"] = reg["efficiency"], reg["balance"], reg["utilization"]
         parts["total"] = (parts["total"] + lc["router_weight"] * parts["dyn_neg_snr"]
                           + lc["efficiency_weight"] * reg["efficiency"] + lc["balance_weight"] * reg["balance"])
         return parts
 
-    def train_step(self, mix: torch.Tensor, src: torch.Tensor, lr: float) -> dict[str, float]:
-        """One optimiser step; returns the loss parts as floats."""
+    def train_step(self, mix: torch.Tensor, src: torch.Tensor, input_snr: torch.Tensor,
+                   lr: float, eager: bool = False) -> dict[str, torch.Tensor]:
+        """One optimiser step; returns the loss parts as detached device tensors (no host sync).
+
+        ``eager`` skips the compiled step (the fine-tune phase: every batch has another length, and
+        recompiling for each would cost more than fusing saves)."""
         for g in self.opt.param_groups:
             g["lr"] = lr
-        parts = self.losses(mix, src)
-        if not torch.isfinite(parts["total"]):
-            raise FloatingPointError(f"non-finite loss at step {self.step}: "
-                                     f"{ {k: float(v) for k, v in parts.items()} }")
+        parts = (self.losses if eager else self.loss_fn)(mix, src, input_snr)
         self.opt.zero_grad(set_to_none=True)
         parts["total"].backward()
         norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.tcfg["grad_clip"])
         self.opt.step()
         self.step += 1
-        return {**{k: float(v.detach()) for k, v in parts.items()}, "grad_norm": float(norm)}
+        return {**{k: v.detach() for k, v in parts.items()}, "grad_norm": norm.detach()}
 
     # -- validation ---------------------------------------------------------------------------
     @torch.no_grad()
@@ -199,7 +234,7 @@ class Trainer:
         """SI-SNRi per level (PIT on the deepest level, shared), NLL per sample, router use for slim."""
         self.net.eval()
         mixes, srcs = self.valid
-        si, nll, dyn_si, util = [], [], [], []
+        si, nll, dyn_si, util, in_snr = [], [], [], [], []
         for i in range(0, len(mixes), self.tcfg["valid_batch"]):
             mix = mixes[i:i + self.tcfg["valid_batch"]].to(self.device)
             src = srcs[i:i + self.tcfg["valid_batch"]].to(self.device)
@@ -218,9 +253,11 @@ class Trainer:
             if self.is_slim:
                 logits = out["router_logits"].float()
                 onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
-                dyn = frame_select(est[:, :, 0], onehot, self.model.config["router_hop"])
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                    dyn = self.net.forward_dynamic(mix, onehot)["estimate"].float()
                 dyn_si.append(si_snr_db(dyn, src[:, 0]) - base[:, 0])
                 util.append((onehot * torch.tensor(self.model.config["widths"], device=onehot.device)).sum(-1).mean(-1))
+                in_snr.append(snr_db(mix, src[:, 0]))
         self.net.train()
         si_all = torch.cat(si).mean(0).tolist()
         result: dict[str, Any] = {
@@ -231,6 +268,8 @@ class Trainer:
         if self.is_slim:
             result["dynamic_si_snri"] = round(float(torch.cat(dyn_si).mean()), 3)
             result["dynamic_utilization"] = round(float(torch.cat(util).mean()), 4)
+            # the router should spend more on harder (lower-SNR) inputs: a negative rank correlation
+            result["utilization_snr_spearman"] = round(spearman(torch.cat(util), torch.cat(in_snr)), 4)
         return result
 
     # -- output -------------------------------------------------------------------------------
@@ -280,7 +319,7 @@ class Trainer:
             if self.step % t["steps_per_epoch"] == 0:
                 reserve = self._end_epoch()
         if t["finetune_fraction"] > 0:
-            data = self.loader(None, 1, 1)
+            data = self.loader(None, t["batch_size"], 1)
             while self.step < t["max_steps"]:
                 if self.budget_s is not None and self.elapsed() + reserve >= self.budget_s:
                     break
@@ -290,11 +329,15 @@ class Trainer:
             self.valid_log.append(self.validate())
         return self.save(final=True)
 
-    def _step_and_log(self, batch: tuple[torch.Tensor, torch.Tensor], lr: float, phase: str) -> None:
-        parts = self.train_step(*batch, lr)
+    def _step_and_log(self, batch: tuple[torch.Tensor, ...], lr: float, phase: str) -> None:
+        parts = self.train_step(*batch, lr, eager=phase == "finetune")
         if self.step % self.tcfg["log_every"] == 0 or self.step == 1:
-            self.log.append({"step": self.step, "phase": phase, "lr": lr,
-                             "elapsed_s": round(self.elapsed(), 2), **{k: round(v, 5) for k, v in parts.items()}})
+            # the one host sync of a logging step; between logs the GPU runs ahead of Python
+            values = dict(zip(parts, torch.stack([v.float() for v in parts.values()]).tolist()))
+            if not all(math.isfinite(v) for v in values.values()):
+                raise FloatingPointError(f"non-finite loss or gradient by step {self.step}: {values}")
+            self.log.append({"step": self.step, "phase": phase, "lr": lr, "elapsed_s": round(self.elapsed(), 2),
+                             "samples": int(batch[0].numel()), **{k: round(v, 5) for k, v in values.items()}})
 
     def _end_epoch(self) -> float:
         """Validate and save; returns the time to keep in reserve for the final validation and save."""

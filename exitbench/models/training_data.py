@@ -1,4 +1,4 @@
-"""Dynamic mixing for training: speech (and noise) held in RAM, random pairs, gains, offsets, crops.
+"""Dynamic mixing for training: the corpus resident on the device, batched pairs, gains, offsets, crops.
 
 Corpus layout (built by the corpus helper): ``<root>/<rate>/speech/{train,valid}/<speaker>/*.{flac,opus,wav}``
 and ``<root>/<rate>/noise/{train,valid}/*.{flac,opus,wav}`` with rate ``8k`` or ``16k``; ``<root>/corpus.json``
@@ -8,12 +8,13 @@ describes it when present. Without a corpus (``synthetic_fallback``) sources com
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -110,90 +111,131 @@ def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool
     return Pool(speech, noise, desc)
 
 
-def _crop(rng: np.random.Generator, clip: np.ndarray, length: int) -> np.ndarray:
-    """A random window of ``length``; a shorter clip is placed at a random offset in zeros."""
-    if len(clip) >= length:
-        start = rng.integers(0, len(clip) - length + 1)
-        return clip[start:start + length]
-    out = np.zeros(length, dtype=np.float32)
-    start = rng.integers(0, length - len(clip) + 1)
-    out[start:start + len(clip)] = clip
-    return out
+class DeviceCorpus:
+    """One split's clips as one tensor on the training device, and dynamic mixing as batched tensor ops.
+
+    Speech clips are concatenated into ``audio`` with per-clip start/length and per-speaker clip
+    ranges; noise clips likewise. :meth:`draw` makes a whole batch at once with a ``torch.Generator``
+    on the device: distinct speakers, a random clip of each, a random window (a shorter clip placed at
+    a random offset in zeros), unit-RMS sources, the second source at a random gain (separation) or
+    noise at a drawn SNR (enhancement), a random overall level, and a peak kept below 0.99. Nothing
+    leaves the device and nothing synchronises with the host.
+    """
+
+    def __init__(self, pool: Pool, task: str, sample_rate: int, device: torch.device | str = "cpu",
+                 seed: int = 0):
+        if task not in ("separation", "enhancement"):
+            raise UsageError(f"unknown task {task!r}; use 'separation' or 'enhancement'")
+        self.task, self.sample_rate, self.device = task, sample_rate, torch.device(device)
+        self.num_sources = 2 if task == "separation" else 1
+        speech = pool.speech or _synthetic_speakers(sample_rate, seed)
+        clips = [c for name in speech for c in speech[name]]
+        counts = [len(speech[name]) for name in speech]
+        self.audio, self.starts, self.lengths = _pack(clips, self.device)
+        self.spk_first = torch.tensor(np.cumsum([0] + counts[:-1]), device=self.device)
+        self.spk_count = torch.tensor(counts, device=self.device)
+        self.num_speakers = len(counts)
+        self.synthetic_noise = not pool.noise
+        if task == "enhancement" and pool.noise:
+            self.noise, self.noise_starts, self.noise_lengths = _pack(pool.noise, self.device)
+        if self.num_speakers < self.num_sources:
+            raise UsageError(f"{self.num_speakers} speaker(s) cannot make {self.num_sources}-speaker mixtures")
+
+    def _uniform(self, gen: torch.Generator, *shape: int) -> torch.Tensor:
+        return torch.rand(*shape, generator=gen, device=self.device)
+
+    def _windows(self, gen: torch.Generator, audio: torch.Tensor, starts: torch.Tensor, lengths: torch.Tensor,
+                 length: int) -> torch.Tensor:
+        """A random ``length``-sample window of each clip ``[...]`` (zeros around a shorter clip)."""
+        slack = lengths - length  # >= 0: window start inside the clip; < 0: clip offset inside the window
+        shift = torch.floor(self._uniform(gen, *lengths.shape) * (slack.abs() + 1)).long() * slack.sign()
+        pos = shift[..., None] + torch.arange(length, device=self.device)
+        inside = (pos >= 0) & (pos < lengths[..., None])
+        idx = starts[..., None] + torch.minimum(pos.clamp(min=0), lengths[..., None] - 1)
+        return audio[idx] * inside
+
+    def draw(self, gen: torch.Generator, batch: int, length: int, gain_db: float = 5.0,
+             snr_db: tuple[float, float] = (-5.0, 15.0), level_db: tuple[float, float] = (-30.0, -15.0)
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``batch`` examples of ``length`` samples: mixture ``[b, N]``, sources ``[b, S, N]`` and each
+        example's input SNR in dB ``[b]`` (source power over the rest of the mixture, i.e. the other
+        speaker or the noise)."""
+        u = lambda *shape: self._uniform(gen, *shape)  # noqa: E731
+        first = torch.floor(u(batch) * self.num_speakers).long()
+        speakers = [first]
+        if self.num_sources == 2:  # a second, different speaker
+            speakers.append((first + 1 + torch.floor(u(batch) * (self.num_speakers - 1)).long()) % self.num_speakers)
+        spk = torch.stack(speakers, 1)  # [b, S]
+        clip = self.spk_first[spk] + torch.floor(u(batch, self.num_sources) * self.spk_count[spk]).long()
+        src = self._windows(gen, self.audio, self.starts[clip], self.lengths[clip], length)  # [b, S, N]
+        rms = _rms(src)
+        src = torch.where(rms > 1e-5, src / rms, src)
+        if self.task == "separation":
+            gain = 10 ** ((u(batch) * 2 - 1) * gain_db / 20)
+            src = torch.cat([src[:, :1], src[:, 1:] * gain[:, None, None]], 1)
+            mixture = src.sum(1)
+            interference = src[:, 1]  # the other speaker
+        else:
+            if self.synthetic_noise:
+                noise = coloured_noise(gen, batch, length, self.device)
+            else:
+                pick = torch.floor(u(batch) * len(self.noise_starts)).long()
+                noise = self._windows(gen, self.noise, self.noise_starts[pick], self.noise_lengths[pick], length)
+            snr = snr_db[0] + u(batch) * (snr_db[1] - snr_db[0])
+            noise = noise / _rms(noise) * 10 ** (-snr[:, None] / 20)
+            mixture = src[:, 0] + noise
+            interference = noise
+        input_snr = 10 * torch.log10((src[:, 0].pow(2).sum(-1) + 1e-12) / (interference.pow(2).sum(-1) + 1e-12))
+        level = level_db[0] + u(batch) * (level_db[1] - level_db[0])
+        scale = 10 ** (level / 20) / _rms(mixture)[:, 0]
+        peak = mixture.abs().amax(-1) * scale
+        scale = scale * torch.clamp(0.99 / peak.clamp_min(1e-12), max=1.0)
+        return mixture * scale[:, None], src * scale[:, None, None], input_snr
 
 
-def _coloured_noise(rng: np.random.Generator, length: int) -> np.ndarray:
-    """Gaussian noise with a 1/f^g spectrum, g in [0, 2): white to brown."""
-    spec = np.fft.rfft(rng.standard_normal(length))
-    f = np.arange(len(spec), dtype=np.float64)
-    f[0] = 1.0
-    return np.fft.irfft(spec * f ** (-rng.uniform(0.0, 2.0) / 2), n=length).astype(np.float32)
+def _pack(clips: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Concatenate clips into one float32 tensor on ``device`` with their starts and lengths."""
+    lengths = np.array([len(c) for c in clips], dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    audio = torch.from_numpy(np.concatenate(clips).astype(np.float32, copy=False)).to(device)
+    return audio, torch.from_numpy(starts).to(device), torch.from_numpy(lengths).to(device)
 
 
-def _rms(x: np.ndarray) -> float:
-    return float(np.sqrt(np.mean(x**2) + 1e-12))
+def _rms(x: torch.Tensor) -> torch.Tensor:
+    """Root mean square over the last axis, kept as a trailing axis of size 1."""
+    return torch.sqrt(x.pow(2).mean(-1, keepdim=True) + 1e-12)
 
 
-def make_example(rng: np.random.Generator, pool: Pool, task: str, length: int | None, sample_rate: int,
-                 gain_db: float, snr_db: tuple[float, float], level_db: tuple[float, float]
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """One (mixture [N], sources [S, N]) example; ``length=None`` keeps a whole utterance."""
-    num = 2 if task == "separation" else 1
-    if pool.synthetic:
-        n = length or int(rng.uniform(3, 6) * sample_rate)
-        srcs = [speech_like(rng, n, sample_rate) for _ in range(num)]
-    else:
-        speakers = rng.choice(len(pool.speech), size=num, replace=False)
-        names = list(pool.speech)
-        clips = [pool.speech[names[i]][rng.integers(len(pool.speech[names[i]]))] for i in speakers]
-        n = length or len(clips[0])
-        srcs = [_crop(rng, c, n) for c in clips]
-    srcs = [s / _rms(s) if _rms(s) > 1e-5 else s for s in srcs]
-    if task == "separation":
-        g = rng.uniform(-gain_db, gain_db)
-        srcs[1] = srcs[1] * 10 ** (g / 20)
-        sources = np.stack(srcs)
-        mixture = sources.sum(0)
-    elif task == "enhancement":
-        noise = _coloured_noise(rng, n) if pool.synthetic else _crop(rng, pool.noise[rng.integers(len(pool.noise))], n)
-        snr = rng.uniform(*snr_db)
-        noise = noise / _rms(noise) * 10 ** (-snr / 20)
-        sources = np.stack(srcs)
-        mixture = sources[0] + noise
-    else:
-        raise UsageError(f"unknown task {task!r}; use 'separation' or 'enhancement'")
-    # random overall level, then keep clear of clipping
-    scale = 10 ** (rng.uniform(*level_db) / 20) / _rms(mixture)
-    peak = np.abs(mixture).max() * scale
-    if peak > 0.99:
-        scale *= 0.99 / peak
-    return (mixture * scale).astype(np.float32), (sources * scale).astype(np.float32)
+def coloured_noise(gen: torch.Generator, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """Gaussian noise ``[batch, length]`` with a 1/f^g spectrum, g drawn in [0, 2) per item: white to brown."""
+    white = torch.randn(batch, length, generator=gen, device=device)
+    spec = torch.fft.rfft(white)
+    f = torch.arange(spec.shape[-1], device=device, dtype=torch.float32).clamp_(min=1.0)
+    g = torch.rand(batch, 1, generator=gen, device=device) * 2.0
+    return torch.fft.irfft(spec * f ** (-g / 2), n=length)
 
 
-class MixingStream(torch.utils.data.IterableDataset):
-    """Endless dynamically mixed examples; each DataLoader worker draws from its own seed."""
+@functools.lru_cache(maxsize=4)
+def _synthetic_speakers(sample_rate: int, seed: int, speakers: int = 6, clips: int = 4
+                        ) -> dict[str, list[np.ndarray]]:
+    """Stand-in speakers of :func:`speech_like` clips (2-4 s) for runs without a corpus (CPU tests)."""
+    rng = np.random.default_rng([seed, 777])
+    return {f"synthetic_{k}": [speech_like(rng, int(rng.uniform(2, 4) * sample_rate), sample_rate)
+                               for _ in range(clips)] for k in range(speakers)}
 
-    def __init__(self, pool: Pool, task: str, seconds: float | None, sample_rate: int, seed: int,
-                 gain_db: float = 5.0, snr_db: tuple[float, float] = (-5.0, 15.0),
-                 level_db: tuple[float, float] = (-30.0, -15.0)):
-        super().__init__()
-        self.pool, self.task, self.sample_rate, self.seed = pool, task, sample_rate, seed
-        self.length = None if seconds is None else int(seconds * sample_rate)
-        self.gain_db, self.snr_db, self.level_db = gain_db, tuple(snr_db), tuple(level_db)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        info = torch.utils.data.get_worker_info()
-        rng = np.random.default_rng([self.seed, info.id if info else 0])
-        while True:
-            mix, src = make_example(rng, self.pool, self.task, self.length, self.sample_rate,
-                                    self.gain_db, self.snr_db, self.level_db)
-            yield torch.from_numpy(mix), torch.from_numpy(src)
+def generator(device: torch.device | str, seed: int) -> torch.Generator:
+    """A seeded ``torch.Generator`` on ``device``."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
 
 
 def fixed_set(pool: Pool, task: str, count: int, seconds: float, sample_rate: int, seed: int,
               **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    """A reproducible validation batch: mixtures ``[V, N]`` and sources ``[V, S, N]``."""
-    rng = np.random.default_rng([seed, 12345])
-    items = [make_example(rng, pool, task, int(seconds * sample_rate), sample_rate,
-                          kwargs.get("gain_db", 5.0), tuple(kwargs.get("snr_db", (-5.0, 15.0))),
-                          tuple(kwargs.get("level_db", (-30.0, -15.0)))) for _ in range(count)]
-    return torch.from_numpy(np.stack([m for m, _ in items])), torch.from_numpy(np.stack([s for _, s in items]))
+    """A reproducible validation batch on the CPU: mixtures ``[V, N]`` and sources ``[V, S, N]``."""
+    corpus = DeviceCorpus(pool, task, sample_rate, "cpu", seed)
+    mix, src, _ = corpus.draw(generator("cpu", seed * 1000 + 12345), count, int(seconds * sample_rate),
+                              float(kwargs.get("gain_db", 5.0)), tuple(kwargs.get("snr_db", (-5.0, 15.0))),
+                              tuple(kwargs.get("level_db", (-30.0, -15.0))))
+    return mix, src

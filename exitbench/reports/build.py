@@ -46,6 +46,7 @@ class RunFigures:
     panels: list[Panel] = field(default_factory=list)
     level_table: pd.DataFrame | None = None
     policy_table: pd.DataFrame | None = None
+    equal_compute_table: pd.DataFrame | None = None
     errors: pd.DataFrame | None = None
 
 
@@ -78,9 +79,14 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     out = RunFigures(run_id, A.manifest(root, run_id))
     t_mid = float(targets[len(targets) // 2]) if len(targets) else 15.0
     utt = utt_id or A.utterance_ids(root, run_id)[0]
+    curves: list[pd.DataFrame] = []
+
+    def regret() -> Any:
+        curves.append(A.regret_curves(root, run_id, targets, arrays))
+        return F.regret_figure(curves[0])
+
     with figure_style(paper):
-        out.panels.append(_panel("regret", "Regret vs compute",
-                                 lambda: F.regret_figure(A.regret_curves(root, run_id, targets, arrays))))
+        out.panels.append(_panel("regret", "Regret vs compute", regret))
         out.panels.append(_panel("calibration", "Calibration", lambda: F.calibration_figure(
             A.calibration(root, run_id, arrays=arrays), A.decision_reliability(root, run_id, t_mid, arrays=arrays))))
         out.panels.append(_panel("pareto", "Pareto front (SI-SNRi)",
@@ -98,6 +104,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
                                  lambda: F.distributions_figure(A.utterance_metrics(root, run_id))))
     if tables:
         out.level_table = A.level_summary(root, run_id)
+        out.equal_compute_table = A.regret_at_equal_compute(curves[0]) if curves else None
         try:
             out.policy_table = A.policy_summary(root, run_id, targets=targets, arrays=arrays)
         except PANEL_ERRORS:
@@ -193,6 +200,13 @@ def _run_section(rf: RunFigures) -> str:
     if rf.policy_table is not None and len(rf.policy_table):
         parts += ["<h3>Policies (exact replay; mean, 95% bootstrap CI; regret at t, over blocks)</h3>",
                   _table(policy_table(rf.policy_table), left=("policy",))]
+    if rf.equal_compute_table is not None and len(rf.equal_compute_table):
+        eq = rf.equal_compute_table.drop(columns=["run"]).rename(columns={
+            "t": "t (dB)", "level_name": "static level", "gmacs": "GMAC/s", "static_regret": "static regret (dB)",
+            "dynamic_regret": "probabilistic regret (dB)", "difference": "difference (dB)"})
+        parts += ["<h3>Probabilistic policy vs static exits at equal compute (regret over blocks; the"
+                  " probabilistic curve interpolated at each static exit's GMAC/s; negative: less regret)</h3>",
+                  _table(eq.round(3), left=("static level",))]
     for p in rf.panels:
         parts.append(f'<h3 id="{html.escape(rf.run_id)}-{p.key}">{html.escape(p.title)}</h3>')
         if p.figure is not None:
@@ -218,12 +232,17 @@ def _run_section(rf: RunFigures) -> str:
 
 
 def build_report(root: str | os.PathLike, run_ids: Sequence[str], out_dir: str | os.PathLike = "reports",
-                 targets: Sequence[float] = A.DEFAULT_TARGETS, utt_id: str | None = None,
+                 targets: Sequence[float] | None = None, utt_id: str | None = None,
                  policy: str | None = None) -> Path:
-    """Write one static, self-contained HTML report of the runs (side by side) and return its path."""
+    """Write one static, self-contained HTML report of the runs (side by side) and return its path.
+
+    ``targets=None`` picks them inside the first run's own exit-SNR range (:func:`auto_targets`)."""
     if not run_ids:
         raise UsageError("no run to report")
     check_inputs(root, run_ids, utt_id, policy)
+    chosen = "given"
+    if targets is None:
+        targets, chosen = A.auto_targets(root, run_ids), "auto: the quartiles of the deepest level's exit-SNR"
     runs = [run_figures(root, r, targets, utt_id, policy) for r in run_ids]
     sections = []
     if len(run_ids) > 1:
@@ -239,7 +258,7 @@ def build_report(root: str | os.PathLike, run_ids: Sequence[str], out_dir: str |
            f"<title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
            f"<h1>{html.escape(title)}</h1>"
            f'<p class="note">results root {html.escape(str(Path(root).resolve()))}; targets t = '
-           f"{', '.join(f'{t:g}' for t in targets)} dB. Every number is drawn from the recorded tables;"
+           f"{', '.join(f'{t:g}' for t in targets)} dB ({chosen}). Every number is drawn from the recorded tables;"
            " policy metrics are exact replays.</p>"
            + "\n".join(sections)
            + f'<div class="runs" style="--n:{len(runs)}">' + "\n".join(_run_section(r) for r in runs) + "</div>"
@@ -263,10 +282,12 @@ class PaperFigures:
 
 
 def write_paper_figures(root: str | os.PathLike, run_ids: Sequence[str], out_dir: str | os.PathLike = "reports",
-                        targets: Sequence[float] = A.DEFAULT_TARGETS, utt_id: str | None = None,
+                        targets: Sequence[float] | None = None, utt_id: str | None = None,
                         policy: str | None = None, formats: Sequence[str] = ("pdf", "svg")) -> PaperFigures:
-    """Write every figure alone as vector files (PDF + SVG) in the paper style."""
+    """Write every figure alone as vector files (PDF + SVG) in the paper style (``targets=None``: auto)."""
     check_inputs(root, run_ids, utt_id, policy)
+    if targets is None:
+        targets = A.auto_targets(root, run_ids)
     out = Path(out_dir)
     paths: list[Path] = []
     skipped: list[str] = []

@@ -71,6 +71,20 @@ def default_policy(arrays: BlockArrays, t: float = 15.0) -> str:
 
 
 # -- regret ----------------------------------------------------------------------------------------
+def auto_targets(root: Root, run_ids: str | Sequence[str], count: int = 3) -> list[float]:
+    """Exit-SNR targets (dB) inside the model's own range: the quantiles 1/(count+1) .. count/(count+1)
+    (the quartiles for three) of the deepest static level's block exit-SNR in the first run, rounded
+    to 0.5 dB; so the deepest level reaches the lowest target on 3/4 of the blocks, the highest on 1/4."""
+    run_id = run_ids if isinstance(run_ids, str) else run_ids[0]
+    arrays = load_block_arrays(root, run_id)
+    deepest = arrays.exit_snr_db()[:, arrays.num_levels - 1]
+    deepest = deepest[np.isfinite(deepest)]
+    if deepest.size == 0:
+        return list(DEFAULT_TARGETS)
+    qs = np.quantile(deepest, np.arange(1, count + 1) / (count + 1))
+    return sorted({float(np.round(2 * q) / 2) for q in qs})
+
+
 def regret_curves(root: Root, run_id: str, targets: Sequence[float] = DEFAULT_TARGETS,
                   arrays: BlockArrays | None = None) -> pd.DataFrame:
     """Mean one-sided exit-SNR regret (dB, over blocks) vs GMAC/s for every strategy and target t.
@@ -90,6 +104,35 @@ def regret_curves(root: Root, run_id: str, targets: Sequence[float] = DEFAULT_TA
     frame.insert(frame.columns.get_loc("p") + 1, "level", level.astype("Int64"))
     frame.insert(frame.columns.get_loc("level") + 1, "level_name", frame["level"].map(names))
     return frame.reset_index(drop=True)
+
+
+def regret_at_equal_compute(curves: pd.DataFrame) -> pd.DataFrame:
+    """The dynamic (probabilistic) curve against the static staircase at the static levels' own GMAC/s.
+
+    For each run, target t and static level whose GMAC/s lies inside the dynamic curve's range, the
+    dynamic curve's regret linearly interpolated there (between neighbouring p) beside the static
+    level's. Columns: run, t, level_name, gmacs, static_regret, dynamic_regret, difference
+    (dynamic − static, dB; negative: dynamic spends the same compute for less regret).
+    """
+    rows = []
+    for (run, t), group in curves.groupby(["run", "t"], sort=True):
+        dyn = group[group["strategy"] == "dynamic"].sort_values("gmacs")
+        static = group[group["strategy"] == "static"].sort_values("gmacs")
+        if len(dyn) < 2 or static.empty:
+            continue
+        # the curve as a function of compute: for equal GMAC/s keep the least regret
+        dyn = dyn.groupby("gmacs", as_index=False)["regret"].min()
+        x, y = dyn["gmacs"].to_numpy(float), dyn["regret"].to_numpy(float)
+        for _, row in static.iterrows():
+            g = float(row["gmacs"])
+            if not x[0] <= g <= x[-1]:
+                continue
+            d = float(np.interp(g, x, y))
+            rows.append({"run": run, "t": float(t), "level_name": row["level_name"], "gmacs": g,
+                         "static_regret": float(row["regret"]), "dynamic_regret": d,
+                         "difference": d - float(row["regret"])})
+    return pd.DataFrame(rows, columns=["run", "t", "level_name", "gmacs", "static_regret", "dynamic_regret",
+                                       "difference"])
 
 
 # -- calibration -----------------------------------------------------------------------------------

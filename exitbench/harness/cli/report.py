@@ -17,7 +17,8 @@ def report(
     results: Path = ReadResultsOpt,
     out_dir: Path = typer.Option(Path("reports"), "--out", "-o", help="folder for the report or figures"),
     paper: bool = typer.Option(False, help="write the figures alone as PDF + SVG in the paper style"),
-    targets: str = typer.Option("10,15,20", help="exit-SNR targets t in dB, comma-separated"),
+    targets: str = typer.Option("auto", help="exit-SNR targets t in dB, comma-separated; 'auto': the quartiles"
+                                             " of the first run's deepest-level block exit-SNR (its own range)"),
     utt: Optional[str] = typer.Option(None, help="utterance of the exit map (default: the first)"),
     policy: Optional[str] = typer.Option(None, "--policy", "-p",
                                          help="policy of the exit map and utilization (default: probabilistic"
@@ -32,13 +33,15 @@ def report(
     from exitbench.results.replays import resolve_run_id
 
     def go() -> Any:
-        try:
-            ts = [float(x) for x in targets.split(",") if x.strip()]
-        except ValueError:
-            raise UsageError(f"--targets: expected comma-separated numbers, got {targets!r}") from None
-        if not ts:
-            raise UsageError("--targets needs at least one number")
         ids = list(dict.fromkeys(resolve_run_id(results, r) for r in runs))
+        ts = None  # auto
+        if targets.strip().lower() != "auto":
+            try:
+                ts = [float(x) for x in targets.split(",") if x.strip()]
+            except ValueError:
+                raise UsageError(f"--targets: expected comma-separated numbers or 'auto', got {targets!r}") from None
+            if not ts:
+                raise UsageError("--targets needs at least one number")
         with console.status(f"drawing {len(ids)} run(s)..."):
             if paper:
                 return write_paper_figures(results, ids, out_dir, ts, utt, policy)

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# One call on the lent GPU machine: the training-step benchmark, then training; results packed in $OUT.
+#
+# From the repository root there, with .whl (soundfile + cffi + pycparser wheels for its Python),
+# .before (an earlier package, for the benchmark's baseline) and the corpus carried along:
+#   BENCH="press-s" MODELS="press-s press-m" MAX_MINUTES=5.5 bash scripts/gpu_run.sh
+# Environment: BENCH (configs to benchmark, may be empty), BENCH_BATCH (default 16), MODELS,
+# MAX_MINUTES, INIT_DIR, CORPUS: as scripts/gpu_train.sh. Writes $OUT/bench.tar.gz (JSON, profiler
+# tables, log) and $OUT/train.tar.gz (checkpoints, logs), so that few files come back.
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+BENCH=${BENCH:-}
+BENCH_BATCH=${BENCH_BATCH:-16}
+mkdir -p "$OUT/bench" "$OUT/train"
+export PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/bench/gpu.txt"
+python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/bench/gpu.txt"
+
+for cfg in $BENCH; do
+  timeout 300 python3 benchmarks/bench_train_step.py --before .before --config "$cfg" --batch "$BENCH_BATCH" \
+    --steps 50 --profile "$OUT/bench" --json "$OUT/bench/bench-$cfg.json" 2>&1 | tee -a "$OUT/bench/bench.log"
+done
+tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench && rm -rf "$OUT/bench"
+
+if [ -n "${MODELS:-}" ]; then
+  OUT="$OUT/train" MODELS="$MODELS" bash scripts/gpu_train.sh
+  RC=$?
+  tar -czf "$OUT/train.tar.gz" -C "$OUT" train && rm -rf "$OUT/train"
+  exit "$RC"
+fi
