@@ -22,7 +22,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/bench/gpu.txt"
 
 for cfg in $BENCH; do
-  timeout 300 python3 benchmarks/bench_train_step.py --before .before --config "$cfg" --batch "$BENCH_BATCH" \
+  timeout 200 python3 benchmarks/bench_train_step.py --before .before --config "$cfg" --batch "$BENCH_BATCH" \
     --steps 50 --profile "$OUT/bench" --json "$OUT/bench/bench-$cfg.json" 2>&1 | tee -a "$OUT/bench/bench.log"
 done
 tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench && rm -rf "$OUT/bench"
