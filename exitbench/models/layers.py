@@ -30,6 +30,12 @@ def block_mean(x: torch.Tensor, index: torch.Tensor, num_blocks_: int) -> torch.
 
     Uses index_add (not a matmul) so that pooling adds no MACs to FlopCounterMode's count.
     """
+    if gpu_form(x):
+        # on the GPU a product with the one-hot frame-to-block matrix [M, B]: one small GEMM, where
+        # index_add on bf16 activations runs a slow atomic kernel (forward and backward)
+        assign = (index[:, None] == torch.arange(num_blocks_, device=index.device)).to(x.dtype)
+        counts = assign.sum(0, dtype=torch.float32).clamp_(min=1).to(x.dtype)
+        return torch.matmul(x, assign) / counts
     out = x.new_zeros(*x.shape[:-1], num_blocks_)
     out.index_add_(x.dim() - 1, index, x)
     # counts by comparison, not bincount: bincount's output size depends on the data (a host sync
@@ -74,6 +80,21 @@ class ChannelNorm(nn.Module):
             var = torch.matmul(avg, centred * centred)
         y = centred * torch.rsqrt(var + self.norm.eps)
         return torch.addcmul(self.norm.bias[:, None], y, self.norm.weight[:, None])
+
+
+def pointwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+    """``conv`` (a 1x1 Conv1d) applied to ``x [batch, C, M]``; on the GPU as a batched GEMM.
+
+    Same arithmetic as the convolution; cuBLAS takes the channels-first layout as it is, where
+    cuDNN's 1x1 kernels transpose every activation to channels-last and back (forward and backward).
+    """
+    if not gpu_form(x):
+        return conv(x)
+    w = conv.weight[:, :, 0]
+    if not torch.is_autocast_enabled(x.device.type):  # under autocast matmul casts both itself
+        w = w.to(x.dtype)
+    y = torch.matmul(w, x)
+    return y if conv.bias is None else y + conv.bias.to(y.dtype)[:, None]
 
 
 def depthwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch import nn
 
 from exitbench.errors import UsageError
 from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, pointwise_conv1d, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -82,9 +82,9 @@ class TCNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up, act1, norm1, depthwise, act2, norm2, down = self.net
-        h = norm1(act1(up(x)))
+        h = norm1(act1(pointwise_conv1d(x, up)))
         h = norm2(act2(depthwise_conv1d(h, depthwise)))
-        return x + down(h)
+        return x + pointwise_conv1d(h, down)
 
 
 class ExitDecoder(nn.Module):
@@ -98,7 +98,7 @@ class ExitDecoder(nn.Module):
 
     def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``h [batch*S, H, M]``, ``w [batch*S, F, M]`` -> padded waveform ``[batch*S, (M-1)s+K]``."""
-        return self.decoder(F.relu(self.mask(self.act(h))) * w).squeeze(1)
+        return self.decoder(F.relu(pointwise_conv1d(self.act(h), self.mask)) * w).squeeze(1)
 
 
 class PressNet(nn.Module):
@@ -135,7 +135,8 @@ class PressNet(nn.Module):
         x = F.pad(mixture, (lead, tail)).unsqueeze(1)
         w = F.relu(self.encoder(x))  # [batch, F, M]
         m = w.shape[-1]
-        z = self.split(self.bottleneck(w))  # [batch, S*H, M]
+        norm, bottleneck = self.bottleneck
+        z = pointwise_conv1d(pointwise_conv1d(norm(w), bottleneck), self.split)  # [batch, S*H, M]
         z = z.reshape(batch * S, -1, m)
         w_s = w.repeat_interleave(S, dim=0)
 
