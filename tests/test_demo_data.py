@@ -112,7 +112,7 @@ def test_demo_speakers_in_metadata_are_the_declared_ones():
 def test_corpus_split_is_speaker_disjoint_and_excludes_demo():
     corpus = _load_script("build_corpus")
     demo = _load_script("build_demo_sets")
-    split = corpus.split_speakers(corpus.TRAIN_VOICES, valid_fraction=0.2)
+    split = corpus.split_speakers(corpus.TRAIN_VOICES, valid_per_family=1)
     train_groups = {v.group for v in split["train"]}
     valid_groups = {v.group for v in split["valid"]}
     assert train_groups and valid_groups
@@ -120,11 +120,15 @@ def test_corpus_split_is_speaker_disjoint_and_excludes_demo():
     assert not (train_groups | valid_groups) & demo.DEMO_GROUPS
     # Voices of one underlying speaker (e.g. flite 'kal' and festival 'kal_diphone') stay together.
     assert {v.key for v in split["train"]} | {v.key for v in split["valid"]} == {v.key for v in corpus.TRAIN_VOICES}
-    assert split == corpus.split_speakers(corpus.TRAIN_VOICES, valid_fraction=0.2), "not deterministic"
+    assert split == corpus.split_speakers(corpus.TRAIN_VOICES, valid_per_family=1), "not deterministic"
+    # the larger corpus: at least 40 speaker groups, real recorded voices among them, one of them held out
+    assert len(train_groups | valid_groups) >= 40
+    real = {v.group for v in corpus.TRAIN_VOICES if v.kind == "real"}
+    assert len(real) >= 4 and real & valid_groups and real & train_groups
 
 
 def test_corpus_split_rejects_demo_speaker():
     corpus = _load_script("build_corpus")
     demo = _load_script("build_demo_sets")
     with pytest.raises(ValueError, match="demo"):
-        corpus.split_speakers(list(corpus.TRAIN_VOICES) + [demo.DEMO_VOICES[0]], valid_fraction=0.2)
+        corpus.split_speakers(list(corpus.TRAIN_VOICES) + [demo.DEMO_VOICES[0]], valid_per_family=1)
