@@ -23,7 +23,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-RAY = str(Path(sys.executable).with_name("ray"))
+# the ray script beside this interpreter, else on PATH (a venv made with --system-site-packages has
+# ray's package but not its script)
+RAY = (str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists()
+       else shutil.which("ray") or "ray")
 #: what every process of a test cluster needs, drivers included: no usage stats, and no token
 #: authentication (a local test cluster; Ray 2.5x enables tokens for `ray start --head` by default)
 DRIVER_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
