@@ -186,6 +186,16 @@ def test_report_is_self_contained(report):
     assert f"Run {press}" in text and f"Run {slim}" in text
     assert "not available" not in text  # both models have every figure (slimdemucs has variance heads too)
     assert "95% bootstrap CI" in text and "probabilistic:t=15,p=0.9" in text
+    # the probabilistic curve against the static exits at equal compute, for the separator (variances)
+    assert text.count("Probabilistic policy vs static exits at equal compute") >= 1
+    assert "probabilistic regret (dB)" in text and "(given)" in text
+
+
+def test_report_picks_targets_inside_the_runs_own_range(runs, tmp_path):
+    root, press = runs["press"]
+    text = build.build_report(root, [press], tmp_path).read_text()
+    targets = A.auto_targets(root, press)
+    assert f"targets t = {', '.join(f'{t:g}' for t in targets)} dB (auto:" in text
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (apt-get install chromium)")
