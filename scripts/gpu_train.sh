@@ -4,7 +4,8 @@
 # Run from the repository root on the lent GPU machine, with .corpus carried along:
 #   OUT=$OUT bash scripts/gpu_train.sh
 # Environment: MODELS (config names, default "press-s slimdemucs-s"), INIT_DIR (a folder holding
-# <name>.pt checkpoints to continue, train.init, with their step counts), OUT (output folder,
+# <name>.pt checkpoints to continue, train.init, with their step counts and, from <name>.opt.pt
+# beside them, the optimiser's state), OUT (output folder,
 # default /tmp/out), MAX_MINUTES (per model, default 8.5),
 # DEVICE (default cuda if available, else cpu), THREADS (torch threads per process, default 4),
 # CORPUS (corpus root, default .corpus; a missing one means synthetic sources).

@@ -240,6 +240,17 @@ def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
     cont = resolve_model(str(tmp_path / "b" / "tiny-press.pt")).checkpoint
     assert cont.step > start.step  # the step count goes on from the checkpoint's
     assert cont.metadata["data"]["init"]["sha256"] == start.sha256
+    # and the optimiser's moments too, from the state saved beside the checkpoint
+    assert cont.metadata["data"]["init"]["optimizer"] is True
+    opt_b = torch.load(tmp_path / "b" / "tiny-press.opt.pt", weights_only=True)
+    assert opt_b["checkpoint_sha256"] == cont.sha256
+    assert float(opt_b["optimizer"]["state"][0]["step"]) == cont.step  # Adam counted every step, a's and b's
+    stale = torch.load(tmp_path / "a" / "tiny-press.opt.pt", weights_only=True)
+    torch.save({**stale, "checkpoint_sha256": "0" * 64}, tmp_path / "a" / "tiny-press.opt.pt")
+    fresh = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "d"), "--init", start.path,
+                                     *common])
+    assert fresh.exit_code == 0, fresh.output
+    assert resolve_model(str(tmp_path / "d" / "tiny-press.pt")).checkpoint.metadata["data"]["init"]["optimizer"] is False
     bad = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "nope.pt"])
     assert bad.exit_code == 2 and "--init 'nope.pt' is neither" in bad.output
     other = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "press-s", *common])

@@ -3,7 +3,8 @@
 ``train(config, out_dir)`` reads a TOML config (see ``exitbench/models/configs/``), trains with
 dynamic mixing, validates every epoch on a fixed set (SI-SNRi per level), and writes
 ``<out_dir>/<name>.pt`` (checkpoint format of :mod:`exitbench.models.checkpoint`, rewritten each
-epoch so a killed run still leaves one) and ``<out_dir>/<name>.log.json``.
+epoch so a killed run still leaves one), ``<out_dir>/<name>.opt.pt`` (the optimiser's state, which
+``train.init`` of that checkpoint picks up) and ``<out_dir>/<name>.log.json``.
 
 Command line: ``python -m exitbench.models.train CONFIG OUT_DIR [--device cuda] [--max-minutes 8.5]``.
 """
@@ -83,6 +84,11 @@ def load_config(config: str | os.PathLike | dict[str, Any]) -> dict[str, Any]:
     return config
 
 
+def optimizer_path(checkpoint: Path) -> Path:
+    """Where the optimiser state of a training checkpoint is kept: ``<name>.opt.pt`` beside it."""
+    return checkpoint.with_name(checkpoint.name.removesuffix(".pt") + ".opt.pt")
+
+
 def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     """Spearman rank correlation of two 1-D tensors (average ranks for ties)."""
     from scipy.stats import spearmanr
@@ -160,9 +166,20 @@ class Trainer:
                                  f" ({str(exc).splitlines()[0]})") from None
             self.initial_step = int(ckpt.metadata.get("step") or 0)
             self.data_desc["init"] = {"checkpoint": str(self.tcfg["init"]), "sha256": ckpt.sha256,
-                                      "step": self.initial_step}
+                                      "step": self.initial_step, "optimizer": self._load_optimizer(ckpt.sha256)}
         self.log: list[dict[str, Any]] = []
         self.valid_log: list[dict[str, Any]] = []
+
+    def _load_optimizer(self, sha256: str) -> bool:
+        """Load the optimiser state saved beside the init checkpoint, if it belongs to that checkpoint."""
+        path = optimizer_path(Path(self.tcfg["init"]))
+        if not path.is_file():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        if state.get("checkpoint_sha256") != sha256:  # saved with other weights: start it afresh
+            return False
+        self.opt.load_state_dict(state["optimizer"])
+        return True
 
     # -- data ---------------------------------------------------------------------------------
     def loader(self, seconds: float | None, batch_size: int, seed_offset: int) -> Any:
@@ -288,7 +305,12 @@ class Trainer:
         }
         # plain JSON types only: the checkpoint is read back with torch.load(weights_only=True)
         metadata = json.loads(json.dumps(metadata, default=str))
-        save_checkpoint(path, self.cfg["architecture"], self.model.config, self.net.state_dict(), metadata)
+        sha = save_checkpoint(path, self.cfg["architecture"], self.model.config, self.net.state_dict(), metadata)
+        # the optimiser's moments beside it (not part of the checkpoint: twice its size, never shipped),
+        # so that train.init of this checkpoint continues the optimisation, not only the weights
+        opt_tmp = optimizer_path(path).with_suffix(".tmp")
+        torch.save({"checkpoint_sha256": sha, "optimizer": self.opt.state_dict()}, opt_tmp)
+        os.replace(opt_tmp, optimizer_path(path))
         log_path = self.out_dir / f"{name}.log.json"
         tmp = log_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"name": name, "metadata": {k: v for k, v in metadata.items()},
