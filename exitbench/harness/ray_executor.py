@@ -143,7 +143,17 @@ class RayExecutor:
     def __init__(self, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_metric_task: float = 1.0, address: str | None = None,
                  max_shards_in_flight: int | None = None, max_metric_tasks: int | None = None,
-                 cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5):
+                 cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5,
+                 device: str = "auto"):
+        device = (device or "auto").strip().lower()
+        if device not in ("auto", "cpu", "cuda"):
+            raise UsageError(f"--device for the ray executor must be auto, cpu or cuda (the actors pick their"
+                             f" GPU), got {device!r}")
+        if device == "cpu":
+            if gpus_per_worker:
+                raise UsageError(f"--device cpu and --gpus-per-worker {gpus_per_worker} contradict each other")
+            gpus_per_worker = 0.0
+        self.device_request = device
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_metric_task = cpus_per_metric_task
@@ -157,6 +167,15 @@ class RayExecutor:
         self.retried_shards = 0  # shards run again after an infrastructure failure (for reports and tests)
         self.actors_lost = 0
         self.on_note: Callable[[str], None] = lambda msg: None  # one line per lost worker, for the CLI
+        self.device: str | None = None  # decided when the run starts (cuda when the actors hold GPUs)
+
+    def describe(self) -> dict[str, Any]:
+        """Where the model ran, for the run's manifest (the GPU's name as this process sees it)."""
+        from exitbench.harness.devices import describe_device
+
+        out = describe_device("ray", self.device or "unknown")
+        out["gpus_per_worker"] = self.gpus_per_worker
+        return out
 
     def _plan(self) -> tuple[int, float, int, bool]:
         import ray
@@ -164,6 +183,8 @@ class RayExecutor:
         res = ray.cluster_resources()
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
         gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+        if self.device_request == "cuda" and gpw <= 0:
+            raise UsageError(f"--device cuda but the cluster has {gpus:g} GPU(s)")
         if gpw > 0 and gpus < gpw:
             raise UsageError(f"--gpus-per-worker {gpw} but the cluster has {gpus:g} GPU(s)")
         if self.workers is not None:
@@ -205,6 +226,7 @@ class RayExecutor:
         # SI-SNR alone is too cheap to ship elsewhere; and without spare CPUs a task would never run
         with_metrics_in_actor = not settings.metrics or not tasks_for_metrics
         device = "cuda" if gpw > 0 else "cpu"
+        self.device = device
         # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
         # call to an actor that is gone fails at once instead of waiting on a restart that may never come
         Actor = ray.remote(ModelWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpw,

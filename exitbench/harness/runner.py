@@ -251,6 +251,8 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
                                f" {sorted(missing)[:10]}")
         tables = store.compacted_tables(p.run_id)
         tables["levels"] = levels_table(p, tables["utterances"])
+        if hasattr(executor, "describe"):  # where the model ran (a resumed run: where its last part ran)
+            manifest["execution"] = json_dumps(executor.describe())
         manifest.update(status="complete", finished_at=_now(), num_errors=tables["errors"].num_rows)
         rows = store.publish(manifest, tables)
     return RunOutcome(p.run_id, store.root, False, len(p.utt_ids), rows["errors"], len(todo),

@@ -114,6 +114,7 @@ RUNS = pa.schema(
         ("schema_version", pa.int64()),
         ("git_commit", pa.string()),
         ("host", pa.string()),
+        ("execution", pa.string()),  # JSON: executor, device, GPU name, torch and CUDA versions
         ("started_at", pa.string()),  # ISO 8601, UTC
         ("finished_at", pa.string()),
     ]

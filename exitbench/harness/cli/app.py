@@ -125,12 +125,17 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+DeviceOpt = typer.Option("auto", help="where the model runs: auto (cuda when a GPU is visible, else cpu), cpu,"
+                                      " cuda (local: also cuda:N; ray: the actors take GPUs); the run's"
+                                      " manifest records it (column execution)")
+
+
 def make_executor(kind: str, **kwargs: Any) -> Any:
     """The shard executor named on the command line."""
     if kind == "local":
         from exitbench.harness.local import LocalExecutor
 
-        return LocalExecutor()
+        return LocalExecutor(kwargs.get("device", "auto"))
     if kind == "ray":
         from exitbench.harness.ray_executor import RayExecutor
 

@@ -9,6 +9,7 @@ import typer
 
 from exitbench.errors import EXIT_UTTERANCES_FAILED, UsageError, exit_codes_help
 from exitbench.harness.cli.app import (
+    DeviceOpt,
     ResultsOpt,
     app,
     console,
@@ -63,6 +64,7 @@ def run(
     address: Optional[str] = typer.Option(None, help="ray: cluster address (default: RAY_ADDRESS or local)"),
     worker_wait: float = typer.Option(60.0, help="ray: seconds without any live model worker before the run"
                                                  " stops (exit 4; finished shards are kept)"),
+    device: str = DeviceOpt,
     force: bool = typer.Option(False, help="record again even if the run id is complete"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or table"),
 ) -> None:
@@ -76,9 +78,9 @@ def run(
                        RecordSettings(parse_metrics(metrics), sdr_backend, shard_size, resample,
                                       positive_limit(limit), block_size),
                        parse_options(model_arg, "--model-arg"))
-        kw = {}
+        kw: dict[str, Any] = {"device": device}
         if executor == "ray":
-            kw = dict(workers=workers, gpus_per_worker=gpus_per_worker,
+            kw.update(workers=workers, gpus_per_worker=gpus_per_worker,
                       cpus_per_metric_task=cpus_per_metric_task, address=address, worker_wait_s=worker_wait)
         return record(spec, results, executor, force, quiet, **kw)
 
@@ -118,6 +120,7 @@ def demo(
     executor: str = typer.Option("ray", help="ray (a local cluster, default) or local (in-process)"),
     metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi"),
     report: bool = typer.Option(True, help="write the HTML report after recording"),
+    device: str = DeviceOpt,
 ) -> None:
     """Record the shipped model on the bundled real-speech demo set, print a table per level, write a report.
 
@@ -128,7 +131,7 @@ def demo(
 
     def go() -> Any:
         spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics)))
-        return record(spec, results, executor)
+        return record(spec, results, executor, device=device)
 
     outcome = guarded(go, results)
     report_outcome(outcome)
