@@ -108,6 +108,7 @@ class InterruptAfter(LocalExecutor):
     """Publishes ``k`` shards, then behaves like Ctrl-C; counts the shards it was asked to run."""
 
     def __init__(self, k: int | None):
+        super().__init__("cpu")
         self.k, self.asked = k, []
 
     def run(self, prepared, store, shards, on_utterance):

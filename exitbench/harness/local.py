@@ -16,6 +16,8 @@ class LocalExecutor:
     ``device``: auto (cuda when this process sees a GPU), cpu, cuda or cuda:N; the model is moved there.
     """
 
+    device: str = "cpu"  # for subclasses that do not call __init__
+
     def __init__(self, device: str = "auto"):
         self.device = resolve_device(device)
 
