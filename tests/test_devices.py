@@ -48,3 +48,16 @@ def test_ray_executor_records_its_device(ray_session, tmp_path):
     assert res.exit_code == 0, res.output
     info = json.loads(connect(tmp_path).execute("SELECT execution FROM runs").fetchone()[0])
     assert info["executor"] == "ray" and info["device"] == "cpu" and info["gpus_per_worker"] == 0.0
+
+
+def test_sweep_takes_the_device_too(tmp_path):
+    spec = tmp_path / "s.toml"
+    spec.write_text('name = "d"\ncheckpoints = ["press-s"]\ntargets = [10.0]\n[settings]\nmetrics = "none"\n'
+                    'executor = "local"\n[[testsets]]\ndataset = "synthetic"\n'
+                    '[testsets.options]\nnum_utterances = 2\nseconds = 0.5\n')
+    res = CliRunner().invoke(app, ["sweep", str(spec), "--results", str(tmp_path / "r"), "--device", "tpu", "-q"])
+    assert res.exit_code == 2 and "--device must be auto, cpu, cuda" in res.output, res.output
+    res = CliRunner().invoke(app, ["sweep", str(spec), "--results", str(tmp_path / "r"), "--device", "cpu", "-q"])
+    assert res.exit_code == 0, res.output
+    info = json.loads(connect(tmp_path / "r").execute("SELECT execution FROM runs").fetchone()[0])
+    assert info["device"] == "cpu"
