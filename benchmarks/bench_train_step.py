@@ -163,12 +163,11 @@ def main() -> int:
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
-    passthrough = [a for a in sys.argv[1:]]
     results = {}
     roots = ([("before", args.before)] if args.before else []) + [("after", ROOT)]
     for name, root in roots:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, __file__, "--worker", *passthrough]
+        cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
             print(proc.stderr[-3000:], file=sys.stderr)
@@ -177,7 +176,7 @@ def main() -> int:
         print(name, json.dumps(results[name]), flush=True)
     if "before" in results:
         b, a = results["before"], results["after"]
-        if not b["new"] is False or not a["new"]:
+        if b["new"] or not a["new"]:
             print("BUG: --before must hold the earlier package and the tree the new one", file=sys.stderr)
             return 1
         results["speedup_train"] = round(a["audio_hours_per_s"] / b["audio_hours_per_s"], 2)
