@@ -122,13 +122,17 @@ def test_ctrl_c_leaves_nothing_partial_visible(tmp_path):
     """SIGINT to a real `exitbench run --executor ray`: finished shards kept, no partial file readable."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([PLUGINS, os.environ.get("PYTHONPATH", "")]))
     cmd = [sys.executable, "-m", "exitbench", "run", "--executor", "ray", "--workers", "1",
-           "--dataset", "synthetic", "--dataset-opt", "num_utterances=40", "--shard-size", "1",
+           "--dataset", "synthetic", "--dataset-opt", "num_utterances=400", "--shard-size", "1",
            "--metrics", "stoi", "-r", str(tmp_path), "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     staging = tmp_path / "_staging"
-    deadline = time.time() + 120
-    while time.time() < deadline and not (staging.exists() and any(staging.glob("*/shard-*/_SUCCESS"))):
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not any(staging.glob("*/shard-*/_SUCCESS")):
         time.sleep(0.2)
+    # The interrupt must land mid-run; a run that ended first, or never finished a shard, tests nothing.
+    if proc.poll() is not None or not any(staging.glob("*/shard-*/_SUCCESS")):
+        proc.kill()
+        pytest.fail(f"no shard finished while the run was live (rc={proc.poll()}): {proc.communicate()[0][-2000:]}")
     proc.send_signal(signal.SIGINT)
     output, _ = proc.communicate(timeout=60)
     assert proc.returncode == 130, output
