@@ -30,5 +30,5 @@ class LocalExecutor:
         prepared.model.to(self.device)
         for index, ids in shards.items():
             tables = record_shard(prepared.model, prepared.testset, ids, prepared.spec.settings,
-                                  on_utterance=lambda _id: on_utterance(1))
+                                  on_utterance=lambda _id: on_utterance(1), device=self.device)
             store.write_shard(prepared.run_id, index, tables)

@@ -1,7 +1,9 @@
 """The Ray executor: model actors compute every level, CPU tasks compute metrics, the driver writes shards.
 
-Model actors load the checkpoint once (one per GPU, or CPU actors) and hand each utterance's
-waveforms and block statistics to a CPU task for SDR/PESQ/STOI, so an actor never waits on metrics.
+Model actors load the checkpoint once (one per GPU, or CPU actors), compute the torch metrics (SDR,
+STOI) on their GPU, and hand each utterance's record by object reference to a CPU task for the rest
+(PESQ; everything but SI-SNR on a CPU actor), so an actor never waits on CPU metrics and the driver
+never holds a waveform: it receives only the Arrow tables it writes.
 Work in flight is bounded, so memory stays flat however long the test set. When an actor, its
 worker or its node dies, its shards run again on live actors; the driver writes each shard once,
 atomically, so a retry can neither duplicate nor lose rows.
@@ -58,6 +60,7 @@ class ModelWorker:
         self.spec = RunSpec.from_json(spec_json)
         self.resolved = load_model(self.spec, check=False)  # the driver checked the contract
         self.model = self.resolved.model.to(device)
+        self.device = device
         self.testset = open_for_model(self.spec, self.model)
 
     def identity(self) -> str:
@@ -65,17 +68,29 @@ class ModelWorker:
         return self.resolved.identity
 
     def forward(self, utt_ids: list[str], with_metrics: bool) -> list[tuple[Any, Any]]:
-        """Forward half for a shard: (LevelRecord or tables, error) per utterance."""
-        from exitbench.harness.record import load_and_forward, metrics_or_error
+        """Forward half for a shard: (result, error) per utterance.
 
-        out = []
+        With ``with_metrics`` the result is the (blocks, utterances) tables; otherwise it is a reference
+        to the LevelRecord, put in the object store here, so that the waveforms go from this actor to a
+        metric task without passing through the driver. On a GPU the torch metrics (SDR, STOI) are
+        computed here first, next to the model."""
+        import ray
+
+        from exitbench.harness.record import load_and_forward, metrics_or_error, precompute_or_error
+
+        out: list[tuple[Any, Any]] = []
         for utt_id in utt_ids:
             rec, err = load_and_forward(self.model, self.testset, utt_id)
-            if rec is not None and with_metrics:
+            if rec is not None and self.device != "cpu":
+                err = precompute_or_error(rec, self.spec.settings, self.device)
+                rec = None if err else rec
+            if rec is None:
+                out.append((None, err))
+            elif with_metrics:
                 table, err = metrics_or_error(rec, self.spec.settings)
                 out.append(((rec.blocks, table) if table is not None else None, err))
             else:
-                out.append((rec, err))
+                out.append((ray.put(rec), None))
         return out
 
     def pid(self) -> int:
@@ -217,15 +232,17 @@ class RayExecutor:
              on_utterance: Callable[[int], None]) -> None:
         import ray
 
-        from exitbench.harness.record import assemble_shard
+        from exitbench.harness.record import assemble_shard, host_metrics_needed
 
         if not shards:
             return
         workers, gpw, metric_slots, tasks_for_metrics = self._plan()
         settings = prepared.spec.settings
-        # SI-SNR alone is too cheap to ship elsewhere; and without spare CPUs a task would never run
-        with_metrics_in_actor = not settings.metrics or not tasks_for_metrics
         device = "cuda" if gpw > 0 else "cpu"
+        # SI-SNR alone is too cheap to ship elsewhere, and so is what is left once the actor's GPU has
+        # computed the torch metrics; without spare CPUs a task would never run
+        with_metrics_in_actor = (not settings.metrics or not tasks_for_metrics
+                                 or (device == "cuda" and not host_metrics_needed(settings)))
         self.device = device
         # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
         # call to an actor that is gone fails at once instead of waiting on a restart that may never come
@@ -381,7 +398,7 @@ class RayExecutor:
                     if rec is None or with_metrics_in_actor:
                         settle(shard, rec, err)
                     else:
-                        waiting.append((index, attempt, utt_id, ray.put(rec)))
+                        waiting.append((index, attempt, utt_id, rec))  # a reference owned by the actor
             else:
                 index, attempt, utt_id = metric_refs.pop(ref)
                 try:

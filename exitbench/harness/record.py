@@ -51,6 +51,8 @@ class LevelRecord:
     permutation: list[int]
     blocks: pa.Table
     metadata: dict[str, Any] = field(default_factory=dict)
+    #: ``tensor_metrics`` already computed next to the model (on its GPU), or None
+    precomputed: tuple[dict[str, np.ndarray], list[list[str]]] | None = None
 
 
 class ModelOutputError(RuntimeError):
@@ -180,78 +182,151 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
                        blocks, dict(utt.metadata))
 
 
+def _rows_wanted(rec: LevelRecord, settings: RecordSettings, metric: str) -> np.ndarray:
+    """Which rows (0 = the mixture, then each level) ``metric`` is computed for (--metric-levels)."""
+    levels = settings.levels_for(metric)
+    keep = [True] + [levels is None or name in levels or str(i) in levels
+                     for i, name in enumerate(rec.level_names)]
+    return np.array(keep)
+
+
+def _signals(rec: LevelRecord) -> np.ndarray:
+    """The mixture (row 0) and every level's estimate as one [1 + L', S, N] array."""
+    mix_s = np.broadcast_to(rec.mixture, rec.sources.shape)
+    return np.concatenate([mix_s[None], rec.estimates], axis=0)
+
+
+def _stoi_too_short(rec: LevelRecord, s: int | None) -> UtteranceError:
+    # pystoi keeps only the reference's loud frames; too few of them and it warns and returns 1e-5,
+    # which would pass for a real score. The frames depend on the reference alone, so no level of
+    # this utterance gets a made-up score.
+    return UtteranceError(rec.utt_id, f"stoi needs {STOI_FRAMES} frames of 256 samples at 10 kHz after"
+                                      f" silence removal; {'a reference' if s is None else f'reference {s}'}"
+                                      f" has fewer (too little non-silent speech)")
+
+
+def _first_short_reference(ref_t: torch.Tensor, sample_rate: int) -> int | None:
+    """The first reference source with too few STOI frames (for the error message)."""
+    from exitbench.metrics.stoi_torch import stoi_torch
+
+    for s in range(ref_t.shape[0]):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            stoi_torch(ref_t[s], ref_t[s], sample_rate)
+        if caught:
+            return s
+    return None
+
+
+def tensor_metrics(rec: LevelRecord, settings: RecordSettings, device: str = "cpu"
+                   ) -> tuple[dict[str, np.ndarray], list[list[str]]]:
+    """The metrics with a torch implementation, all rows at once on ``device``: SDR (fast-bss-eval) and
+    STOI/ESTOI (torch backend). Arrays [1 + L', S] (row 0: the mixture; NaN where --metric-levels skips)."""
+    from exitbench.metrics.stoi_torch import stoi_torch
+
+    sig, ref = _signals(rec), rec.sources
+    rows, n_src = sig.shape[0], ref.shape[0]
+    out: dict[str, np.ndarray] = {}
+    notes: list[list[str]] = [[] for _ in range(rows)]
+    if "sdr" in settings.metrics and settings.sdr_backend == "fast_bss_eval":
+        keep = _rows_wanted(rec, settings, "sdr")
+        vals = np.full((rows, n_src), np.nan)
+        try:  # every row and source in one batched solve
+            flat = sdr(sig[keep].reshape(-1, sig.shape[-1]), np.tile(ref, (int(keep.sum()), 1)), device=device)
+            vals[keep] = flat.reshape(-1, n_src)
+        except Exception as exc:  # BSS-eval can fail on degenerate signals; keep the rows
+            for r in np.flatnonzero(keep):
+                notes[r].append(f"sdr: {type(exc).__name__}: {exc}")
+        out["sdr"] = vals
+    if "stoi" in settings.metrics and settings.stoi_backend == "torch":
+        ref_t = torch.from_numpy(np.ascontiguousarray(ref)).to(device)
+        keep = _rows_wanted(rec, settings, "stoi")
+        est_t = torch.from_numpy(np.ascontiguousarray(sig[keep])).to(device)
+        ref_b = ref_t.expand_as(est_t)
+        for key, extended in (("stoi", False), ("estoi", True)):
+            vals = np.full((rows, n_src), np.nan)
+            with warnings.catch_warnings():  # too few frames: a property of the references alone
+                warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
+                warnings.filterwarnings("error", message="Signal shorter than one STOI", category=RuntimeWarning)
+                try:
+                    vals[keep] = stoi_torch(est_t, ref_b, rec.sample_rate, extended=extended).cpu().numpy()
+                except RuntimeWarning:
+                    raise _stoi_too_short(rec, _first_short_reference(ref_t, rec.sample_rate)) from None
+            out[key] = vals
+    return out, notes
+
+
 def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
-    """Every per-utterance metric for every level and source, and for the unprocessed mixture."""
+    """Every per-utterance metric for every level and source, and for the unprocessed mixture.
+
+    Metrics already in ``rec.precomputed`` (computed by ``tensor_metrics`` next to the model, on its
+    GPU) are taken from there; the rest run here, on the CPU.
+    """
     check_metric_lengths(rec, settings)
-    ref, mix, est = rec.sources, rec.mixture, rec.estimates
-    n_src = ref.shape[0]
-    mix_s = np.broadcast_to(mix, ref.shape)
-    notes: list[str] = []
-    nan = np.full(n_src, np.nan)
-
-    def sdr_of(e: np.ndarray) -> np.ndarray:
-        if "sdr" not in settings.metrics:
-            return nan
-        try:
-            return sdr(e, ref, backend=settings.sdr_backend)
-        except Exception as exc:  # BSS-eval can fail on degenerate signals; keep the row
-            notes.append(f"sdr: {type(exc).__name__}: {exc}")
-            return nan
-
-    def stoi_pair(e: np.ndarray, r: np.ndarray, s: int) -> tuple[float, float]:
-        # pystoi keeps only the reference's loud frames; too few of them and it warns and returns 1e-5,
-        # which would pass for a real score. The frames depend on the reference alone, so the
-        # mixture's (first) call already fails and no level gets a made-up score.
-        with warnings.catch_warnings():
-            warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
+    ref = rec.sources
+    sig = _signals(rec)
+    rows, n_src = sig.shape[0], ref.shape[0]
+    if rec.precomputed is not None:
+        vals, notes = dict(rec.precomputed[0]), [list(n) for n in rec.precomputed[1]]
+    else:
+        vals, notes = tensor_metrics(rec, settings, "cpu")
+    nan = np.full((rows, n_src), np.nan)
+    if "sdr" in settings.metrics and "sdr" not in vals:  # mir_eval, the reference implementation
+        keep = _rows_wanted(rec, settings, "sdr")
+        vals["sdr"] = nan.copy()
+        for r in np.flatnonzero(keep):
             try:
-                return (stoi_score(e, r, rec.sample_rate, extended=False),
-                        stoi_score(e, r, rec.sample_rate, extended=True))
-            except RuntimeWarning:
-                raise UtteranceError(rec.utt_id, f"stoi needs {STOI_FRAMES} frames of 256 samples at 10 kHz"
-                                                 f" after silence removal; reference {s} has fewer"
-                                                 f" (too little non-silent speech)") from None
-
-    def perceptual(e: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        pq_, st, es = nan.copy(), nan.copy(), nan.copy()
-        for s in range(n_src):
-            if "pesq" in settings.metrics:
-                pq_[s], why = pesq_score(e[s], ref[s], rec.sample_rate)
+                vals["sdr"][r] = sdr(sig[r], ref, backend=settings.sdr_backend)
+            except Exception as exc:
+                notes[r].append(f"sdr: {type(exc).__name__}: {exc}")
+    if "stoi" in settings.metrics and "stoi" not in vals:  # pystoi
+        keep = _rows_wanted(rec, settings, "stoi")
+        vals["stoi"], vals["estoi"] = nan.copy(), nan.copy()
+        for r in np.flatnonzero(keep):
+            for s in range(n_src):
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
+                    try:
+                        vals["stoi"][r, s] = stoi_score(sig[r, s], ref[s], rec.sample_rate, extended=False)
+                        vals["estoi"][r, s] = stoi_score(sig[r, s], ref[s], rec.sample_rate, extended=True)
+                    except RuntimeWarning:
+                        raise _stoi_too_short(rec, s) from None
+    if "pesq" in settings.metrics:
+        keep = _rows_wanted(rec, settings, "pesq")
+        vals["pesq"] = nan.copy()
+        for r in np.flatnonzero(keep):
+            for s in range(n_src):
+                vals["pesq"][r, s], why = pesq_score(sig[r, s], ref[s], rec.sample_rate)
                 if why:
-                    notes.append(f"pesq[{s}]: {why}")
-            if "stoi" in settings.metrics:
-                st[s], es[s] = stoi_pair(e[s], ref[s], s)
-        return pq_, st, es
+                    notes[r].append(f"pesq[{s}]: {why}")
+    for key in ("sdr", "pesq", "stoi", "estoi"):
+        vals.setdefault(key, nan)
+    vals["si_snr"] = np.stack([si_snr(sig[r], ref) for r in range(rows)])
+    vals["snr"] = np.stack([snr(sig[r], ref) for r in range(rows)])
 
-    mix_si, mix_snr, mix_sdr = si_snr(mix_s, ref), snr(mix_s, ref), sdr_of(np.array(mix_s))
-    mix_note_start = len(notes)
-    mix_pesq, mix_stoi, mix_estoi = perceptual(mix_s)
-    mix_notes = notes[mix_note_start:]
-    input_snr = mix_snr  # SNR of each source in the mixture, dB
-    rows: dict[str, list] = {f.name: [] for f in UTTERANCES}
+    mix = rec.mixture
+    out: dict[str, list] = {f.name: [] for f in UTTERANCES}
     for level, name in enumerate(rec.level_names):
-        notes.clear()
-        notes.extend(mix_notes)
-        e = est[level]
-        e_si, e_snr, e_sdr = si_snr(e, ref), snr(e, ref), sdr_of(e)
-        e_pesq, e_stoi, e_estoi = perceptual(e)
-        note = "; ".join(notes) or None
+        r = level + 1
+        note = "; ".join(notes[0] + notes[r]) or None  # the mixture's notes concern every level
         for s in range(n_src):
-            vals = {
+            v = {
                 "utt_id": rec.utt_id, "level": level, "level_name": name, "source": s,
-                "si_snr": e_si[s], "si_snri": e_si[s] - mix_si[s], "snr": e_snr[s],
-                "snri": e_snr[s] - mix_snr[s], "sdr": e_sdr[s], "sdri": e_sdr[s] - mix_sdr[s],
-                "pesq": e_pesq[s], "stoi": e_stoi[s], "estoi": e_estoi[s],
-                "mix_si_snr": mix_si[s], "mix_snr": mix_snr[s], "mix_sdr": mix_sdr[s],
-                "mix_pesq": mix_pesq[s], "mix_stoi": mix_stoi[s], "mix_estoi": mix_estoi[s],
-                "input_snr": input_snr[s], "duration": mix.shape[0] / rec.sample_rate,
+                "si_snr": vals["si_snr"][r, s], "si_snri": vals["si_snr"][r, s] - vals["si_snr"][0, s],
+                "snr": vals["snr"][r, s], "snri": vals["snr"][r, s] - vals["snr"][0, s],
+                "sdr": vals["sdr"][r, s], "sdri": vals["sdr"][r, s] - vals["sdr"][0, s],
+                "pesq": vals["pesq"][r, s], "stoi": vals["stoi"][r, s], "estoi": vals["estoi"][r, s],
+                "mix_si_snr": vals["si_snr"][0, s], "mix_snr": vals["snr"][0, s], "mix_sdr": vals["sdr"][0, s],
+                "mix_pesq": vals["pesq"][0, s], "mix_stoi": vals["stoi"][0, s], "mix_estoi": vals["estoi"][0, s],
+                "input_snr": vals["snr"][0, s],  # SNR of each source in the mixture, dB
+                "duration": mix.shape[0] / rec.sample_rate,
                 "num_samples": mix.shape[0], "macs": rec.level_macs[level],
                 "permutation": json.dumps(rec.permutation), "metric_notes": note,
                 "metadata": json.dumps(rec.metadata, sort_keys=True, default=str),
             }
-            for k, v in vals.items():
-                rows[k].append(float(v) if isinstance(v, np.floating) else v)
-    return pa.Table.from_pydict(rows, schema=UTTERANCES)
+            for k, x in v.items():
+                out[k].append(float(x) if isinstance(x, np.floating) else x)
+    return pa.Table.from_pydict(out, schema=UTTERANCES)
 
 
 def error_table(errors: list[tuple[str, str, str]]) -> pa.Table:
@@ -296,12 +371,33 @@ def metrics_or_error(rec: LevelRecord, settings: RecordSettings
         return None, (rec.utt_id, "metrics", one_line(exc))
 
 
+def precompute_or_error(rec: LevelRecord, settings: RecordSettings, device: str) -> tuple[str, str, str] | None:
+    """Attach ``tensor_metrics`` computed on ``device`` to ``rec``; a failure becomes an error triple."""
+    try:
+        rec.precomputed = tensor_metrics(rec, settings, device)
+        return None
+    except Exception as exc:
+        return (rec.utt_id, "metrics", one_line(exc))
+
+
+def host_metrics_needed(settings: RecordSettings) -> bool:
+    """True when a metric has no torch implementation here (PESQ, pystoi's STOI, mir_eval's SDR)."""
+    m = settings.metrics
+    return ("pesq" in m or ("stoi" in m and settings.stoi_backend == "pystoi")
+            or ("sdr" in m and settings.sdr_backend == "mir_eval"))
+
+
 def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], settings: RecordSettings,
-                 on_utterance: Callable[[str], None] | None = None) -> dict[str, pa.Table]:
-    """Record a shard in-process: blocks, utterances and errors tables for ``utt_ids``."""
+                 on_utterance: Callable[[str], None] | None = None, device: str = "cpu") -> dict[str, pa.Table]:
+    """Record a shard in-process: blocks, utterances and errors tables for ``utt_ids``.
+
+    On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model."""
     blocks, utts, errors = [], [], []
     for utt_id in utt_ids:
         rec, err = load_and_forward(model, testset, utt_id)
+        if rec is not None and device != "cpu":
+            err = precompute_or_error(rec, settings, device)
+            rec = None if err else rec
         if rec is not None:
             table, err = metrics_or_error(rec, settings)
             if table is not None:

@@ -81,6 +81,31 @@ def load_model(spec: RunSpec, check: bool = True) -> ResolvedModel:
     return resolve_model(spec.model, dict(spec.model_args), check=check, block_size=spec.settings.block_size)
 
 
+def resolve_metric_levels(pairs: tuple[tuple[str, str], ...], levels: list[str]
+                          ) -> tuple[tuple[str, str], ...]:
+    """--metric-levels in canonical form: level names in model order ('last' = the deepest static level,
+    indices allowed, 'dynamic' for a router's output); 'all' drops the entry."""
+    out = []
+    names = levels + ["dynamic"]
+    for metric, text in pairs:
+        chosen: set[str] = set()
+        for item in (t.strip() for t in text.split("+")):
+            if item == "all":
+                chosen = set(names)
+                break
+            if item == "last":
+                item = levels[-1]
+            elif item.isdigit() and int(item) < len(levels):
+                item = levels[int(item)]
+            if item not in names:
+                raise UsageError(f"--metric-levels {metric}={text}: {item!r} is not a level of this model"
+                                 f" ({', '.join(levels)}, dynamic, last, all or an index)")
+            chosen.add(item)
+        if chosen != set(names):
+            out.append((metric, "+".join(n for n in names if n in chosen)))
+    return tuple(sorted(out))
+
+
 def prepare(spec: RunSpec) -> PreparedRun:
     """Resolve the model and test set and compute the run id (raises clear errors on bad input)."""
     resolved = load_model(spec)
@@ -91,8 +116,11 @@ def prepare(spec: RunSpec) -> PreparedRun:
     if not ids:
         raise UsageError(f"test set {spec.dataset!r} has no utterances: nothing to record")
     name, _ = parse_dataset_arg(spec.dataset)
-    # the block size actually used enters the id, whether given or the model's own
-    settings = replace(spec.settings, block_size=resolved.model.block_size)
+    # the block size actually used enters the id, whether given or the model's own, and the levels
+    # of --metric-levels by name
+    settings = replace(spec.settings, block_size=resolved.model.block_size,
+                       metric_levels=resolve_metric_levels(spec.settings.metric_levels, list(resolved.model.levels)))
+    spec = replace(spec, settings=replace(spec.settings, metric_levels=settings.metric_levels))
     run_id = compute_run_id(resolved.identity, name, testset.fingerprint(),
                             tuple(sorted(spec.dataset_options)), settings)
     return PreparedRun(spec, resolved, testset, ids, run_id)

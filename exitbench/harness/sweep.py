@@ -11,6 +11,7 @@ The spec (see examples/sweep.toml)::
 
     [settings]                # recording settings (they enter the run id) and execution
     metrics = "none"          # "all", "none" or a list of sdr, pesq, stoi (SI-SNR is always computed)
+    stoi_backend = "torch"    # or "pystoi"; metric_levels = { pesq = "last" } limits a metric's levels
     shard_size = 8
     executor = "local"        # or "ray"; [settings.ray] holds workers, gpus_per_worker, address...
 
@@ -49,7 +50,7 @@ from exitbench.policies.base import get_policy_class
 from exitbench.policies.builtin import DEFAULT_TARGETS, Static
 
 _TOP_KEYS = {"checkpoints", "testsets", "policies", "targets", "settings", "results", "name", "model_args"}
-_SETTING_KEYS = {"metrics", "sdr_backend", "shard_size", "resample", "limit", "executor", "ray", "seed", "block_size"}
+_SETTING_KEYS = {"metrics", "sdr_backend", "stoi_backend", "metric_levels", "shard_size", "resample", "limit", "executor", "ray", "seed", "block_size"}
 _RAY_KEYS = {"workers", "gpus_per_worker", "cpus_per_metric_task", "cpus_per_worker", "address",
              "max_shards_in_flight", "max_metric_tasks"}
 _TESTSET_KEYS = {"dataset", "split", "variant", "options"}
@@ -207,6 +208,9 @@ def parse_sweep_spec(data: dict[str, Any], base: Path = Path(".")) -> SweepSpec:
     try:
         settings = RecordSettings(metrics=_metrics(settings_t.get("metrics", "all")),
                                   sdr_backend=settings_t.get("sdr_backend", "fast_bss_eval"),
+                                  stoi_backend=settings_t.get("stoi_backend", "torch"),
+                                  metric_levels=tuple(sorted((str(k), str(v)) for k, v in
+                                                             dict(settings_t.get("metric_levels", {})).items())),
                                   shard_size=int(settings_t.get("shard_size", 8)),
                                   resample=bool(settings_t.get("resample", False)),
                                   limit=settings_t.get("limit"), block_size=settings_t.get("block_size"))

@@ -26,7 +26,7 @@ def _as_sources(x: np.ndarray, name: str) -> np.ndarray:
     return x
 
 
-def _sdr_fast(est: np.ndarray, ref: np.ndarray, filter_length: int) -> np.ndarray:
+def _sdr_fast(est: np.ndarray, ref: np.ndarray, filter_length: int, device: str = "cpu") -> np.ndarray:
     import torch
     from fast_bss_eval.torch import sdr_loss
 
@@ -36,15 +36,15 @@ def _sdr_fast(est: np.ndarray, ref: np.ndarray, filter_length: int) -> np.ndarra
     ref = ref / np.linalg.norm(ref, axis=-1, keepdims=True)
     try:
         with torch.no_grad():
-            neg = sdr_loss(torch.from_numpy(est), torch.from_numpy(ref), filter_length=filter_length,
-                           pairwise=False)
+            neg = sdr_loss(torch.from_numpy(est).to(device), torch.from_numpy(ref).to(device),
+                           filter_length=filter_length, pairwise=False)
     except RuntimeError:
         # torch 2.13's MKL build can fail batched float64 solves after torch.set_num_threads raised
         # the thread count; mir_eval computes the same quantity (slower) for the default filter length
         if filter_length != 512:
             raise
         return _sdr_mir_eval(est, ref)
-    return -neg.numpy().astype(np.float64)
+    return -neg.cpu().numpy().astype(np.float64)
 
 
 def _sdr_mir_eval(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
@@ -57,8 +57,11 @@ def _sdr_mir_eval(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
         return np.asarray(bss_eval_sources(ref, est, compute_permutation=False)[0], dtype=np.float64)
 
 
-def sdr(est: np.ndarray, ref: np.ndarray, backend: str = "fast_bss_eval", filter_length: int = 512) -> np.ndarray:
-    """BSS-eval SDR (dB) per source, est[s] against ref[s] (no permutation search); NaN for a silent estimate."""
+def sdr(est: np.ndarray, ref: np.ndarray, backend: str = "fast_bss_eval", filter_length: int = 512,
+        device: str = "cpu") -> np.ndarray:
+    """BSS-eval SDR (dB) per source, est[s] against ref[s] (no permutation search); NaN for a silent estimate.
+
+    ``device``: where fast-bss-eval's float64 solves run (a CUDA device in a GPU model worker)."""
     est = _as_sources(est, "est")
     ref = _as_sources(ref, "ref")
     if est.shape != ref.shape:
@@ -77,7 +80,7 @@ def sdr(est: np.ndarray, ref: np.ndarray, backend: str = "fast_bss_eval", filter
     ok = np.any(est, axis=-1)
     if ok.any():
         if backend == "fast_bss_eval":
-            out[ok] = _sdr_fast(est[ok], ref[ok], filter_length)
+            out[ok] = _sdr_fast(est[ok], ref[ok], filter_length, device)
         else:
             out[ok] = _sdr_mir_eval(est[ok], ref[ok])
     return out

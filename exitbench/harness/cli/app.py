@@ -125,6 +125,25 @@ def parse_metrics(text: str) -> tuple[str, ...]:
     return tuple(m.strip() for m in text.split(",") if m.strip())
 
 
+def parse_metric_levels(items: list[str]) -> tuple[tuple[str, str], ...]:
+    """--metric-levels METRIC=LEVEL[+LEVEL...] items as sorted (metric, levels) pairs."""
+    out: dict[str, str] = {}
+    for item in items:
+        for part in (p.strip() for p in item.split(",") if p.strip()):
+            metric, sep, levels = part.partition("=")
+            if not sep or not metric.strip() or not levels.strip():
+                raise UsageError(f"--metric-levels takes METRIC=LEVEL[+LEVEL...], e.g. pesq=last, not {part!r}")
+            out[metric.strip()] = levels.strip()
+    return tuple(sorted(out.items()))
+
+
+StoiBackendOpt = typer.Option("torch", help="torch (exitbench's batched STOI/ESTOI, on the model's GPU when it"
+                                            " has one; equal to pystoi within 1e-4) or pystoi (the reference)")
+MetricLevelsOpt = typer.Option([], "--metric-levels", help="compute a metric at some levels only, METRIC=LEVEL"
+                                                       "[+LEVEL...] (names, indices, last, dynamic), e.g."
+                                                       " pesq=last; others get NaN (repeatable; part of the"
+                                                       " run id)")
+
 DeviceOpt = typer.Option("auto", help="where the model runs: auto (cuda when a GPU is visible, else cpu), cpu,"
                                       " cuda (local: also cuda:N; ray: the actors take GPUs); the run's"
                                       " manifest records it (column execution)")

@@ -10,11 +10,14 @@ import typer
 from exitbench.errors import EXIT_UTTERANCES_FAILED, UsageError, exit_codes_help
 from exitbench.harness.cli.app import (
     DeviceOpt,
+    MetricLevelsOpt,
     ResultsOpt,
+    StoiBackendOpt,
     app,
     console,
     guarded,
     out,
+    parse_metric_levels,
     parse_metrics,
     parse_options,
     positive_limit,
@@ -51,7 +54,10 @@ def run(
     variant: Optional[str] = typer.Option(None, help="variant for WHAM!/LibriMix (mix_clean, mix_both...)"),
     results: Path = ResultsOpt,
     metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi (SI-SNR always)"),
-    sdr_backend: str = typer.Option("fast_bss_eval", help="fast_bss_eval (default) or mir_eval"),
+    sdr_backend: str = typer.Option("fast_bss_eval", help="fast_bss_eval (default; on the model's GPU when it"
+                                                          " has one) or mir_eval"),
+    stoi_backend: str = StoiBackendOpt,
+    metric_levels: list[str] = MetricLevelsOpt,
     resample: bool = typer.Option(False, help="resample audio whose rate differs from the model's"),
     limit: Optional[int] = typer.Option(None, help="record only the first N utterances"),
     block_size: Optional[int] = typer.Option(None, help="samples per block (default: the model's own; part of"
@@ -76,7 +82,8 @@ def run(
             raise UsageError(f"--workers must be at least 1, got {workers}")
         spec = RunSpec(model, dataset, tuple(sorted(opts)),
                        RecordSettings(parse_metrics(metrics), sdr_backend, shard_size, resample,
-                                      positive_limit(limit), block_size),
+                                      positive_limit(limit), block_size, stoi_backend,
+                                      parse_metric_levels(metric_levels)),
                        parse_options(model_arg, "--model-arg"))
         kw: dict[str, Any] = {"device": device}
         if executor == "ray":
@@ -119,6 +126,8 @@ def demo(
     out: Path = typer.Option(Path("reports"), "--out", "-o", help="where the HTML report is written"),
     executor: str = typer.Option("ray", help="ray (a local cluster, default) or local (in-process)"),
     metrics: str = typer.Option("all", help="all, none, or a comma list of sdr,pesq,stoi"),
+    stoi_backend: str = StoiBackendOpt,
+    metric_levels: list[str] = MetricLevelsOpt,
     report: bool = typer.Option(True, help="write the HTML report after recording"),
     device: str = DeviceOpt,
 ) -> None:
@@ -130,7 +139,8 @@ def demo(
     dataset = "demo-enhance" if model.startswith("slimdemucs") else "demo"
 
     def go() -> Any:
-        spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics)))
+        spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics), stoi_backend=stoi_backend,
+                                                          metric_levels=parse_metric_levels(metric_levels)))
         return record(spec, results, executor, device=device)
 
     outcome = guarded(go, results)
