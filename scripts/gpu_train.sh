@@ -10,7 +10,8 @@
 # DEVICE (default cuda if available, else cpu), THREADS (torch threads per process, default 4),
 # CORPUS (corpus root, default .corpus; a missing one means synthetic sources).
 # Writes to $OUT: <name>.pt and <name>.log.json per model, and train.log.
-# EXTRA_ARGS: more arguments for both trainers, e.g. "--set train.batch_size=2".
+# EXTRA_ARGS: more arguments for every trainer, e.g. "--set train.batch_size=2"; EXTRA_ARGS_<name>
+# (dashes as underscores, e.g. EXTRA_ARGS_slimdemucs_s) for one of them.
 # CPU smoke test (small batches and validation set so that it fits in half a minute):
 #   MAX_MINUTES=0.5 OUT=/tmp/out DEVICE=cpu THREADS=1 \
 #   EXTRA_ARGS="--set train.batch_size=2 --set data.valid_items=4" bash scripts/gpu_train.sh
@@ -54,9 +55,10 @@ KILL_AFTER=$(python -c "print(int(float('$MAX_MINUTES') * 60 + 40))")
 run() {  # name
   local init=()
   if [ -n "$INIT_DIR" ] && [ -f "$INIT_DIR/$1.pt" ]; then init=(--set "train.init=$INIT_DIR/$1.pt"); fi
+  local own="EXTRA_ARGS_${1//-/_}"
   timeout --signal=INT --kill-after=15 "$KILL_AFTER" \
     python -m exitbench.models.train "$1" "$OUT" --device "$DEVICE" --max-minutes "$MAX_MINUTES" \
-      --threads "$THREADS" --corpus "$CORPUS" "${init[@]}" ${EXTRA_ARGS:-} >"$OUT/.$1.stdout" 2>&1
+      --threads "$THREADS" --corpus "$CORPUS" "${init[@]}" ${EXTRA_ARGS:-} ${!own:-} >"$OUT/.$1.stdout" 2>&1
 }
 
 declare -A PIDS

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from exitbench.errors import UsageError
 from exitbench.models.checkpoint import save_checkpoint
-from exitbench.models.losses import (difficulty_targets, level_losses, pit_level_losses, router_regularisers,
+from exitbench.models.losses import (difficulty_targets, level_losses, multi_resolution_stft_loss, pit_level_losses, router_regularisers,
                                      si_snr_db, snr_db)
 from exitbench.models.registry import ARCHITECTURES
 from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
@@ -55,6 +55,7 @@ DATA_DEFAULTS: dict[str, Any] = {
 LOSS_DEFAULTS: dict[str, Any] = {
     "nll_weight": 1.0, "snr_weight": 1.0, "router_weight": 1.0, "efficiency_weight": 50.0,
     "target_utilization": 0.5, "balance_weight": 1.0, "gumbel_tau": 1.0, "difficulty_spread": "auto",
+    "stft_weight": 0.0,  # enhancement: multi-resolution STFT loss per level and on the dynamic output
 }
 
 
@@ -225,7 +226,15 @@ class Trainer:
         reg = router_regularisers(logits, torch.tensor(widths, device=logits.device), targets)
         parts["dyn_neg_snr"] = -snr_db(dyn, src[:, 0].float()).mean()
         parts["efficiency"], parts["balance"], parts["utilization"] = reg["efficiency"], reg["balance"], reg["utilization"]
-        parts["total"] = (parts["total"] + lc["router_weight"] * parts["dyn_neg_snr"]
+        dyn_term = parts["dyn_neg_snr"]
+        if lc["stft_weight"]:
+            ref = src.float()  # [b, S, N]
+            parts["stft"] = multi_resolution_stft_loss(out["estimates"], ref[:, None].expand_as(
+                out["estimates"])).mean((0, 2)).sum()  # summed over levels, as the SNR term
+            parts["dyn_stft"] = multi_resolution_stft_loss(dyn, ref[:, 0]).mean()
+            parts["total"] = parts["total"] + lc["stft_weight"] * parts["stft"]
+            dyn_term = dyn_term + lc["stft_weight"] * parts["dyn_stft"]
+        parts["total"] = (parts["total"] + lc["router_weight"] * dyn_term
                           + lc["efficiency_weight"] * reg["efficiency"] + lc["balance_weight"] * reg["balance"])
         return parts
 
