@@ -24,6 +24,10 @@ from exitbench.harness.runner import PreparedRun
 from exitbench.results.store import ResultStore
 
 
+#: CPUs per GPU from which two model actors share each GPU by default
+ACTORS_CPU_RULE = 8
+
+
 def ensure_ray(address: str | None = None, extra_pythonpath: list[str] | None = None) -> bool:
     """Start or join Ray (``address`` or RAY_ADDRESS joins a cluster); True if this call started it."""
     address = address or os.environ.get("RAY_ADDRESS")
@@ -103,6 +107,15 @@ def _metrics(rec: Any, settings: Any) -> tuple[Any, Any]:
 
     table, err = metrics_or_error(rec, settings)
     return ((rec.blocks, table) if table is not None else None, err)
+
+
+def _warm_metric_worker() -> int:
+    """Import what a metric task needs, so that the first real task of this worker does not wait on it."""
+    import exitbench.harness.record  # noqa: F401  (torch, pyarrow, the metric code)
+    import pesq  # noqa: F401
+    import pystoi  # noqa: F401
+
+    return os.getpid()
 
 
 def _is_infrastructure(exc: BaseException) -> bool:
@@ -197,7 +210,14 @@ class RayExecutor:
 
         res = ray.cluster_resources()
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
-        gpw = self.gpus_per_worker if self.gpus_per_worker is not None else (1.0 if gpus >= 1 else 0.0)
+        if self.gpus_per_worker is not None:
+            gpw = self.gpus_per_worker
+        elif gpus >= 1:
+            # two actors share each GPU when the CPUs allow: a model's eager forward pass is often bound
+            # by one CPU thread's kernel launches, and a second process keeps the GPU busy meanwhile
+            gpw = 0.5 if cpus >= ACTORS_CPU_RULE * gpus else 1.0
+        else:
+            gpw = 0.0
         if self.device_request == "cuda" and gpw <= 0:
             raise UsageError(f"--device cuda but the cluster has {gpus:g} GPU(s)")
         if gpw > 0 and gpus < gpw:
@@ -269,14 +289,22 @@ class RayExecutor:
             start_actor()
         metrics_fn = ray.remote(_metrics).options(num_cpus=self.cpus_per_metric_task, max_retries=3)
         settings_ref = ray.put(settings)
+        if not with_metrics_in_actor:
+            # the metric workers import torch and the metric packages while the actors load the model,
+            # instead of after the first forward (seconds of a small run's wall time)
+            spare = float(ray.cluster_resources().get("CPU", 1)) - target * self.cpus_per_worker
+            warm = ray.remote(_warm_metric_worker).options(num_cpus=self.cpus_per_metric_task, max_retries=0)
+            self._warming = [warm.remote() for _ in range(max(0, min(metric_slots, int(
+                spare // max(self.cpus_per_metric_task, 1e-3)))))]
 
         queue = deque(sorted(shards))
         state: dict[int, _Shard] = {}
         attempts: dict[int, int] = {i: 0 for i in shards}
-        forwards: dict[Any, tuple[_Slot, int, int]] = {}  # ref -> (slot, shard, attempt)
+        forwards: dict[Any, tuple[_Slot, int, int, str]] = {}  # ref -> (slot, shard, attempt, utterance)
         metric_refs: dict[Any, tuple[int, int, str]] = {}  # ref -> (shard, attempt, utterance)
         waiting: deque = deque()  # (shard, attempt, utterance, record ref) not yet given to a metric task
-        per_actor = max(1, (self.max_shards_in_flight or 2 * target) // max(target, 1))
+        # utterances queued per actor: two shards' worth keeps it busy while results drain
+        per_actor = max(1, (self.max_shards_in_flight or 2 * target) // max(target, 1)) * settings.shard_size
         no_worker_since: float | None = None
 
         def requeue(index: int, why: str) -> None:
@@ -302,9 +330,12 @@ class RayExecutor:
                     index = queue.popleft()
                     ids = shards[index]
                     state[index] = _Shard(index, ids, attempt=attempts[index], pending=len(ids))
-                    ref = slot.actor.forward.remote(ids, with_metrics_in_actor)
-                    forwards[ref] = (slot, index, attempts[index])
-                    slot.in_flight += 1
+                    # one call per utterance (an actor runs them in order): its metric task can start
+                    # as soon as its own forward is done, not after the whole shard's
+                    for utt_id in ids:
+                        ref = slot.actor.forward.remote([utt_id], with_metrics_in_actor)
+                        forwards[ref] = (slot, index, attempts[index], utt_id)
+                    slot.in_flight += len(ids)
 
         def submit_metrics() -> None:
             while waiting and len(metric_refs) < metric_slots:
@@ -329,7 +360,7 @@ class RayExecutor:
         def lose(slot: _Slot, why: str) -> None:
             """An actor is gone: its shards go back to the queue, a replacement starts if allowed."""
             drop(slot)
-            for ref, (s, index, attempt) in list(forwards.items()):
+            for ref, (s, index, attempt, _utt) in list(forwards.items()):
                 if s is slot:
                     del forwards[ref]
                     if index in state and state[index].attempt == attempt:
@@ -380,7 +411,7 @@ class RayExecutor:
                                      " path change?)")
                 slot.ready = True
             elif ref in forwards:
-                slot, index, attempt = forwards.pop(ref)
+                slot, index, attempt, utt_id = forwards.pop(ref)
                 slot.in_flight -= 1
                 try:
                     results = ray.get(ref)
@@ -394,11 +425,11 @@ class RayExecutor:
                 shard = state.get(index)
                 if shard is None or shard.attempt != attempt:
                     continue  # an abandoned attempt
-                for utt_id, (rec, err) in zip(shard.ids, results):
-                    if rec is None or with_metrics_in_actor:
-                        settle(shard, rec, err)
-                    else:
-                        waiting.append((index, attempt, utt_id, rec))  # a reference owned by the actor
+                (rec, err), = results
+                if rec is None or with_metrics_in_actor:
+                    settle(shard, rec, err)
+                else:
+                    waiting.append((index, attempt, utt_id, rec))  # a reference owned by the actor
             else:
                 index, attempt, utt_id = metric_refs.pop(ref)
                 try:

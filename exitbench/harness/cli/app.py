@@ -169,7 +169,21 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
 
     ResultStore(results).check_writable()  # before loading anything: a bad root is a one-line answer
     with console.status("resolving model and test set..."):
-        prepared = prepare(spec)
+        if executor == "ray":
+            # Ray's start (seconds) overlaps resolving the model and test set; ray.init stays on the
+            # main thread, which its signal handling needs
+            from concurrent.futures import ThreadPoolExecutor
+
+            from exitbench.harness.ray_executor import ensure_ray
+
+            with ThreadPoolExecutor(1) as pool:
+                future = pool.submit(prepare, spec)
+                try:
+                    ensure_ray(executor_kwargs.get("address"))
+                finally:
+                    prepared = future.result()
+        else:
+            prepared = prepare(spec)
     if expect_run_id is not None and prepared.run_id != expect_run_id:
         raise UsageError(f"the spec of run {expect_run_id} now gives run id {prepared.run_id}: its checkpoint"
                          f" or test set changed since it was recorded; record it with `exitbench run` instead")
