@@ -305,10 +305,11 @@ def gpu(args: argparse.Namespace) -> None:
     import os
 
     n, sec = args.n, args.seconds
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # cpu: a smoke test of the benchmark itself
     wsj_folder(n, sec)  # written once, outside every timing
-    per_utt = metric_floor_per_utterance(sec, "cuda")
+    per_utt = metric_floor_per_utterance(sec, device)
     floor = per_utt * n / os.cpu_count()
-    loop = asteroid_loop(args.loop, sec, "cuda", files=True, total=n) / args.loop if args.loop else float("nan")
+    loop = asteroid_loop(args.loop, sec, device, files=True, total=n) / args.loop if args.loop else float("nan")
     ensure_ray()
     sampler = GpuSampler()
     sampler.start()

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The harness's GPU measurements (issue 15) in one call on the lent GPU machine, from the project root
+# with .gpu-bundle (scripts/gpu_bundle.sh) carried along. Each step has its own time limit and writes
+# its table to $OUT as soon as it ends, so a step that overruns costs only itself.
+#   OUT=/tmp/out bash scripts/gpu_bench.sh
+# Environment: N (default 3000), N_OVERHEAD (default 1000), SECONDS_PER_UTT (5), LOOP (20), STEPS
+# (default "demo gpu overhead").
+set -uo pipefail
+OUT=${OUT:-/tmp/out}
+N=${N:-3000}
+N_OVERHEAD=${N_OVERHEAD:-1000}
+SEC=${SECONDS_PER_UTT:-5}
+LOOP=${LOOP:-20}
+STEPS=${STEPS:-"demo gpu overhead"}
+mkdir -p "$OUT"
+t0=$(date +%s)
+[ "${NO_BUNDLE:-0}" = 1 ] || source .gpu-bundle/setup.sh  # NO_BUNDLE=1: the packages are installed
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  python3 -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'
+  echo "setup $(( $(date +%s) - t0 )) s"; } > "$OUT/machine.txt" 2>&1
+step() {  # name limit command...
+  local name=$1 limit=$2; shift 2
+  local s=$(date +%s)
+  timeout --signal=INT --kill-after=10 "$limit" "$@" > "$OUT/$name.md" 2> "$OUT/$name.err"
+  echo "rc=$? wall=$(( $(date +%s) - s )) s" >> "$OUT/$name.md"
+  tail -c 6000 "$OUT/$name.err" > "$OUT/$name.err.tail" && mv "$OUT/$name.err.tail" "$OUT/$name.err"
+}
+for s in $STEPS; do
+  case $s in
+    demo)
+      step demo 120 bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
+        rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
+        echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
+    gpu) step gpu 330 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
+    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
+  esac
+done
+cat "$OUT"/*.md
