@@ -112,7 +112,7 @@ def overhead(args: argparse.Namespace) -> None:
                                       LocalExecutor(device)))[0] for _ in range(args.repeat))
     rows = []
     for label, kw in (("defaults", {}), ("one actor per GPU", {"gpus_per_worker": 1.0})):
-        if device == "cpu" and kw:
+        if kw and (device == "cpu" or not args.one_actor):
             continue
         ray_t = []
         for _ in range(args.repeat):
@@ -342,6 +342,7 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=3.0, help="mean utterance length")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--loop", type=int, default=50, help="gpu: utterances of the sequential recipe loop")
+    p.add_argument("--one-actor", action="store_true", help="overhead: also Ray with one actor per GPU")
     args = p.parse_args()
     {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory, "gpu": gpu,
      "floor": floor}[args.what](args)

@@ -31,8 +31,8 @@ for s in $STEPS; do
       step demo 120 bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
-    gpu) step gpu 330 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
-    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
+    gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
+    overhead) step overhead 210 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
   esac
 done
 cat "$OUT"/*.md

@@ -30,6 +30,8 @@ tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench && rm -rf "$OUT/bench"
 if [ -n "${MODELS:-}" ]; then
   OUT="$OUT/train" MODELS="$MODELS" bash scripts/gpu_train.sh
   RC=$?
-  tar -czf "$OUT/train.tar.gz" -C "$OUT" train && rm -rf "$OUT/train"
+  # at most 16 MB per returned file: the optimiser states (<name>.opt.pt, 2x a checkpoint) stay behind
+  tar -czf "$OUT/train.tar.gz" -C "$OUT" --exclude='*.opt.pt' train && rm -rf "$OUT/train"
+  ls -la "$OUT"
   exit "$RC"
 fi
