@@ -313,3 +313,185 @@ def test_from_arrow_errors():
     no_block = table.filter(pa.compute.not_equal(table.column("block"), 1))
     with pytest.raises(RecordingError, match="missing blocks"):
         BlockArrays.from_arrow(no_block, 2, 8000, False)
+
+
+# -- oracle vs oracle-best, the reference power p_ref, level names, parameter ranges (issue 16) -------------
+def _first_reaching(snr_row, t):
+    """PRESS's oracle for one block, by a plain loop: the first level reaching t, else the deepest."""
+    for lv, s in enumerate(snr_row):
+        if s >= t:
+            return lv
+    return len(snr_row) - 1
+
+
+def _least_regret(snr_row, macs_row, t):
+    """oracle-best for one block, by a plain loop: least regret, then least MACs, then lowest index."""
+    return min(range(len(snr_row)), key=lambda lv: (max(0.0, t - snr_row[lv]), macs_row[lv], lv))
+
+
+def test_oracle_and_oracle_best_against_a_loop_over_blocks():
+    rng = np.random.default_rng(16)
+    for trial in range(20):
+        k, lv = 40, 4
+        err = 10 ** (-rng.choice([0.3, 0.8, 1.2, 1.5, 2.0], size=(k, lv)))  # few values: exit-SNR ties are common
+        macs_ps = rng.choice([1.0, 2.0, 3.0], size=lv)  # not increasing, with ties: the tie-break matters
+        a = tiny(err, macs_per_sample=macs_ps)
+        snr = a.exit_snr_db()
+        t = float(rng.choice([5.0, 10.0, 12.0, 15.0, 25.0]))
+        oracle, best = Oracle(t=t)(a), parse_policy(f"oracle-best:t={t:g}")(a)
+        assert oracle.tolist() == [_first_reaching(snr[b], t) for b in range(k)]
+        assert best.tolist() == [_least_regret(snr[b], a.macs[b], t) for b in range(k)]
+        regret = lambda chosen: np.maximum(0.0, t - snr[np.arange(k), chosen])  # noqa: E731
+        assert np.all(regret(best) <= regret(oracle))
+        for other in [Static(l=i)(a) for i in range(lv)] + [Uniform()(a, seed=trial)]:
+            assert regret(best).mean() <= regret(other).mean()
+
+
+def test_oracle_best_is_the_least_regret_then_cheapest_assignment_brute_force():
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        err = 10 ** (-rng.choice([0.5, 1.0, 1.5, 2.5], size=(4, 3)))
+        a = tiny(err, macs_per_sample=rng.choice([1.0, 2.0, 4.0], size=3))
+        snr, t = a.exit_snr_db(), 14.0
+        best = parse_policy("oracle-best:t=14")(a)
+        total = lambda assign: (np.maximum(0.0, t - snr[np.arange(4), assign]).sum(),  # noqa: E731
+                                a.macs[np.arange(4), assign].sum())
+        least = min(total(np.array(c)) for c in itertools.product(range(3), repeat=4))
+        got = total(best)
+        assert got[0] == pytest.approx(least[0]) and got[1] == pytest.approx(least[1])
+    # PRESS's oracle is not that bound: block 1 never reaches 10 dB and its deepest level is not its best
+    a = tiny(np.array([[0.5, 0.05, 0.01], [0.5, 0.1, 0.15], [0.01, 0.01, 0.001]]))
+    assert Oracle(t=12)(a).tolist() == [1, 2, 0] and parse_policy("oracle-best:t=12")(a).tolist() == [1, 1, 0]
+    assert Oracle.__doc__.startswith("PRESS's oracle: per block the first static level")
+
+
+def _hand_exit_snr_db(a, p_ref_power):
+    """True exit-SNR from the sums, written out: 10·log10 of the min over sources of max(SNR, SNRi, SNR_ref)."""
+    st, n = a.stats, a.n[:, None, None].astype(float)
+    err = st["e_ref"] - 2 * st["dot_est_ref"] + st["e_est"]
+    ratios = np.stack([st["e_ref"] / err, (st["e_ref"] - 2 * st["dot_mix_ref"] + st["e_mix"]) / err,
+                       n * p_ref_power / err])
+    return 10 * np.log10(ratios.max(axis=0).min(axis=-1))
+
+
+def test_fixed_p_ref_changes_oracle_decisions_as_computed_by_hand():
+    a = tiny(ERR)  # its own reference power is negligible (1e-9): exit-SNR = −10·log10(err)
+    assert Oracle(t=19.5)(a).tolist() == [2, 2, 0]
+    assert parse_policy("oracle:t=19.5,p_ref=mixture")(a).tolist() == [2, 2, 0]  # mixture: the arrays' own
+    fixed = parse_policy("oracle:t=19.5,p_ref=-10")  # 0.1 mean power: SNR_ref = 100·0.1/err, 10 dB over SNR
+    by_hand = [_first_reaching(row, 19.5) for row in _hand_exit_snr_db(a, 10 ** (-10 / 10))]
+    assert by_hand == [1, 2, 0] and fixed(a).tolist() == by_hand
+    assert parse_policy("oracle-best:t=19.5,p_ref=-10")(a).tolist() == [1, 2, 0]
+    # on a recording with several utterances, per-utterance mixture power vs one fixed power
+    table = random_block_table(6, 10, 3, num_sources=2, seed=4)
+    arr = BlockArrays.from_arrow(table, 3, 8000, False)
+    for db in (-30.0, 0.0, 6.0):
+        snr = _hand_exit_snr_db(arr, 10 ** (db / 10))
+        for t in (5.0, 15.0):
+            want = [_first_reaching(row, t) for row in snr]
+            assert parse_policy(f"oracle:t={t:g},p_ref={db:g}")(arr).tolist() == want
+    assert not np.array_equal(parse_policy("oracle:t=15,p_ref=6")(arr), Oracle(t=15)(arr))
+    np.testing.assert_allclose(arr.exit_snr_db(), _hand_exit_snr_db(arr, arr.utterance_mixture_power()[:, None, None]))
+
+
+def test_fixed_p_ref_changes_probabilistic_decisions_as_computed_by_hand():
+    n, t, p = 100, 10.0, 0.9
+    alpha = np.array([[[2.0], [4.0], [6.0]]] * 3)
+    beta = np.array([[[0.02], [0.01], [0.001]]] * 3)
+    a = tiny(ERR, n=n, alpha=alpha, beta=beta)
+    # SNR_ref alone: P = Q(α, τ·β/P_ref) (PRESS's inverse-gamma); with P_ref = 1e-9 nothing is likely
+    assert parse_policy("probabilistic:t=10,p=0.9,condition=snr_ref")(a).tolist() == [2, 2, 2]
+    tau, power = 10 ** (t / 10), 10 ** (-10 / 10)
+    prob = gammaincc(alpha[..., 0], tau * beta[..., 0] / power)
+    want = [_first_reaching(row, p) for row in prob]  # "first level with P ≥ p" is the same loop
+    assert want == [1, 1, 1]
+    assert parse_policy("probabilistic:t=10,p=0.9,condition=snr_ref,p_ref=-10")(a).tolist() == want
+
+
+def test_p_ref_is_part_of_the_spec_only_when_set():
+    assert parse_policy("oracle:t=10").spec() == "oracle:t=10"  # unchanged: stored replays keep their names
+    assert parse_policy("oracle:t=10,p_ref=mixture").spec() == "oracle:t=10"
+    fixed = parse_policy("oracle:t=10,p_ref=-25")
+    assert fixed.spec() == "oracle:t=10,p_ref=-25" and parse_policy(fixed.spec()) == fixed
+    assert fixed != parse_policy("oracle:t=10")
+    from exitbench.results.replays import policy_slug
+
+    assert policy_slug(fixed.spec()) != policy_slug("oracle:t=10")
+    pol = parse_policy("probabilistic:t=20,p=0.5,p_ref=-30.5")
+    assert pol.spec() == "probabilistic:t=20,p=0.5,condition=all,p_ref=-30.5"
+    assert "mixture" in Oracle.param("p_ref").help and "default" in Oracle.param("p_ref").help
+
+
+def test_sweep_keeps_a_fixed_p_ref():
+    from exitbench.policies.replay import summarize
+    from exitbench.policies.sweep import sweep
+
+    arr = BlockArrays.from_arrow(random_block_table(8, 12, 3, num_sources=2, seed=2), 3, 8000, False)
+    frame = sweep(arr, ["oracle:p_ref=-20", "oracle-best", "probabilistic:p_ref=-20,condition=snr_ref"],
+                  targets=(10.0,), p_grid=(0.2, 0.7))
+    rows = {(r.policy, r.params): r for r in frame.itertuples()}
+    assert set(rows) == {("oracle", "t=10,p_ref=-20"), ("oracle-best", "t=10"),
+                         ("probabilistic", "t=10,p=0.2,condition=snr_ref,p_ref=-20"),
+                         ("probabilistic", "t=10,p=0.7,condition=snr_ref,p_ref=-20")}
+    for (name, params), r in rows.items():
+        want = summarize(arr, parse_policy(f"{name}:{params}")(arr), [10.0])[0]  # regret on the recording's reference
+        assert r.gmacs == pytest.approx(want["gmacs"]) and r.regret == pytest.approx(want["regret"])
+        assert r.si_snri == pytest.approx(want["si_snri"])
+    oracle_mixture = summarize(arr, Oracle(t=10)(arr), [10.0])[0]
+    assert rows[("oracle", "t=10,p_ref=-20")].gmacs != pytest.approx(oracle_mixture["gmacs"])
+
+
+def test_level_parameters_take_names_resolved_with_the_run():
+    a = tiny(ERR).with_level_names(["exit1", "exit2", "exit3"])
+    assert parse_policy("static:l=exit2")(a).tolist() == [1, 1, 1]
+    assert parse_policy("static:l=2")(a).tolist() == [2, 2, 2]  # digits stay an index
+    assert parse_policy("static:l=exit2").spec() == "static:l=exit2"
+    with pytest.raises(PolicyError, match=r"^static: no level named 'exit9'; this run's levels are exit1, exit2,"
+                                          r" exit3 \(or their indices 0..2\)$"):
+        parse_policy("static:l=exit9")(a)
+    with pytest.raises(PolicyError, match="is a level name, but these block arrays do not carry"):
+        parse_policy("static:l=exit2")(tiny(ERR))
+    with pytest.raises(RecordingError, match="level_names has 2 names for 3 levels"):
+        tiny(ERR).with_level_names(["a", "b"])
+    from exitbench.policies.sweep import sweep
+
+    frame = sweep(a, ["static:l=exit3"], targets=(10.0,))
+    assert frame.params.tolist() == ["l=2"]  # sweep rows name the level by index, as for every static row
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("probabilistic:p=1.5", "p must be in [0, 1]"),
+    ("probabilistic:p=-0.1", "p must be in [0, 1]"),
+    ("oracle:t=inf", "must be finite"),
+    ("oracle-best:t=nan", "must be finite"),
+    ("threshold:tau=-inf", "must be finite"),
+    ("static:l=-1", "l must be ≥ 0"),
+    ("static:l=", "is not a level index (0, 1, ...) or a level name"),
+    ("uniform:seed=-1", "seed must be ≥ 0"),
+    ("oracle:p_ref=loud", "is not 'mixture' or a reference power in dBFS"),
+    ("oracle:p_ref=inf", "is not 'mixture' or a finite reference power"),
+    ("threshold:score=", "is not a non-empty name"),
+    ("oracle-best:p=0.5", "has no parameter p; its parameters: t, p_ref"),
+    ("static:level=1", "has no parameter level"),
+])
+def test_policy_parameters_are_range_checked_in_one_line(spec, message):
+    with pytest.raises(PolicyError) as info:
+        parse_policy(spec)
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_parameter_range_ends_are_allowed():
+    assert parse_policy("probabilistic:p=0").p == 0.0 and parse_policy("probabilistic:p=1").p == 1.0  # sweep ends
+    assert parse_policy("uniform:seed=0").seed == 0 and parse_policy("static:l=0").l == 0
+    assert parse_policy("oracle:t=-5,p_ref=0").p_ref == 0.0
+
+
+def test_the_cli_replays_a_static_level_by_name(synthetic_run):
+    """The arrays a replay loads carry the level names: static:l=exit2 is the second exit, index 1."""
+    from exitbench.policies.base import parse_policy
+    from exitbench.results.replays import load_block_arrays
+
+    arrays = load_block_arrays(synthetic_run.root, synthetic_run.run_id)
+    by_name = parse_policy("static:l=exit2").choose(arrays)
+    by_index = parse_policy("static:l=1").choose(arrays)
+    assert (by_name == by_index).all() and (by_name == 1).all()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,11 @@ STAT_COLUMNS = ("sum_ref", "sum_est", "sum_mix", "e_ref", "e_est", "e_mix",
 LEVEL_STATS = ("sum_est", "e_est", "dot_est_ref", "dot_est_mix")
 KEY_COLUMNS = ("utt_id", "block", "level", "source", "start", "n")
 OPTIONAL_COLUMNS = ("alpha", "beta", "router_logit")
+
+
+def dbfs_to_power(db: float) -> float:
+    """Mean power (mean square, full scale ±1) of a level in dBFS: 10^(db/10)."""
+    return float(10.0 ** (db / 10.0))
 
 
 class RecordingError(UsageError):
@@ -53,6 +58,7 @@ class BlockArrays:
     sigma2: np.ndarray | None = None  # [K, L, S] Gaussian error variance per sample (the other family)
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [K, L] the model's exit scores
     p_ref: np.ndarray | None = None  # [K]; default: the utterance's mixture mean power
+    level_names: tuple[str, ...] | None = None  # [L] static level names (the run's levels table), if known
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -61,6 +67,10 @@ class BlockArrays:
         self.validate()
         if self.p_ref is None:
             self.p_ref = self.utterance_mixture_power()
+        if self.level_names is not None:
+            self.level_names = tuple(str(name) for name in self.level_names)
+            if len(self.level_names) != self.num_levels:
+                raise RecordingError(f"level_names has {len(self.level_names)} names for {self.num_levels} levels")
 
     # -- shape ----------------------------------------------------------------------------
     @property
@@ -145,6 +155,27 @@ class BlockArrays:
         """A copy sharing the arrays, with another reference power P_ref (scalar or [K])."""
         p = np.broadcast_to(np.asarray(p_ref, dtype=np.float64), (self.num_blocks,)).copy()
         return dataclasses.replace(self, p_ref=p, _cache={})
+
+    def with_level_names(self, names: Sequence[str]) -> "BlockArrays":
+        """A copy sharing the arrays, carrying the static levels' names (so policies take ``l=<name>``)."""
+        return dataclasses.replace(self, level_names=tuple(names), _cache={})
+
+    def at_reference(self, p_ref: str | float) -> "BlockArrays":
+        """These arrays with SNR_ref's reference power set by a policy's ``p_ref``.
+
+        ``"mixture"``: unchanged (the recording's reference, each utterance's mixture mean power unless
+        these arrays were built with another); a number: a fixed mean power of that many dBFS
+        (10·log10 of the mean square, digital full scale ±1), as PRESS uses. Fixed references are
+        cached, so a sweep over t computes their exit-SNR once.
+        """
+        if isinstance(p_ref, str):
+            if p_ref != "mixture":
+                raise UsageError(f"p_ref must be 'mixture' or a number (dBFS), not {p_ref!r}")
+            return self
+        key = ("at_reference", float(p_ref))
+        if key not in self._cache:
+            self._cache[key] = self.with_p_ref(dbfs_to_power(float(p_ref)))
+        return self._cache[key]
 
     def exit_snr_db(self) -> np.ndarray:
         """True exit-SNR (dB) per block and level [K, L], plus column L for the dynamic output."""

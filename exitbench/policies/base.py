@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import abc
+import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -17,27 +18,99 @@ class PolicyError(UsageError):
     """A policy that cannot be built or cannot run on a recording; the message says why."""
 
 
+class ParamValueError(ValueError):
+    """Raised by a parameter type for a value it cannot take; the message says what it expects."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """The numbers a parameter may take: an interval, either end open, closed or absent."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, x: object) -> bool:
+        if not isinstance(x, (int, float, np.integer, np.floating)) or isinstance(x, bool):
+            return True  # a non-number (a level name) is checked elsewhere
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return not (self.high is not None and (x >= self.high if self.high_open else x > self.high))
+
+    def __str__(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        if self.low is not None:
+            return f"{'>' if self.low_open else '≥'} {self.low:g}"
+        if self.high is not None:
+            return f"{'<' if self.high_open else '≤'} {self.high:g}"
+        return "any number"
+
+
+def level(value: Any) -> int | str:
+    """A level parameter's value: an index (an int, or digits in a spec) or a level's name (resolved per run)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if re.fullmatch(r"[+-]?[0-9]+", text):
+            return int(text)
+        if text:
+            return text
+    raise ParamValueError("a level index (0, 1, ...) or a level name")
+
+
+def reference_power(value: Any) -> str | float:
+    """SNR_ref's reference power: ``mixture`` (each utterance's mixture power) or a fixed level in dBFS."""
+    if isinstance(value, str) and value.strip().lower() == "mixture":
+        return "mixture"
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        raise ParamValueError("'mixture' or a reference power in dBFS (a number)") from None
+    if not np.isfinite(out):
+        raise ParamValueError("'mixture' or a finite reference power in dBFS")
+    return out
+
+
+def nonempty(value: Any) -> str:
+    """A non-empty name (surrounding space removed)."""
+    text = str(value).strip()
+    if not text:
+        raise ParamValueError("a non-empty name")
+    return text
+
+
 @dataclass(frozen=True)
 class Param:
-    """One policy parameter: its type, default, the values a sweep visits, and allowed choices."""
+    """One policy parameter: its type, default, the values a sweep visits, allowed choices and range."""
 
     name: str
-    type: type
+    type: Callable[[Any], Any]  # int, float, str, or a parser such as ``level`` (may raise ParamValueError)
     default: Any
     sweep: tuple[Any, ...] | None = None  # None: the default only (or policy-specific, e.g. every level)
     choices: tuple[Any, ...] | None = None
     help: str = ""
+    range: Range | None = None  # numbers outside it are refused when the policy is built
+    omit_default: bool = False  # left out of the spec at its default (so older specs keep their meaning and name)
 
     def coerce(self, value: Any, policy: str) -> Any:
         """Convert a value (possibly a string from a spec) to the parameter's type, or raise PolicyError."""
         try:
             out = self.type(value)
+        except ParamValueError as exc:
+            raise PolicyError(f"{policy}: parameter {self.name}={value!r} is not {exc}") from None
         except (TypeError, ValueError):
-            raise PolicyError(f"{policy}: parameter {self.name}={value!r} is not a {self.type.__name__}") from None
+            what = getattr(self.type, "__name__", "valid value")
+            raise PolicyError(f"{policy}: parameter {self.name}={value!r} is not a {what}") from None
         if self.type is float and not np.isfinite(out):
             raise PolicyError(f"{policy}: parameter {self.name}={value!r} must be finite")
         if self.choices is not None and out not in self.choices:
             raise PolicyError(f"{policy}: parameter {self.name}={value!r} must be one of {list(self.choices)}")
+        if self.range is not None and out not in self.range:
+            raise PolicyError(f"{policy}: parameter {self.name}={value!r} is out of range: {self.name} must be"
+                              f" {self.range}")
         return out
 
 
@@ -80,6 +153,27 @@ class Policy(abc.ABC):
                 return p
         raise PolicyError(f"policy {cls.name!r} has no parameter {name!r}")
 
+    def level_index(self, name: str, arrays: BlockArrays) -> int:
+        """Level parameter ``name`` (an index or a level's name) as an index of the arrays' static levels.
+
+        A name is looked up in ``arrays.level_names`` (the run's levels table); digits always mean an
+        index. Raises PolicyError, in one line, for an unknown name or an index out of range.
+        """
+        value, top = self.values[name], arrays.num_levels - 1
+        if isinstance(value, str):
+            names = arrays.level_names
+            if names is None:
+                raise PolicyError(f"{self.name}: {name}={value!r} is a level name, but these block arrays do not"
+                                  f" carry the run's level names; give its index (0..{top}) or replay through the"
+                                  f" run (exitbench.open(root).replay)")
+            if value not in names:
+                raise PolicyError(f"{self.name}: no level named {value!r}; this run's levels are"
+                                  f" {', '.join(names)} (or their indices 0..{top})")
+            return names.index(value)
+        if not 0 <= value <= top:
+            raise PolicyError(f"{self.name}: level {value} out of range 0..{top}")
+        return int(value)
+
     def check_requirements(self, arrays: BlockArrays) -> None:
         """Raise PolicyError naming what this policy needs and the recording lacks."""
         have = arrays.features()
@@ -111,8 +205,9 @@ class Policy(abc.ABC):
         return chosen
 
     def param_string(self) -> str:
-        """``k=v,...`` of every parameter, in declaration order."""
-        return ",".join(f"{k}={_fmt(v)}" for k, v in self.values.items())
+        """``k=v,...`` of every parameter in declaration order (those with ``omit_default`` only off their default)."""
+        return ",".join(f"{p.name}={_fmt(self.values[p.name])}" for p in self.params
+                        if not (p.omit_default and self.values[p.name] == p.default))
 
     @classmethod
     def qualified_name(cls) -> str:
@@ -153,12 +248,14 @@ POLICIES: Registry[Policy] = Registry(
         "static": "exitbench.policies.builtin:Static",
         "uniform": "exitbench.policies.builtin:Uniform",
         "oracle": "exitbench.policies.builtin:Oracle",
+        "oracle-best": "exitbench.policies.builtin:OracleBest",
         "probabilistic": "exitbench.policies.builtin:Probabilistic",
         "router": "exitbench.policies.builtin:Router",
         "threshold": "exitbench.policies.builtin:Threshold",
     },
     base=Policy, error=PolicyError,
 )
+#: the built-ins a sweep visits when none are named (``oracle-best`` is swept only when named)
 BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router", "threshold")
 
 

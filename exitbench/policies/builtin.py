@@ -1,17 +1,23 @@
-"""The five built-in policies of DESIGN §5: static, uniform, oracle, probabilistic, router."""
+"""The built-in policies: DESIGN §5's static, uniform, oracle, probabilistic and router, plus oracle-best
+(the least-regret lower bound) and threshold (a recorded exit score)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from exitbench.policies.arrays import BlockArrays
-from exitbench.policies.base import Param, Policy, PolicyError, Requirement
+from exitbench.policies.base import Param, Policy, PolicyError, Range, Requirement, level, nonempty, reference_power
 from exitbench.policies.probability import CONDITION_CHOICES, level_probabilities
 
 DEFAULT_TARGETS = (10.0, 15.0, 20.0)  # exit-SNR targets t (dB) a sweep visits
 DEFAULT_P_GRID = tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 101), 10))
 
-TARGET = Param("t", float, 15.0, sweep=DEFAULT_TARGETS, help="exit-SNR target t (dB)")
+TARGET = Param("t", float, 15.0, sweep=DEFAULT_TARGETS, help="exit-SNR target t (dB, finite)")
+#: SNR_ref's reference power, for the policies that decide on exit-SNR
+P_REF = Param("p_ref", reference_power, "mixture", omit_default=True,
+              help="reference power P_ref of the SNR_ref ratio: 'mixture' (the default: each utterance's"
+                   " mixture mean power, the recording's own) or a fixed level in dBFS (10·log10 of the mean"
+                   " square, full scale ±1), as PRESS uses; left out of the spec at its default")
 
 
 def first_true_or_last(mask: np.ndarray) -> np.ndarray:
@@ -23,22 +29,22 @@ def first_true_or_last(mask: np.ndarray) -> np.ndarray:
 
 
 class Static(Policy):
-    """Always level l."""
+    """Always level l: an index (``l=2``: the third level) or a level's name (``l=exit2``, from the run)."""
 
     name = "static"
-    params = (Param("l", int, 0, help="level index (every level in a sweep)"),)
+    params = (Param("l", level, 0, range=Range(0),
+                    help="level index (0 = the cheapest) or level name as in the run's levels table; digits"
+                         " are always an index (every level in a sweep)"),)
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
-        if not 0 <= self.l < arrays.num_levels:  # type: ignore[attr-defined]
-            raise PolicyError(f"static: level {self.l} out of range 0..{arrays.num_levels - 1}")  # type: ignore[attr-defined]
-        return np.full(arrays.num_blocks, self.l, dtype=np.int64)  # type: ignore[attr-defined]
+        return np.full(arrays.num_blocks, self.level_index("l", arrays), dtype=np.int64)
 
 
 class Uniform(Policy):
     """A static level drawn uniformly at random per block; seeded by (seed parameter, call seed)."""
 
     name = "uniform"
-    params = (Param("seed", int, 0, help="mixed with the seed given to choose()"),)
+    params = (Param("seed", int, 0, range=Range(0), help="mixed with the seed given to choose() (≥ 0)"),)
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         rng = np.random.default_rng([int(self.seed), int(seed)])  # type: ignore[attr-defined]
@@ -46,25 +52,53 @@ class Uniform(Policy):
 
 
 class Oracle(Policy):
-    """The first level whose true exit-SNR ≥ t dB, else the deepest."""
+    """PRESS's oracle: per block the first static level (cheapest first) whose true exit-SNR ≥ t dB, else the deepest.
+
+    This is the convention of the PRESS paper, not the least-regret choice: where no level reaches t
+    it takes the deepest level, which need not have the highest exit-SNR, and where MACs do not grow
+    with the level the first level reaching t need not be the cheapest. ``oracle-best`` is the lower
+    bound. Exit-SNR uses the reference power ``p_ref`` (default: each utterance's mixture power).
+    """
 
     name = "oracle"
-    params = (TARGET,)
+    params = (TARGET, P_REF)
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
-        snr = arrays.exit_snr_db()[:, : arrays.num_levels]
+        snr = arrays.at_reference(self.p_ref).exit_snr_db()[:, : arrays.num_levels]  # type: ignore[attr-defined]
         return first_true_or_last(snr >= self.t)  # type: ignore[attr-defined]
 
 
+class OracleBest(Policy):
+    """Per block the static level of least regret max(0, t − exit-SNR), ties broken by least MACs, then index.
+
+    Regret is per block, so this is the least mean regret any choice of static levels can have (a true
+    lower bound for the replay's regret at t, when ``p_ref`` is the recording's own), and among those
+    choices the cheapest: where t is reachable, the cheapest level reaching it; where it is not, the
+    level of highest exit-SNR. The dynamic output is not a candidate (as for ``oracle``).
+    """
+
+    name = "oracle-best"
+    params = (TARGET, P_REF)
+
+    def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
+        lv = arrays.num_levels
+        snr = arrays.at_reference(self.p_ref).exit_snr_db()[:, :lv]  # type: ignore[attr-defined]
+        regret = np.maximum(0.0, self.t - snr)  # type: ignore[attr-defined]
+        least = regret == regret.min(axis=1, keepdims=True)
+        return np.argmin(np.where(least, arrays.macs, np.inf), axis=1).astype(np.int64)  # first index on ties
+
+
 class Probabilistic(Policy):
-    """The first level whose predicted P(exit-SNR ≥ t) ≥ p, else the deepest (PRESS)."""
+    """The first level whose predicted P(exit-SNR ≥ t) ≥ p, else the deepest (PRESS); SNR_ref uses ``p_ref``."""
 
     name = "probabilistic"
     params = (
         TARGET,
-        Param("p", float, 0.9, sweep=DEFAULT_P_GRID, help="confidence threshold on P(exit-SNR ≥ t)"),
+        Param("p", float, 0.9, sweep=DEFAULT_P_GRID, range=Range(0.0, 1.0),
+              help="confidence threshold on P(exit-SNR ≥ t), in [0, 1]"),
         Param("condition", str, "all", choices=CONDITION_CHOICES,
               help="which ratio counts as reaching t: any of the three ('all'), or only one"),
+        P_REF,
     )
     requires = (
         Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
@@ -74,7 +108,8 @@ class Probabilistic(Policy):
     def probabilities(self, arrays: BlockArrays, levels: slice | None = None) -> np.ndarray:
         """Predicted P(exit-SNR ≥ t) per block and level [K, L]."""
         self.check_requirements(arrays)
-        return level_probabilities(arrays, self.t, self.condition, levels)  # type: ignore[attr-defined]
+        ref = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+        return level_probabilities(ref, self.t, self.condition, levels)  # type: ignore[attr-defined]
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         return first_true_or_last(self.probabilities(arrays) >= self.p)  # type: ignore[attr-defined]
@@ -106,8 +141,8 @@ class Threshold(Policy):
 
     name = "threshold"
     params = (
-        Param("score", str, "agreement", help="the exit score to threshold (a score_<name> column)"),
-        Param("tau", float, 0.0, help="exit once the score is at least tau"),
+        Param("score", nonempty, "agreement", help="the exit score to threshold (a score_<name> column)"),
+        Param("tau", float, 0.0, help="exit once the score is at least tau (finite)"),
     )
 
     def check_requirements(self, arrays: BlockArrays) -> None:

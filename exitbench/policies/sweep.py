@@ -21,7 +21,8 @@ import pandas as pd
 
 from exitbench.policies.arrays import BlockArrays
 from exitbench.policies.base import BUILTIN_POLICIES, Policy, PolicyError, get_policy_class, split_spec
-from exitbench.policies.builtin import DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, Probabilistic, Router, Static, Threshold, Uniform
+from exitbench.policies.builtin import (DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, OracleBest, Probabilistic, Router,
+                                        Static, Threshold, Uniform)
 from exitbench.policies.probability import level_probabilities
 from exitbench.policies.replay import composite_from_sums, summarize, utterance_gmacs
 
@@ -127,33 +128,38 @@ def _row(policy: Policy, t: float, p: float, summary: dict[str, float]) -> dict[
 
 
 def sweep_probabilistic(arrays: BlockArrays, targets: Sequence[float], p_grid: Sequence[float],
-                        condition: str = "all") -> list[dict[str, Any]]:
-    """Probabilistic(t, p, condition) at every target and every p, one staircase per target."""
+                        condition: str = "all", p_ref: str | float = "mixture") -> list[dict[str, Any]]:
+    """Probabilistic(t, p) for every target and p: one exact staircase per target.
+
+    ``p_ref`` is the policy's reference power (its decisions); regret is measured on ``arrays``."""
     Probabilistic(condition=condition).check_requirements(arrays)
     rows = []
+    decide = arrays.at_reference(p_ref)
     for t in targets:
-        probs = level_probabilities(arrays, float(t), condition, slice(0, arrays.num_levels - 1))
+        probs = level_probabilities(decide, float(t), condition, slice(0, arrays.num_levels - 1))
         c = staircase_curve(arrays, probs, p_grid, float(t))
         for j, p in enumerate(p_grid):
-            pol = Probabilistic(t=t, p=p, condition=condition)
+            pol = Probabilistic(t=t, p=p, condition=condition, p_ref=p_ref)
             rows.append(_row(pol, float(t), float(p), {k: float(v[j]) for k, v in c.items()}))
     return rows
 
 
-def sweep_oracle(arrays: BlockArrays, targets: Sequence[float]) -> list[dict[str, Any]]:
-    """Oracle(t) at every target (regret measured at the same t)."""
+def sweep_oracle(arrays: BlockArrays, targets: Sequence[float], p_ref: str | float = "mixture",
+                 cls: type[Policy] = Oracle) -> list[dict[str, Any]]:
+    """Oracle(t) (or OracleBest(t)) at every target (regret measured at the same t, on ``arrays``)."""
     rows = []
     for t in targets:
-        pol = Oracle(t=t)
+        pol = cls(t=t, p_ref=p_ref)
         rows.append(_row(pol, float(t), np.nan, summarize(arrays, pol(arrays), [t])[0]))
     return rows
 
 
-def sweep_static(arrays: BlockArrays, targets: Sequence[float], levels: Sequence[int] | None = None) -> list[dict[str, Any]]:
-    """Static(l) for every level (or those given), regret at every target."""
+def sweep_static(arrays: BlockArrays, targets: Sequence[float],
+                 levels: Sequence[int | str] | None = None) -> list[dict[str, Any]]:
+    """Static(l) for every level (or those given: indices, or names the arrays know), regret at every target."""
     rows = []
     for lv in range(arrays.num_levels) if levels is None else levels:
-        pol = Static(l=lv)
+        pol = Static(l=Static(l=lv).level_index("l", arrays))  # rows name levels by index
         rows += [_row(pol, s["t"], np.nan, s) for s in summarize(arrays, pol(arrays), targets)]
     return rows
 
@@ -248,9 +254,9 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
         ts = [fixed["t"]] if "t" in fixed else list(targets)
         if cls is Probabilistic:
             grid = [fixed["p"]] if "p" in fixed else list(p_grid)
-            rows += sweep_probabilistic(arrays, ts, grid, probe.values["condition"])
-        elif cls is Oracle:
-            rows += sweep_oracle(arrays, ts)
+            rows += sweep_probabilistic(arrays, ts, grid, probe.values["condition"], probe.values["p_ref"])
+        elif cls in (Oracle, OracleBest):
+            rows += sweep_oracle(arrays, ts, probe.values["p_ref"], cls)
         elif cls is Static:
             rows += sweep_static(arrays, ts, [fixed["l"]] if "l" in fixed else None)
         elif cls is Uniform:

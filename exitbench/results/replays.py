@@ -62,6 +62,9 @@ def load_block_arrays(root: str | os.PathLike, run_id: str, p_ref: float | None 
     shape = run_shape(root, run_id)
     table = fetch_arrow(connect(root), "SELECT * EXCLUDE (run) FROM blocks WHERE run = ?", [run_id])
     arrays = BlockArrays.from_arrow(table, shape["num_levels"], shape["sample_rate"], shape["has_dynamic"])
+    levels = shape["levels"]
+    # the static levels' names, so that a policy's level parameter takes them (static:l=exit2)
+    arrays = arrays.with_level_names(list(levels.loc[levels["kind"] == "static"].sort_values("level")["name"]))
     return arrays.with_p_ref(p_ref) if p_ref is not None else arrays
 
 

@@ -23,8 +23,11 @@ def _floats(text: str) -> list[float]:
 def replay(
     run: str = typer.Argument(..., help="run id (or a unique prefix) in the results root"),
     policy: list[str] = typer.Option(..., "--policy", "-p",
-                                     help="policy spec, e.g. probabilistic:t=20,p=0.9, static:l=2, oracle:t=15,"
-                                          " uniform:seed=1, router (repeatable)"),
+                                     help="policy spec, e.g. probabilistic:t=20,p=0.9, static:l=2 or static:l=exit3,"
+                                          " oracle:t=15 (the first level reaching t, PRESS's), oracle-best:t=15"
+                                          " (least regret: a true bound), uniform:seed=1, router; the oracles and"
+                                          " probabilistic take p_ref=mixture (default: each utterance's mixture"
+                                          " power) or p_ref=<dBFS> (repeatable)"),
     target: Optional[float] = typer.Option(None, "--target", "-t",
                                            help="regret target t (dB) for policies without their own t"),
     results: Path = ReadResultsOpt,
