@@ -81,3 +81,38 @@ def test_calibration_needs_variances(calibrated):
                        n=calibrated.n, stats=calibrated.stats, macs=calibrated.macs, sample_rate=8000)
     with pytest.raises(PolicyError, match="no variance head"):
         pit_values(bare)
+
+
+@pytest.mark.parametrize("alpha,beta,err", [(3.0, 0.5, 0.2), (1.5, 2.0, 0.05), (8.0, 0.1, 0.03)])
+def test_log_crps_matches_monte_carlo(alpha, beta, err):
+    """CRPS of 10·log10 σ², σ² ~ InvGamma(α, β), at the observed error power: E|X − y| − ½E|X − X′| by simulation."""
+    from exitbench.policies.calibration import crps_log_error_db
+
+    n = 4000
+    arrays = simulated(num_blocks=1, levels=1, n=n)
+    arrays.alpha[:], arrays.beta[:] = alpha, beta
+    st = arrays.stats
+    st["e_ref"][:], st["e_est"][:], st["dot_est_ref"][:] = err * n, 0.0, 0.0  # ‖x − x̂‖² = err·n
+    got = float(crps_log_error_db(arrays)[0, 0, 0])
+    rng = np.random.default_rng(1)
+    x = 10 * np.log10(beta / rng.gamma(alpha, size=400_000))
+    x2 = 10 * np.log10(beta / rng.gamma(alpha, size=400_000))
+    y = 10 * np.log10(err)
+    want = np.abs(x - y).mean() - 0.5 * np.abs(x - x2).mean()
+    assert got == pytest.approx(want, rel=0.01, abs=0.01)
+
+
+def test_log_crps_mean_is_not_made_by_near_silent_blocks(calibrated):
+    """The relative CRPS's mean explodes on a few blocks whose error dwarfs the prediction (a near-silent
+    reference predicted near-silent, a loud error); the log-scale CRPS grows only by the dB it is off."""
+    from exitbench.policies.calibration import crps_log_error_db, crps_values
+
+    arrays = simulated(num_blocks=400, levels=1)
+    st = arrays.stats
+    err = st["e_ref"] - 2 * st["dot_est_ref"] + st["e_est"]
+    st["e_ref"][:4], st["e_est"][:4], st["dot_est_ref"][:4] = 1e4 * err[:4], 0.0, 0.0  # 40 dB above it
+    rel, log = crps_values(arrays)[:, 0, 0], crps_log_error_db(arrays)[:, 0, 0]
+    assert rel[:4].sum() > 0.9 * rel.sum()  # the old mean is those four blocks
+    assert log[:4].sum() < 0.5 * log.sum()
+    summary = calibration_summary(arrays)
+    assert {"crps", "crps_median", "crps_rel_median"} <= set(summary.columns)
