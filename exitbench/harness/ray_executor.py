@@ -24,6 +24,8 @@ from exitbench.harness.runner import PreparedRun
 from exitbench.results.store import ResultStore
 
 
+#: seconds a run waits for its first model worker to start, whatever --worker-wait says
+STARTUP_WAIT_S = 60.0
 #: CPUs per GPU from which two model actors share each GPU by default
 ACTORS_CPU_RULE = 8
 
@@ -289,9 +291,10 @@ class RayExecutor:
             start_actor()
         metrics_fn = ray.remote(_metrics).options(num_cpus=self.cpus_per_metric_task, max_retries=3)
         settings_ref = ray.put(settings)
-        if not with_metrics_in_actor:
+        if not with_metrics_in_actor and len([n for n in ray.nodes() if n.get("Alive")]) == 1:
             # the metric workers import torch and the metric packages while the actors load the model,
-            # instead of after the first forward (seconds of a small run's wall time)
+            # instead of after the first forward (seconds of a small run's wall time). On one node
+            # only: on several, a warm-up task could take the one CPU of the node an actor needs
             spare = float(ray.cluster_resources().get("CPU", 1)) - target * self.cpus_per_worker
             warm = ray.remote(_warm_metric_worker).options(num_cpus=self.cpus_per_metric_task, max_retries=0)
             self._warming = [warm.remote() for _ in range(max(0, min(metric_slots, int(
@@ -306,6 +309,7 @@ class RayExecutor:
         # utterances queued per actor: two shards' worth keeps it busy while results drain
         per_actor = max(1, (self.max_shards_in_flight or 2 * target) // max(target, 1)) * settings.shard_size
         no_worker_since: float | None = None
+        ever_ready = False
 
         def requeue(index: int, why: str) -> None:
             shard = state.pop(index, None)
@@ -375,9 +379,12 @@ class RayExecutor:
             refs = list(forwards) + list(metric_refs) + list(starting)
             if not any(s.ready for s in self.slots):
                 no_worker_since = no_worker_since or time.monotonic()
-                if time.monotonic() - no_worker_since > self.worker_wait_s:
+                # workers that are still starting (importing torch, loading the model: tens of seconds
+                # on a loaded node) are not lost ones: before the first is up, wait at least a minute
+                wait = self.worker_wait_s if ever_ready else max(self.worker_wait_s, STARTUP_WAIT_S)
+                if time.monotonic() - no_worker_since > wait:
                     raise WorkersLostError(
-                        f"no model worker has been alive for {self.worker_wait_s:g} s (the cluster lost its"
+                        f"no model worker has been alive for {wait:g} s (the cluster lost its"
                         f" nodes, or has no room for a worker); the"
                         f" {len(store.finished_shards(prepared.run_id))} finished shard(s) are kept, rerun"
                         f" the same command to resume")
@@ -410,6 +417,7 @@ class RayExecutor:
                     raise UsageError("workers loaded a different checkpoint than the driver (did a shared"
                                      " path change?)")
                 slot.ready = True
+                ever_ready = True
             elif ref in forwards:
                 slot, index, attempt, utt_id = forwards.pop(ref)
                 slot.in_flight -= 1

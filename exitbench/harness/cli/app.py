@@ -165,9 +165,21 @@ def make_executor(kind: str, **kwargs: Any) -> Any:
 def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = False, quiet: bool = False,
            expect_run_id: str | None = None, **executor_kwargs: Any) -> Any:
     """Prepare and execute one recording with a progress bar; returns the RunOutcome."""
+    ResultStore(results).check_writable()  # before loading anything: a bad root is a one-line answer
+    started: list[bool] = []  # set when this call starts a local Ray cluster
+    try:
+        return _record(spec, results, executor, force, quiet, expect_run_id, executor_kwargs, started)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()  # a cluster this call started ends with it, as RayExecutor's own would
+
+
+def _record(spec: RunSpec, results: Path, executor: str, force: bool, quiet: bool, expect_run_id: str | None,
+            executor_kwargs: dict[str, Any], started: list[bool]) -> Any:
     from exitbench.harness.runner import execute, prepare
 
-    ResultStore(results).check_writable()  # before loading anything: a bad root is a one-line answer
     with console.status("resolving model and test set..."):
         if executor == "ray":
             # Ray's start (seconds) overlaps resolving the model and test set; ray.init stays on the
@@ -179,7 +191,8 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
             with ThreadPoolExecutor(1) as pool:
                 future = pool.submit(prepare, spec)
                 try:
-                    ensure_ray(executor_kwargs.get("address"))
+                    if ensure_ray(executor_kwargs.get("address")):
+                        started.append(True)
                 finally:
                     prepared = future.result()
         else:

@@ -69,7 +69,8 @@ def run(
     cpus_per_metric_task: float = typer.Option(1.0, help="ray: CPUs per metric task"),
     address: Optional[str] = typer.Option(None, help="ray: cluster address (default: RAY_ADDRESS or local)"),
     worker_wait: float = typer.Option(60.0, help="ray: seconds without any live model worker before the run"
-                                                 " stops (exit 4; finished shards are kept)"),
+                                                 " stops (exit 4; finished shards are kept); at start-up, at"
+                                                 " least 60 s for the first worker to load"),
     device: str = DeviceOpt,
     force: bool = typer.Option(False, help="record again even if the run id is complete"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or table"),
@@ -136,7 +137,7 @@ def demo(
     The separator (press-s, default) runs on `demo` (8 kHz two-speaker mixtures); the enhancer
     (--model slimdemucs-s) on `demo-enhance` (16 kHz noisy speech).
     """
-    dataset = "demo-enhance" if model.startswith("slimdemucs") else "demo"
+    dataset = "demo-enhance" if Path(model).name.startswith("slimdemucs") else "demo"  # a name or a path
 
     def go() -> Any:
         spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics), stoi_backend=stoi_backend,
