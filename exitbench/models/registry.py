@@ -23,14 +23,7 @@ ARCHITECTURES: Registry[ExitModel] = Registry(
     base=ExitModel, produces=True, error=CheckpointError,
 )
 
-CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
-
-#: short names for the checkpoints shipped with the package
-BUNDLED = {
-    "press-s": "press-s.pt",
-    "slimdemucs-s": "slimdemucs-s.pt",
-}
-DEFAULT_MODEL = "press-s"
+from exitbench.models import BUNDLED, CHECKPOINT_DIR, DEFAULT_MODEL  # noqa: E402,F401  (light: no torch)
 
 
 @dataclass

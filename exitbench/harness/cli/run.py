@@ -25,7 +25,7 @@ from exitbench.harness.cli.app import (
     report_outcome,
 )
 from exitbench.harness.spec import RecordSettings, RunSpec
-from exitbench.models.registry import DEFAULT_MODEL
+from exitbench.models import DEFAULT_MODEL
 
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
