@@ -118,10 +118,11 @@ class Results:
     # -- comparisons -------------------------------------------------------------------------------
     def compare(self, base: str, candidate: str, *, candidate_root: str | os.PathLike | Results | None = None,
                 metrics: str | Sequence[str] = ("si_snri",), tolerance: float | str | dict[str, float] = 0.1,
-                policies: Sequence[str] | None = None, confidence: float = 0.95, resamples: int = 2000,
+                policies: Sequence[str] | None = None, alpha: float = 0.05, resamples: int = 2000,
                 seed: int = 0) -> pd.DataFrame:
-        """Paired per-utterance deltas (``exitbench compare``, no curves); attrs: base, candidate, regressed, notes."""
-        cmp = self._compare(base, candidate, candidate_root, metrics, tolerance, policies, confidence, resamples,
+        """Paired per-utterance deltas with the family-wise gate of ``exitbench compare`` (``alpha`` over all rows;
+        no curves); attrs: base, candidate, regressed, notes."""
+        cmp = self._compare(base, candidate, candidate_root, metrics, tolerance, policies, alpha, resamples,
                             seed, curves=False)
         rows = cmp.rows.reset_index(drop=True)
         rows.attrs = {"base": cmp.base["run_id"], "candidate": cmp.candidate["run_id"], "regressed": cmp.regressed,
@@ -132,7 +133,7 @@ class Results:
                        targets: Sequence[float] = (10.0, 15.0, 20.0), at_gmacs: float | None = None,
                        tolerance: float = 0.1) -> pd.DataFrame:
         """Curve readouts of ``exitbench compare``: front area, regret at a fixed GMAC/s (not significance-tested)."""
-        cmp = self._compare(base, candidate, candidate_root, ("si_snri",), tolerance, (), 0.95, 2000, 0,
+        cmp = self._compare(base, candidate, candidate_root, ("si_snri",), tolerance, (), 0.05, 2000, 0,
                             curves=True, targets=targets, at_gmacs=at_gmacs)
         curves = cmp.curves.reset_index(drop=True)
         curves.attrs = {"base": cmp.base["run_id"], "candidate": cmp.candidate["run_id"], "at_gmacs": cmp.at_gmacs}
@@ -141,12 +142,12 @@ class Results:
     # -- helpers -----------------------------------------------------------------------------------
     def _compare(self, base: str, candidate: str, candidate_root: str | os.PathLike | Results | None,
                  metrics: str | Sequence[str], tolerance: float | str | dict[str, float],
-                 policies: Sequence[str] | None, confidence: float, resamples: int, seed: int, **kw: Any) -> Any:
+                 policies: Sequence[str] | None, alpha: float, resamples: int, seed: int, **kw: Any) -> Any:
         from exitbench.results.compare import compare_runs
 
         croot = candidate_root.root if isinstance(candidate_root, Results) else candidate_root
         return compare_runs(self.root, base, candidate, candidate_root=croot, metrics=metrics, tolerance=tolerance,
-                            policies=policies, confidence=confidence, resamples=resamples, seed=seed, **kw)
+                            policies=policies, alpha=alpha, resamples=resamples, seed=seed, **kw)
 
     def _table(self, sql: str, params: list) -> pd.DataFrame:
         from exitbench.results.views import connect, fetch_arrow

@@ -17,8 +17,9 @@ import exitbench
 from exitbench.harness.cli import app
 from exitbench.models.checkpoint import save_checkpoint
 from exitbench.models.registry import resolve_model
-from exitbench.results.compare import (bootstrap_mean_ci, compare_runs, front_area, pareto_front, regret_at,
-                                       verdict)
+from exitbench.errors import UsageError
+from exitbench.results.compare import (MetricNotRecorded, bootstrap_mean_ci, compare_runs, front_area, gate_verdicts,
+                                       pareto_front, parse_tolerance, regret_at, simultaneous_bounds, verdict)
 from exitbench.results.history import history
 from exitbench.results.catalog import SchemaMismatch, list_runs
 from exitbench.results.store import ResultStore
@@ -28,6 +29,8 @@ runner = CliRunner()
 OPTIONS = (("num_utterances", "6"), ("seconds", "0.5"))
 BROKEN_EXIT = 2  # the candidate's exit3 decoder outputs silence: a real, deterministic regression of one level
 # (the deepest exit, which fixes the source permutation of every level, is left intact)
+NOISE = 0.2  # a second candidate: Gaussian noise of 0.2 × each weight tensor's std on every weight, so every
+# level and policy degrades by a few dB with utterance-to-utterance spread (correlated rows, none constant)
 
 
 
@@ -44,12 +47,19 @@ def runs(tmp_path_factory):
     save_checkpoint(cand_ck, ck.architecture, ck.config, sd, {**ck.metadata, "step": 2000})
     copy_ck.parent.mkdir()
     shutil.copy(base_ck, copy_ck)
-    root, root_b = tmp / "results", tmp / "results-b"
+    gen = torch.Generator().manual_seed(0)
+    noisy_ck = tmp / "noisy" / "press-noisy.pt"
+    noisy_ck.parent.mkdir()
+    sd = {k: (v + NOISE * v.float().std() * torch.randn(v.shape, generator=gen)
+              if v.is_floating_point() and v.numel() > 1 else v) for k, v in ck.state_dict.items()}
+    save_checkpoint(noisy_ck, ck.architecture, ck.config, sd, ck.metadata)
+    root, root_b, root_n = tmp / "results", tmp / "results-b", tmp / "results-noisy"
     base = record_local(root, model=str(base_ck), options=OPTIONS, metrics=(), shard_size=6)
     cand = record_local(root, model=str(cand_ck), options=OPTIONS, metrics=(), shard_size=6)
     rerun = record_local(root_b, model=str(copy_ck), options=OPTIONS, metrics=(), shard_size=6)
-    return {"root": root, "root_b": root_b, "base": base.run_id, "cand": cand.run_id, "rerun": rerun.run_id,
-            "base_ck": base_ck, "cand_ck": cand_ck, "tmp": tmp}
+    noisy = record_local(root_n, model=str(noisy_ck), options=OPTIONS, metrics=(), shard_size=6)
+    return {"root": root, "root_b": root_b, "root_n": root_n, "base": base.run_id, "cand": cand.run_id,
+            "rerun": rerun.run_id, "noisy": noisy.run_id, "base_ck": base_ck, "cand_ck": cand_ck, "tmp": tmp}
 
 
 def per_utt(root, run_id):
@@ -63,6 +73,9 @@ def test_gate_fires_on_a_real_regression(runs):
                                  "--tolerance", "0.1"])
     assert result.exit_code == 1, result.output
     assert "REGRESSION" in result.output and "Traceback" not in result.output
+    # the family: 4 levels + oracle + probabilistic (press has no router), one metric
+    assert "6 row(s) tested at family-wise alpha 0.05" in result.output
+    assert "REGRESSION: 1 of 6 row(s)" in result.output
     cmp = compare_runs(runs["root"], runs["base"], runs["cand"], policies=["static:l=2", "static:l=0", "router"])
     lv = cmp.rows[cmp.rows["kind"] == "level"].set_index("name")
     # the broken exit is significantly worse; the untouched ones are bit-identical, hence 'same'
@@ -95,6 +108,7 @@ def test_gate_is_quiet_on_an_identical_rerun(runs):
                                  "--policy", "probabilistic:t=15,p=0.5", "-m", "si_snri,snri"])
     assert result.exit_code == 0, result.output
     assert "no significant regression" in result.output
+    assert "12 row(s) tested at family-wise alpha 0.05" in result.output  # 2 metrics × (4 levels + 2 policies)
     cmp = compare_runs(runs["root"], runs["base"], runs["rerun"], candidate_root=runs["root_b"],
                        metrics=["si_snri", "snri"], policies=["oracle:t=10"])
     assert set(cmp.rows["verdict"]) == {"same"} and (cmp.rows["delta"].abs() < 1e-9).all()
@@ -209,3 +223,126 @@ def test_registry_and_compare_refuse_another_schema_version(runs, tmp_path):
     assert "is now `exitbench catalog`" in result.output
     result = runner.invoke(app, ["compare", runs["base"], runs["cand"], "-r", str(root)])
     assert result.exit_code == 2 and f"schema version {exitbench.SCHEMA_VERSION + 1}" in result.output
+
+
+# -- the gate's error rate and power -----------------------------------------------------------------------
+def _correlated_deltas(rng, rows, utts=20, rho=0.7, spread=1.0):
+    """Per-utterance deltas [rows, utts] with no true change, `spread` dB spread, correlation `rho` between rows."""
+    shared = rng.standard_normal((1, utts))
+    return spread * (np.sqrt(rho) * shared + np.sqrt(1 - rho) * rng.standard_normal((rows, utts)))
+
+
+def test_gate_holds_its_family_wise_error_rate_on_24_correlated_rows():
+    """No true change on 24 rows correlated at 0.7 (20 utterances, 1 dB spread, tolerance 0: the worst case).
+
+    400 simulated comparisons. The gate's true rate here is 0.036-0.047 (runs of 2000-4000 simulations,
+    benchmarks/bench_compare_gate.py), so the Monte-Carlo sd of a 400-simulation estimate is at most
+    √(0.05·0.95/400) ≈ 0.011: the bound 0.08 is ~3 sd above alpha (a gate at alpha fails it with
+    < 0.5 % chance over seeds), while a gate at twice alpha would pass it with < 10 % chance and the
+    old per-row rule (~20 %) practically never. The lower bound 0.01 catches a gate that never fires.
+    The old rule is run on (100 of) the same data sets to show that the test tells the two apart.
+    """
+    rng = np.random.default_rng(2024)
+    sims, gate, old = 400, 0, 0
+    for s in range(sims):
+        d = _correlated_deltas(rng, 24)
+        gate += bool((simultaneous_bounds(d, 0.0, alpha=0.05, resamples=1000, seed=s).high < 0).any())
+        if s < 100:  # the old rule needs fewer simulations to be seen far above alpha
+            _, lo, hi = bootstrap_mean_ci(d, 0.95, resamples=500, seed=s)
+            old += any(verdict(a, b, 0.0) == "worse" for a, b in zip(lo, hi))
+    assert 0.01 <= gate / sims <= 0.08, gate / sims
+    assert old / 100 >= 0.12, old / 100
+
+
+def test_gate_detects_a_true_drop_among_24_correlated_rows():
+    # one row of 24 drops by 1.5 dB (20 utterances, 1 dB spread): MDD at 80 % power is ~0.8 dB here
+    rng = np.random.default_rng(7)
+    hits, sims = 0, 60
+    for s in range(sims):
+        d = _correlated_deltas(rng, 24)
+        d[5] -= 1.5
+        b = simultaneous_bounds(d, 0.0, resamples=1000, seed=s)
+        v = gate_verdicts(b, 0.0)
+        hits += v[5] == "worse"
+        assert np.all(b.mdd[np.isfinite(b.mdd)] > 0)
+    assert hits / sims >= 0.9, hits / sims
+
+
+def test_bounds_are_simultaneous_and_the_mdd_follows_its_formula():
+    rng = np.random.default_rng(3)
+    d = _correlated_deltas(rng, 6, rho=0.0) - 0.3
+    one = simultaneous_bounds(d[:1], 0.1, resamples=2000, seed=1)
+    six = simultaneous_bounds(d, 0.1, resamples=2000, seed=1)
+    assert six.n_tested == 6 and one.n_tested == 1
+    assert six.critical > one.critical > 1.3  # six rows need a larger simultaneous critical value than one
+    assert six.high[0] > one.high[0] and six.low[0] < one.low[0]
+    np.testing.assert_allclose(six.mean, d.mean(axis=1))
+    np.testing.assert_allclose(six.se, d.std(axis=1, ddof=1) / np.sqrt(20))
+    np.testing.assert_allclose(six.high, six.mean + six.crit_high * six.se)
+    np.testing.assert_allclose(six.mdd, 0.1 + (six.crit_high + sps.norm.ppf(0.8)) * six.se)
+    assert (six.low <= six.mean).all() and (six.mean <= six.high).all()
+    again = simultaneous_bounds(d, 0.1, resamples=2000, seed=1)
+    np.testing.assert_array_equal(again.high, six.high)  # seeded
+    wider = simultaneous_bounds(d, 0.1, alpha=0.01, resamples=2000, seed=1)
+    assert (wider.high > six.high).all()
+
+
+def test_gate_edge_rows_constant_missing_and_few_changed_utterances():
+    rng = np.random.default_rng(5)
+    d = np.vstack([np.full(20, -0.5),  # every utterance equally worse: exact bounds, worse
+                   np.zeros(20),  # bit-identical: exact zero
+                   np.full(20, np.nan),  # not recorded: not tested
+                   np.r_[2.0, np.zeros(19)],  # one utterance improved: its bootstrap-t is degenerate ...
+                   rng.standard_normal(20) - 1.2])  # ... and must not hide this regression
+    d[4, 3] = np.nan  # a missing pair is left out of its row only
+    b = simultaneous_bounds(d, 0.1, resamples=2000, seed=0)
+    v = gate_verdicts(b, 0.1)
+    assert list(v) == ["worse", "same", "n/a", "same", "worse"], (v, b)
+    assert b.n_tested == 4 and list(b.n) == [20, 20, 0, 20, 19]
+    assert b.low[0] == b.high[0] == -0.5 and b.se[1] == 0 and np.isnan(b.high[2])
+    assert b.high[3] == np.inf and b.crit_high[4] < 3  # the degenerate row keeps its own (infinite) bound only
+
+
+def test_bad_alpha_and_too_few_resamples_are_refused():
+    d = np.zeros((1, 5))
+    with pytest.raises(UsageError, match="alpha"):
+        simultaneous_bounds(d, alpha=0.6)
+    with pytest.raises(UsageError, match="at least 200"):
+        simultaneous_bounds(d, alpha=0.05, resamples=100)
+
+
+def test_gate_fails_a_candidate_degraded_everywhere(runs):
+    """Noise on every weight: every level and policy drops by a few dB, with spread; all rows vary together."""
+    result = runner.invoke(app, ["compare", runs["base"], runs["noisy"], "-r", str(runs["root"]),
+                                 "--candidate-results", str(runs["root_n"]), "--no-curves"])
+    assert result.exit_code == 1, result.output
+    assert "6 row(s) tested at family-wise alpha 0.05" in result.output
+    cmp = compare_runs(runs["root"], runs["base"], runs["noisy"], candidate_root=runs["root_n"], curves=False)
+    assert (cmp.rows["se"] > 0).all() and (cmp.rows["delta"] < -2).all()
+    assert (cmp.rows["verdict"] == "worse").all() and (cmp.rows["ci_high"] < -0.1).all()
+    assert np.isfinite(cmp.critical) and (cmp.rows["mdd"] > 0.1).all()
+
+
+# -- comparing nothing is an error ----------------------------------------------------------------------------
+def test_a_metric_one_run_did_not_record_is_an_error(runs):
+    result = runner.invoke(app, ["compare", runs["base"], runs["cand"], "-r", str(runs["root"]), "-m", "pesq"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "did not record pesq" in lines[0] and runs["base"] in lines[0]
+    assert "no significant regression" not in result.output
+    with pytest.raises(MetricNotRecorded, match="leave it out of --metric"):
+        compare_runs(runs["root"], runs["base"], runs["cand"], metrics=["si_snri", "stoi"], curves=False)
+
+
+def test_an_unknown_tolerance_key_is_an_error(runs):
+    result = runner.invoke(app, ["compare", runs["base"], runs["cand"], "-r", str(runs["root"]),
+                                 "--tolerance", "sisnri=0.2"])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "'sisnri'" in lines[0] and "valid keys" in lines[0] and "si_snri" in lines[0]
+    assert parse_tolerance("si_snri=0.2,0.05", ["si_snri", "pesq"]) == {"si_snri": 0.2, "pesq": 0.05}
+    assert parse_tolerance(0.3, ["snri"]) == {"snri": 0.3}
+    with pytest.raises(UsageError, match="valid keys are the compared metrics: si_snri"):
+        parse_tolerance("pesq=0.1", ["si_snri"])  # a real metric, but not compared: as silent as a typo
+    with pytest.raises(UsageError, match="negative"):
+        parse_tolerance("-0.1", ["si_snri"])

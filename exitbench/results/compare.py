@@ -1,22 +1,64 @@
-"""Paired comparison of two recordings of one test set: per-utterance deltas, bootstrap CIs, verdicts, curves.
+"""Paired comparison of two recordings of one test set: a regression gate with a stated error rate.
 
 Every utterance is scored by both runs, so the comparison is paired: per utterance the metric
-(averaged over sources) of the candidate minus the base, per static level and per replayed policy
-configuration. A percentile bootstrap over utterances (the same resamples for every row, so rows
-stay comparable) gives the confidence interval of the mean delta. A row is 'worse' only when the
-whole interval lies below −tolerance (a significant regression), 'better' when it lies above
-+tolerance, else 'same'. Curve-level readouts (area under the Pareto front of mean SI-SNRi against
-GMAC/s, regret at a fixed compute) are reported beside them, without a significance test.
+(averaged over sources) of the candidate minus the base. One *row* per (static level or replayed
+policy configuration, metric). The gate tests all rows of a comparison together and controls the
+family-wise error rate: when no row truly drops by more than its tolerance, the probability that
+*any* row is called 'worse' is at most ``alpha`` (default 0.05), whatever the number of rows and
+however they correlate (levels of one model, and policies replaying them, are strongly correlated).
+
+The test is a studentised max-statistic paired bootstrap. Row j has n_j pairs, mean delta d̄_j and
+standard error se_j = s_j / √n_j (s_j with n_j − 1 degrees of freedom). The utterances are resampled
+B times, jointly for all rows (so the resamples keep the rows' correlation); resample b gives, per
+row, T_bj = (d̄_j − d̄*_bj) / se*_bj. The (1 − alpha) quantile c of max_j T_bj / h_j over the
+resamples is the simultaneous critical value, and with c_j = c · h_j
+
+    high_j = d̄_j + c_j · se_j
+
+holds as an upper bound of the true mean delta for every row at once with probability ≈ 1 − alpha.
+A row is 'worse' when high_j < −tolerance_j. The same construction on −T gives simultaneous lower
+bounds low_j ('better' when low_j > +tolerance_j), a family of its own at ``alpha``; 'better' never
+gates. h_j = 1 for every ordinary row. A row whose own bootstrap distribution is far heavier-tailed
+than Student's t (its 1 − alpha/2 quantile above twice t_{n_j−1}(1 − alpha/2); typically a row where
+only one or two utterances changed, so that many resamples have se* = 0) would otherwise set the
+critical value of every row: its statistic is divided by h_j = that quantile / (2 t) before the max,
+so it keeps its own wide bound without widening the others' (h_j = ∞, never significant, when the
+quantile is infinite). A row whose deltas are all equal has se_j = 0 and the exact bounds [d̄, d̄];
+a row with fewer than two pairs is 'n/a' and not tested. A compared metric that either run did not
+record, and a tolerance key that is not a compared metric, are usage errors (exit 2): the gate
+never passes having compared nothing.
+
+The minimum detectable difference (``mdd``) of a row is the true drop that the gate flags with
+probability ``power`` (80 %) at this test-set size (normal approximation: the gate fires when
+d̄_j < −tolerance_j − c_j·se_j, and d̄_j ~ N(−drop, se_j²)):
+
+    mdd_j = tolerance_j + (c_j + z_power) · se_j,    z_power = Φ⁻¹(power) (0.84 at 80 %)
+
+Calibration (``benchmarks/bench_compare_gate.py``, 2000 simulated comparisons per cell, ±1 point;
+``tests/test_compare.py`` checks the 24-row case): 20 utterances, a 1 dB per-utterance spread,
+tolerance 0 and no true change give false alarms of 5.1 %, 4.1 % and 3.6 % at alpha 0.05 on 1 row,
+6 independent rows and 24 rows correlated at 0.7, where the old per-row rule (each row's 95 %
+percentile interval below −tolerance; ``paired_table``) gave 3.6 %, 18 % and 20 %. The bootstrap-t
+is accurate from about 20 utterances on (a single row of strongly skewed or heavy-tailed deltas:
+up to ~7 %) and conservative below (6 utterances: 1-3 % on 6-24 rows).
+
+``paired_table``, ``bootstrap_mean_ci`` and ``verdict`` are that per-row rule (no multiplicity
+control), still used by ``history``. Curve-level readouts (area under the Pareto front of mean
+SI-SNRi against GMAC/s, regret at a fixed compute) are reported beside the rows, without a
+significance test; they do not gate.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
+from scipy import stats as sps
 
 from exitbench.errors import UsageError
 from exitbench.policies import PolicyError, parse_policy
@@ -30,11 +72,19 @@ REPLAY_METRICS = ("si_snr", "si_snri", "snr", "snri")
 #: policies compared when none are named: each where both recordings support it
 DEFAULT_POLICIES = ("oracle:t=15", "probabilistic:t=15,p=0.9", "router")
 DEFAULT_RESAMPLES = 2000
+DEFAULT_ALPHA = 0.05  #: family-wise error rate of the gate
+DEFAULT_POWER = 0.8  #: power at which the minimum detectable difference is stated
+DEFAULT_TOLERANCE = 0.1
+_HEAVY = 2.0  # a row whose bootstrap-t quantile exceeds this many times Student's is scaled (module docstring)
 _MAX_CELLS = 1 << 22  # resamples × utterances per chunk of the bootstrap
 
 
 class IncompatibleRuns(UsageError):
     """Two runs that cannot be compared (different test sets, no shared utterances...)."""
+
+
+class MetricNotRecorded(UsageError):
+    """A compared metric that one of the runs did not record (every value missing)."""
 
 
 def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
@@ -46,22 +96,34 @@ def parse_metrics(text: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(items))
 
 
-def parse_tolerance(text: str | float, metrics: Sequence[str]) -> dict[str, float]:
-    """``0.1`` (every metric) or ``si_snri=0.2,pesq=0.05`` (others 0.1) as {metric: tolerance}."""
-    if isinstance(text, (int, float)):
-        return {m: float(text) for m in metrics}
-    out = {m: 0.1 for m in metrics}
-    for item in filter(None, (s.strip() for s in str(text).split(","))):
-        key, eq, value = item.partition("=")
-        try:
-            if not eq:
-                out = {m: float(item) for m in metrics} | {k: v for k, v in out.items() if k not in metrics}
-                continue
-            out[key.strip()] = float(value)
-        except ValueError:
-            raise UsageError(f"--tolerance {item!r}: expected a number or metric=number") from None
-    if any(v < 0 for v in out.values()):
-        raise UsageError("--tolerance must not be negative")
+def parse_tolerance(text: str | float | dict[str, float], metrics: Sequence[str]) -> dict[str, float]:
+    """``0.1`` (every metric), ``si_snri=0.2,pesq=0.05`` (others 0.1) or a dict, as {metric: tolerance}.
+
+    A key that is not one of the compared ``metrics`` is an error (a typo would otherwise be ignored).
+    """
+    metrics = list(metrics)
+    default, explicit = DEFAULT_TOLERANCE, {}
+    if isinstance(text, dict):
+        explicit = {str(k).strip(): v for k, v in text.items()}
+    elif isinstance(text, (int, float)):
+        default = text
+    else:
+        for item in filter(None, (s.strip() for s in str(text).split(","))):
+            key, eq, value = item.partition("=")
+            try:
+                if eq:
+                    explicit[key.strip()] = float(value)
+                else:
+                    default = float(item)
+            except ValueError:
+                raise UsageError(f"--tolerance {item!r}: expected a number or metric=number") from None
+    unknown = [k for k in explicit if k not in metrics]
+    if unknown:
+        raise UsageError(f"--tolerance: unknown key(s) {', '.join(map(repr, unknown))}; valid keys are the compared"
+                         f" metrics: {', '.join(metrics)} (compare more with --metric)")
+    out = {m: float(explicit.get(m, default)) for m in metrics}
+    if not all(math.isfinite(v) and v >= 0 for v in out.values()):
+        raise UsageError("--tolerance must be a finite number, not negative")
     return out
 
 
@@ -156,32 +218,184 @@ def verdict(low: float, high: float, tolerance: float) -> str:
     return "same"
 
 
-def paired_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, float], confidence: float = 0.95,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """Per (kind, name, metric): n pairs, base/candidate means, mean delta, bootstrap CI and verdict."""
+def _paired_matrix(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Deltas as [rows (kind, name, metric), utterances] (NaN = no pair), and each row's n, base and candidate means."""
     keys = ["kind", "name", "metric"]
-    cols = keys + ["n", "base", "candidate", "delta", "ci_low", "ci_high", "tolerance", "verdict"]
-    if base.empty or cand.empty:
-        return pd.DataFrame(columns=cols)
     merged = base[keys + ["utt_id", "value"]].merge(cand[keys + ["utt_id", "value"]], on=keys + ["utt_id"],
                                                     suffixes=("_b", "_c"))
     merged["delta"] = merged["value_c"] - merged["value_b"]
     merged.loc[~np.isfinite(merged["value_b"]) | ~np.isfinite(merged["value_c"]), "delta"] = np.nan
     wide = merged.set_index(keys + ["utt_id"])["delta"].unstack("utt_id")  # [rows, utterances], NaN = no pair
-    order = {"level": 0, "policy": 1}
-    mean, lo, hi = bootstrap_mean_ci(wide.to_numpy(), confidence, resamples, seed)
     out = wide.index.to_frame(index=False)
     paired = merged.dropna(subset=["delta"]).groupby(keys)
     stats = paired.agg(n=("delta", "size"), base=("value_b", "mean"), candidate=("value_c", "mean"))
     out = out.merge(stats.reset_index(), on=keys, how="left")
     out["n"] = out["n"].fillna(0).astype(int)
-    out["delta"], out["ci_low"], out["ci_high"] = mean, lo, hi
-    out["tolerance"] = out["metric"].map(tolerance).fillna(0.1)
-    out["verdict"] = [verdict(a, b, t) for a, b, t in zip(out["ci_low"], out["ci_high"], out["tolerance"])]
+    return wide, out
+
+
+def _row_order(out: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
+    """Row positions in display order: levels (model order), then policies; by metric within each."""
     level_order = base.drop_duplicates("name").set_index("name").get("level", pd.Series(dtype=float))
-    out["_k"] = out["kind"].map(order)
-    out["_l"] = out["name"].map(level_order).fillna(0)
-    return out.sort_values(["_k", "_l", "name", "metric"]).drop(columns=["_k", "_l"])[cols].reset_index(drop=True)
+    k = out["kind"].map({"level": 0, "policy": 1})
+    lv = out["name"].map(level_order).fillna(0)
+    return pd.DataFrame({"k": k, "l": lv, "name": out["name"], "metric": out["metric"]}).sort_values(
+        ["k", "l", "name", "metric"]).index.to_numpy()
+
+
+def paired_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, float], confidence: float = 0.95,
+                 resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
+    """Per (kind, name, metric), each row on its own (no multiplicity control): n, means, delta, CI, verdict."""
+    cols = ["kind", "name", "metric", "n", "base", "candidate", "delta", "ci_low", "ci_high", "tolerance", "verdict"]
+    if base.empty or cand.empty:
+        return pd.DataFrame(columns=cols)
+    wide, out = _paired_matrix(base, cand)
+    mean, lo, hi = bootstrap_mean_ci(wide.to_numpy(), confidence, resamples, seed)
+    out["delta"], out["ci_low"], out["ci_high"] = mean, lo, hi
+    out["tolerance"] = out["metric"].map(tolerance).fillna(DEFAULT_TOLERANCE)
+    out["verdict"] = [verdict(a, b, t) for a, b, t in zip(out["ci_low"], out["ci_high"], out["tolerance"])]
+    return out.loc[_row_order(out, base), cols].reset_index(drop=True)
+
+
+# -- the gate: simultaneous bounds over all rows ------------------------------------------------------------
+@dataclass
+class SimultaneousBounds:
+    """Per-row effects and simultaneous one-sided bounds (arrays over rows; see the module docstring)."""
+
+    n: np.ndarray  # pairs per row
+    mean: np.ndarray  # mean delta d̄
+    se: np.ndarray  # its standard error (0: every delta equal; NaN: fewer than two pairs)
+    low: np.ndarray  # simultaneous lower bounds (the 'better' family)
+    high: np.ndarray  # simultaneous upper bounds (the 'worse' family: the gate)
+    crit_low: np.ndarray  # per-row critical values c_j of the two families
+    crit_high: np.ndarray
+    mdd: np.ndarray  # minimum detectable drop at ``power``
+    tested: np.ndarray  # bool: rows with at least two pairs
+    critical: float  # c of the 'worse' family (NaN when no tested row varies)
+    alpha: float
+    power: float
+
+    @property
+    def n_tested(self) -> int:
+        """Rows in the tested family."""
+        return int(self.tested.sum())
+
+
+def check_alpha(alpha: float, resamples: int) -> None:
+    """Raise UsageError unless 0 < alpha < 0.5 and ``resamples`` resolves the (1 − alpha) quantile."""
+    if not (isinstance(alpha, (int, float)) and 0 < alpha < 0.5):
+        raise UsageError(f"--alpha must lie in (0, 0.5), not {alpha}")
+    need = math.ceil(10 / alpha)
+    if resamples < need:
+        raise UsageError(f"--resamples {resamples} is too few for --alpha {alpha:g}: use at least {need}")
+
+
+def _resample_counts(rng: np.random.Generator, b: int, u: int) -> np.ndarray:
+    """How often each of ``u`` utterances is drawn in each of ``b`` bootstrap resamples, [b, u] float."""
+    idx = rng.integers(0, u, size=(b, u))
+    return np.bincount((np.arange(b)[:, None] * u + idx).ravel(), minlength=b * u).reshape(b, u).astype(np.float64)
+
+
+def _bootstrap_t(xc: np.ndarray, w: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """T[b, j] = (d̄_j − d̄*_bj) / se*_bj from centred deltas ``xc`` and pair weights ``w``, [rows, U] each."""
+    m, u = xc.shape
+    rng = np.random.default_rng(seed)
+    out = np.empty((resamples, m))
+    cols = np.ascontiguousarray(np.concatenate([w, xc, xc * xc]).T)  # [U, 3 rows]: one product per chunk
+    chunk = max(1, _MAX_CELLS // u)
+    for r0 in range(0, resamples, chunk):
+        r1 = min(resamples, r0 + chunk)
+        sums = _resample_counts(rng, r1 - r0, u) @ cols
+        n, s1, s2 = sums[:, :m], sums[:, m:2 * m], sums[:, 2 * m:]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = s1 / n  # d̄* − d̄
+            var = np.maximum(s2 - n * mean * mean, 0.0) / (n - 1)
+            t = -mean / np.sqrt(var / n)
+        t[n < 2] = np.nan
+        out[r0:r1] = t
+    return out
+
+
+def _family_critical(t: np.ndarray, alpha: float, ref: np.ndarray) -> tuple[np.ndarray, float]:
+    """Per-row critical values c·h_j and c of the max over rows of T[b, j] / h_j (module docstring)."""
+    t = np.where(np.isnan(t), -np.inf, t)
+    q = np.quantile(t, 1 - alpha / 2, axis=0, method="higher")
+    with np.errstate(invalid="ignore"):
+        h = np.maximum(1.0, q / ref)  # inf where the row's own quantile is infinite
+    keep = np.isfinite(h)
+    if not keep.any():
+        return np.full(t.shape[1], np.inf), float("nan")
+    top = (t[:, keep] / h[keep]).max(axis=1)
+    c = max(0.0, float(np.quantile(top, 1 - alpha, method="higher")))
+    return np.where(keep, c * np.where(keep, h, 1.0), np.inf), c
+
+
+def simultaneous_bounds(deltas: np.ndarray, tolerance: float | np.ndarray = 0.0, alpha: float = DEFAULT_ALPHA,
+                        resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+                        power: float = DEFAULT_POWER) -> SimultaneousBounds:
+    """Simultaneous one-sided bounds of the mean of each row of ``deltas`` [rows, U] (NaN = missing pair)."""
+    check_alpha(alpha, resamples)
+    if not 0 < power < 1:
+        raise UsageError(f"power must lie in (0, 1), not {power}")
+    d = np.atleast_2d(np.asarray(deltas, dtype=np.float64))
+    m, u = d.shape
+    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), (m,))
+    valid = np.isfinite(d)
+    w = valid.astype(np.float64)
+    n = w.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = np.where(valid, d, 0.0).sum(axis=1) / n
+        xc = np.where(valid, d - mean[:, None], 0.0)
+        se = np.sqrt((xc * xc).sum(axis=1) / (n - 1) / n)
+    tested = n >= 2
+    constant = tested & (np.where(valid, d, -np.inf).max(axis=1) == np.where(valid, d, np.inf).min(axis=1))
+    se = np.where(constant, 0.0, np.where(tested, se, np.nan))
+    varies = tested & ~constant
+    crit_hi, crit_lo = np.full(m, np.nan), np.full(m, np.nan)
+    crit_hi[constant] = crit_lo[constant] = 0.0
+    critical = float("nan")
+    if varies.any():
+        t = _bootstrap_t(xc[varies], w[varies], resamples, seed)
+        ref = _HEAVY * sps.t.isf(alpha / 2, n[varies] - 1)
+        crit_hi[varies], critical = _family_critical(t, alpha, ref)
+        crit_lo[varies], _ = _family_critical(-t, alpha, ref)
+    with np.errstate(invalid="ignore"):
+        high = np.where(constant, mean, mean + crit_hi * se)
+        low = np.where(constant, mean, mean - crit_lo * se)
+        mdd = np.where(constant, tol, tol + (crit_hi + sps.norm.ppf(power)) * se)
+    return SimultaneousBounds(n=n.astype(int), mean=mean, se=se, low=low, high=high, crit_low=crit_lo,
+                              crit_high=crit_hi, mdd=mdd, tested=tested, critical=critical, alpha=float(alpha),
+                              power=float(power))
+
+
+def gate_verdicts(bounds: SimultaneousBounds, tolerance: float | np.ndarray) -> np.ndarray:
+    """Per row: 'worse' (high < −tolerance), 'better' (low > +tolerance), 'same', or 'n/a' (not tested)."""
+    tol = np.broadcast_to(np.asarray(tolerance, dtype=np.float64), bounds.mean.shape)
+    return np.where(~bounds.tested, "n/a", np.where(bounds.high < -tol, "worse",
+                                                     np.where(bounds.low > tol, "better", "same")))
+
+
+GATE_COLUMNS = ("kind", "name", "metric", "n", "base", "candidate", "delta", "se", "ci_low", "ci_high", "crit",
+                "mdd", "tolerance", "verdict")
+
+
+def gate_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, float], alpha: float = DEFAULT_ALPHA,
+               resamples: int = DEFAULT_RESAMPLES, seed: int = 0,
+               power: float = DEFAULT_POWER) -> tuple[pd.DataFrame, SimultaneousBounds]:
+    """Per (kind, name, metric): n, means, delta, se, simultaneous bounds (ci_low/ci_high), crit, mdd, verdict."""
+    check_alpha(alpha, resamples)
+    if base.empty or cand.empty:
+        raise IncompatibleRuns("nothing to compare: a run has no per-utterance values")
+    wide, out = _paired_matrix(base, cand)
+    out["tolerance"] = out["metric"].map(tolerance).fillna(DEFAULT_TOLERANCE)
+    bounds = simultaneous_bounds(wide.to_numpy(), out["tolerance"].to_numpy(), alpha, resamples, seed, power)
+    out["delta"], out["se"], out["ci_low"], out["ci_high"] = bounds.mean, bounds.se, bounds.low, bounds.high
+    out["crit"], out["mdd"] = bounds.crit_high, bounds.mdd
+    out["verdict"] = gate_verdicts(bounds, out["tolerance"].to_numpy())
+    order = _row_order(out, base)
+    bounds = SimultaneousBounds(**{f: (v[order] if isinstance(v, np.ndarray) else v)
+                                   for f, v in vars(bounds).items()})
+    return out.loc[order, list(GATE_COLUMNS)].reset_index(drop=True), bounds
 
 
 # -- curves -------------------------------------------------------------------------------------------
@@ -266,20 +480,27 @@ class Comparison:
 
     base: dict[str, Any]
     candidate: dict[str, Any]
-    rows: pd.DataFrame  # paired per-utterance rows with verdicts
+    rows: pd.DataFrame  # GATE_COLUMNS: paired per-utterance rows with simultaneous bounds and verdicts
     curves: pd.DataFrame  # curve-level readouts (not significance-tested)
     notes: list[str] = field(default_factory=list)
-    confidence: float = 0.95
+    alpha: float = DEFAULT_ALPHA  # family-wise error rate of the gate
     at_gmacs: float = float("nan")
+    critical: float = float("nan")  # the simultaneous critical value c of the 'worse' family
+    power: float = DEFAULT_POWER  # at which the rows' mdd is stated
+
+    @property
+    def n_tested(self) -> int:
+        """Rows in the tested family (every row but the 'n/a' ones)."""
+        return int((self.rows["verdict"] != "n/a").sum())
 
     @property
     def regressions(self) -> pd.DataFrame:
-        """Rows whose delta is significantly below −tolerance."""
+        """Rows whose simultaneous upper bound lies below −tolerance."""
         return self.rows[self.rows["verdict"] == "worse"]
 
     @property
     def regressed(self) -> bool:
-        """True when any paired row is a significant regression beyond tolerance (the CI gate)."""
+        """True when any row is a significant regression beyond tolerance (the gate, family-wise at ``alpha``)."""
         return bool(len(self.regressions))
 
 
@@ -293,34 +514,62 @@ def check_comparable(base: dict[str, Any], cand: dict[str, Any]) -> None:
 
 
 def run_values(root: str | os.PathLike, run_id: str, metrics: Sequence[str], policies: Sequence[str],
-               arrays: Any = None) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Levels and replayed policies of one run as one long frame of per-utterance values; and skipped policies."""
-    lv = level_values(root, run_id, metrics)
+               arrays: Any = None, levels: pd.DataFrame | None = None) -> tuple[pd.DataFrame, dict[str, str]]:
+    """Levels (``levels`` if already read) and replayed policies of one run as one long frame; and skipped policies."""
+    lv = levels if levels is not None else level_values(root, run_id, metrics)
     pol, skipped = policy_values(root, run_id, policies, metrics, arrays)
     frame = pd.concat([lv, pol], ignore_index=True) if len(pol) else lv
     return frame.astype({"value": "float64"}), skipped
 
 
+def _recorded_metrics(run: dict[str, Any]) -> list[str] | None:
+    """The metrics a run's settings list beyond the always-recorded SNR family (None when unknown)."""
+    try:
+        settings = run.get("settings")
+        settings = json.loads(settings) if isinstance(settings, str) else settings
+        recorded = settings.get("metrics") if isinstance(settings, dict) else None
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return [str(m) for m in recorded] if isinstance(recorded, (list, tuple)) else None
+
+
+def check_recorded(values: pd.DataFrame, run: dict[str, Any], role: str, metrics: Sequence[str]) -> None:
+    """Raise MetricNotRecorded if a compared metric has no finite value at any level of this run."""
+    lv = values[values["kind"] == "level"]
+    present = set(lv.loc[np.isfinite(lv["value"].to_numpy(np.float64)), "metric"])
+    missing = [m for m in metrics if m not in present]
+    if missing:
+        recorded = _recorded_metrics(run)
+        extra = "" if recorded is None else f"; its settings.metrics: {', '.join(recorded) or 'none'}"
+        raise MetricNotRecorded(
+            f"{role} run {run['run_id']} did not record {', '.join(missing)} (every value missing{extra}): record"
+            f" it with `exitbench run --metrics ...` or leave it out of --metric")
+
+
 def compare_runs(root: str | os.PathLike, base: str, candidate: str, *, candidate_root: str | os.PathLike | None = None,
-                 metrics: Sequence[str] = ("si_snri",), tolerance: float | dict[str, float] = 0.1,
-                 policies: Sequence[str] | None = None, confidence: float = 0.95,
+                 metrics: Sequence[str] = ("si_snri",), tolerance: float | str | dict[str, float] = DEFAULT_TOLERANCE,
+                 policies: Sequence[str] | None = None, alpha: float = DEFAULT_ALPHA,
                  resamples: int = DEFAULT_RESAMPLES, seed: int = 0, targets: Sequence[float] = (10.0, 15.0, 20.0),
-                 at_gmacs: float | None = None, curves: bool = True) -> Comparison:
+                 at_gmacs: float | None = None, curves: bool = True, power: float = DEFAULT_POWER) -> Comparison:
     """Compare ``candidate`` against ``base`` (run ids or unique prefixes; the candidate may live in another root)."""
     from exitbench.results.replays import load_block_arrays
 
     metrics = parse_metrics(metrics)
-    tol = tolerance if isinstance(tolerance, dict) else parse_tolerance(tolerance, metrics)
+    tol = parse_tolerance(tolerance, metrics)
+    check_alpha(alpha, resamples)
     croot = candidate_root if candidate_root is not None else root
     b, c = resolve_run(root, base), resolve_run(croot, candidate)
     check_comparable(b, c)
     notes: list[str] = []
     explicit = policies is not None
     specs = [parse_policy(s).spec() for s in (policies if explicit else DEFAULT_POLICIES)]
+    lv_b, lv_c = level_values(root, b["run_id"], metrics), level_values(croot, c["run_id"], metrics)
+    check_recorded(lv_b, b, "base", metrics)  # before any replay: a metric not recorded is a quick answer
+    check_recorded(lv_c, c, "candidate", metrics)
     arrays_b = load_block_arrays(root, b["run_id"])
     arrays_c = load_block_arrays(croot, c["run_id"])
-    vb, skip_b = run_values(root, b["run_id"], metrics, specs, arrays_b)
-    vc, skip_c = run_values(croot, c["run_id"], metrics, specs, arrays_c)
+    vb, skip_b = run_values(root, b["run_id"], metrics, specs, arrays_b, levels=lv_b)
+    vc, skip_c = run_values(croot, c["run_id"], metrics, specs, arrays_c, levels=lv_c)
     for spec in specs:
         why = skip_b.get(spec) or skip_c.get(spec)
         if why:
@@ -338,13 +587,16 @@ def compare_runs(root: str | os.PathLike, base: str, candidate: str, *, candidat
     names_c = set(vc.loc[vc["kind"] == "level", "name"])
     if names_b != names_c:
         notes.append(f"levels in one run only: {sorted(names_b ^ names_c)} (compared by level name)")
-    rows = paired_table(vb, vc, tol, confidence, resamples, seed)
-    for metric, empty in rows[rows["n"] == 0].groupby("metric")["name"]:
-        notes.append(f"{metric}: no utterance has a finite value in both runs for {', '.join(empty)}"
-                     " (not recorded? see the runs' settings.metrics)")
+    rows, bounds = gate_table(vb, vc, tol, alpha, resamples, seed, power)
+    if not bounds.n_tested:
+        raise IncompatibleRuns(f"runs {b['run_id']} and {c['run_id']}: no row has two or more utterances with"
+                               " values in both runs, so there is nothing to test")
+    for metric, empty in rows[rows["verdict"] == "n/a"].groupby("metric")["name"]:
+        notes.append(f"{metric} not tested for {', '.join(empty)}: fewer than two utterances have it in both runs"
+                     " (recorded for some levels only? see --metric-levels)")
     curve_df, at = pd.DataFrame(), float("nan")
     if curves:
         pts_b = curve_points(root, b["run_id"], targets, arrays_b)
         pts_c = curve_points(croot, c["run_id"], targets, arrays_c)
-        curve_df, at = curve_table(pts_b, pts_c, targets, at_gmacs, tol.get("si_snri", 0.1))
-    return Comparison(b, c, rows, curve_df, notes, confidence, at)
+        curve_df, at = curve_table(pts_b, pts_c, targets, at_gmacs, tol.get("si_snri", DEFAULT_TOLERANCE))
+    return Comparison(b, c, rows, curve_df, notes, float(alpha), at, bounds.critical, float(power))

@@ -1,9 +1,9 @@
 """Metrics against training step over the checkpoints of one training run, with regressions marked.
 
 A group is the runs of one test set (dataset fingerprint), ordered by the step recorded in each
-checkpoint's metadata. Each step is compared with the previous one by the paired bootstrap of
-``exitbench.results.compare``: a regression is a drop beyond the tolerance whose confidence
-interval lies wholly below −tolerance.
+checkpoint's metadata. Each step is compared with the previous one by the gate of
+``exitbench.results.compare``: a regression is a drop beyond the tolerance whose simultaneous
+interval (family-wise error ``alpha`` over the rows of that step's comparison) lies wholly below it.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from exitbench.errors import UsageError
-from exitbench.results.compare import (DEFAULT_RESAMPLES, paired_table, parse_metrics, parse_tolerance,
-                                       run_values)
+from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, gate_table, parse_metrics,
+                                       parse_tolerance, run_values)
 from exitbench.results.catalog import list_runs
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
@@ -83,7 +83,7 @@ def select_group(root: str | os.PathLike, model_glob: str | None = None, group: 
 
 def history(root: str | os.PathLike, model_glob: str | None = None, group: str | None = None,
             metrics: Sequence[str] = ("si_snri",), tolerance: float | str = 0.1, policies: Sequence[str] = (),
-            confidence: float = 0.95, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> History:
+            alpha: float = DEFAULT_ALPHA, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> History:
     """Per step: the mean of each metric per level (and policy), and its paired delta to the previous step."""
     metrics = parse_metrics(metrics)
     tol = parse_tolerance(tolerance, metrics)
@@ -98,7 +98,7 @@ def history(root: str | os.PathLike, model_glob: str | None = None, group: str |
         if prev is None:
             cmp = means.assign(delta=np.nan, ci_low=np.nan, ci_high=np.nan, verdict="")
         else:
-            pt = paired_table(prev, values, tol, confidence, resamples, seed)
+            pt, _ = gate_table(prev, values, tol, alpha, resamples, seed)
             cmp = means.merge(pt[["kind", "name", "metric", "delta", "ci_low", "ci_high", "verdict"]],
                               on=["kind", "name", "metric"], how="left")
             cmp["verdict"] = cmp["verdict"].fillna("n/a")

@@ -127,14 +127,17 @@ def compare(
     candidate_results: Optional[Path] = typer.Option(
         None, "--candidate-results", help="results root of the candidate (default: --results), e.g. a CI run"),
     metric: str = typer.Option("si_snri", "--metric", "-m",
-                               help="comma list of si_snri, si_snr, snri, snr, sdri, sdr, pesq, stoi, estoi"),
-    tolerance: str = typer.Option("0.1", help="smallest change that matters, in the metric's units: one number"
-                                              " or metric=value pairs (si_snri=0.2,pesq=0.05)"),
+                               help="comma list of si_snri, si_snr, snri, snr, sdri, sdr, pesq, stoi, estoi;"
+                                    " each must be recorded in both runs"),
+    tolerance: str = typer.Option("0.1", help="smallest drop that matters, in the metric's units: one number"
+                                              " or metric=value pairs of compared metrics (si_snri=0.2,pesq=0.05)"),
     policy: list[str] = typer.Option([], "--policy", "-p",
                                      help="policy spec to replay and compare per utterance (repeatable); default:"
                                           " oracle:t=15, probabilistic:t=15,p=0.9 and router where supported"),
-    confidence: float = typer.Option(0.95, help="bootstrap confidence level"),
-    resamples: int = typer.Option(2000, help="bootstrap resamples"),
+    alpha: float = typer.Option(0.05, help="family-wise error rate of the gate: the chance that any row is called"
+                                           " worse when none truly dropped beyond tolerance"),
+    confidence: Optional[float] = typer.Option(None, hidden=True, help="deprecated: use --alpha (= 1 − confidence)"),
+    resamples: int = typer.Option(2000, help="bootstrap resamples (at least 10/alpha)"),
     seed: int = typer.Option(0, help="bootstrap seed"),
     targets: str = typer.Option("10,15,20", help="targets t (dB) of the curve-level regret comparison"),
     at_gmacs: Optional[float] = typer.Option(None, help="compute (GMAC/s) at which regret curves are compared;"
@@ -144,20 +147,29 @@ def compare(
 ) -> None:
     """Paired comparison of a candidate run against a base run on the same test set (a CI gate).
 
-    Per level and per policy configuration: the per-utterance deltas (candidate − base, each
-    utterance's metric averaged over sources), their mean and a bootstrap confidence interval. A
-    row is 'worse' only when the whole interval lies below −tolerance, 'better' when above
+    One row per level and per policy configuration and metric: the mean of the per-utterance deltas
+    (candidate − base, each utterance's metric averaged over sources), its simultaneous bounds and
+    the minimum detectable drop (MDD, at 80 % power). All rows are tested together by a max-statistic
+    paired bootstrap: when no row truly drops beyond its tolerance, the chance that any row is called
+    'worse' is at most --alpha (default 0.05), however many rows there are. A row is 'worse' when its
+    simultaneous upper bound lies below −tolerance, 'better' when its lower bound lies above
     +tolerance, else 'same'. Curve-level readouts (area under the Pareto front of mean SI-SNRi vs
     GMAC/s, regret at a fixed compute) are shown but not significance-tested and do not gate.
-    Exit code 1 when any row is 'worse', 0 otherwise, 2 on bad input (e.g. different test sets).
+    Exit code 1 when any row is 'worse', 0 otherwise, 2 on bad input (different test sets, a metric
+    one run did not record, an unknown --tolerance key).
     """
     from exitbench.results.compare import compare_runs
+
+    notes = []
+    if confidence is not None:
+        alpha = 1.0 - confidence
+        notes.append(f"--confidence is deprecated: the gate's family-wise error rate is --alpha (used {alpha:g})")
 
     def go() -> Any:
         ts = [float(x) for x in targets.split(",") if x.strip()]
         return compare_runs(results, base, candidate, candidate_root=candidate_results,
                             metrics=metric.split(","), tolerance=tolerance, policies=policy or None,
-                            confidence=confidence, resamples=resamples, seed=seed, targets=ts,
+                            alpha=alpha, resamples=resamples, seed=seed, targets=ts,
                             at_gmacs=at_gmacs, curves=not no_curves)
 
     cmp = guarded(go)
@@ -165,13 +177,13 @@ def compare(
     console.print(f"base {b['run_id']} ({_model_name(b['checkpoint_path'], b['model'])}, step {_int(b['step'])})"
                   f" vs candidate {c['run_id']} ({_model_name(c['checkpoint_path'], c['model'])}, step"
                   f" {_int(c['step'])}) on {b['dataset']}", highlight=False, soft_wrap=True)
-    pct = f"{100 * cmp.confidence:g}%"
-    t = Table(title=f"paired per-utterance deltas (candidate − base), {pct} bootstrap CI")
-    for col in ("kind", "name", "metric", "n", "base", "candidate", "delta", f"{pct} CI", "tol", "verdict"):
-        t.add_column(col, justify="right" if col in ("n", "base", "candidate", "delta", "tol") else "left")
+    family = f"{cmp.n_tested} row(s) tested at family-wise alpha {cmp.alpha:g}"
+    t = Table(title=f"paired per-utterance deltas (candidate − base); bounds simultaneous over the {family}")
+    for col in ("kind", "name", "metric", "n", "base", "candidate", "delta", "bounds", "MDD", "tol", "verdict"):
+        t.add_column(col, justify="right" if col in ("n", "base", "candidate", "delta", "MDD", "tol") else "left")
     for r in cmp.rows.itertuples(index=False):
         t.add_row(r.kind, r.name, r.metric, str(r.n), _fmt(r.base), _fmt(r.candidate), _fmt(r.delta, 3),
-                  f"[{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]", _fmt(r.tolerance, 3), r.verdict,
+                  f"[{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]", _fmt(r.mdd, 3), _fmt(r.tolerance, 3), r.verdict,
                   style=_VERDICT_STYLE.get(r.verdict, ""))
     out.print(t)
     if len(cmp.curves):
@@ -182,14 +194,19 @@ def compare(
             t.add_row(r.readout, r.policy, _fmt(r.t, 0), _fmt(r.base, 3), _fmt(r.candidate, 3), _fmt(r.delta, 3),
                       r.better, r.verdict)
         out.print(t)
-    for note in cmp.notes:
+    for note in notes + cmp.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
+    crit = (f"simultaneous critical value {cmp.critical:.2f} standard errors" if math.isfinite(cmp.critical)
+            else "every row's deltas are constant, so its bounds are exact")
+    console.print(f"{family} (one-sided; {crit}; MDD = the drop detected with {cmp.power:.0%} power)",
+                  highlight=False, soft_wrap=True)
     n_bad = len(cmp.regressions)
     if n_bad:
-        console.print(f"[bold red]REGRESSION:[/] {n_bad} row(s) significantly worse beyond tolerance",
-                      highlight=False)
+        console.print(f"[bold red]REGRESSION:[/] {n_bad} of {cmp.n_tested} row(s) significantly worse beyond"
+                      f" tolerance (family-wise alpha {cmp.alpha:g})", highlight=False, soft_wrap=True)
         raise typer.Exit(1)
-    console.print("no significant regression beyond tolerance", highlight=False)
+    console.print(f"no significant regression beyond tolerance in {cmp.n_tested} row(s) (family-wise alpha"
+                  f" {cmp.alpha:g})", highlight=False, soft_wrap=True)
 
 
 # -- history ----------------------------------------------------------------------------------------
@@ -203,21 +220,21 @@ def history(
     metric: str = typer.Option("si_snri", "--metric", "-m", help="comma list of metrics (as in compare)"),
     policy: list[str] = typer.Option([], "--policy", "-p", help="also track these policy configurations"),
     tolerance: str = typer.Option("0.1", help="smallest drop that counts (as in compare)"),
-    confidence: float = typer.Option(0.95, help="bootstrap confidence level"),
+    alpha: float = typer.Option(0.05, help="family-wise error rate of each step's comparison (as in compare)"),
     out_fig: Optional[Path] = typer.Option(None, "--out", "-o", help="write the figure here (PNG, PDF, SVG)"),
     fail_on_regression: bool = typer.Option(False, help="exit code 1 when any step regressed"),
 ) -> None:
     """Metrics against training step over the checkpoints of one training run, regressions marked.
 
     The group is the complete runs of one test set that carry a step in their checkpoint metadata,
-    one per step. Each step is compared with the previous one by the paired bootstrap (as in
-    `exitbench compare`); a significant drop beyond tolerance is marked REGRESSION (red circles in
-    the figure).
+    one per step. Each step is compared with the previous one by the gate of `exitbench compare`
+    (a max-statistic paired bootstrap, family-wise error --alpha over the step's rows); a significant
+    drop beyond tolerance is marked REGRESSION (red circles in the figure).
     """
     from exitbench.results.history import history as build, plot_history
 
     hist = guarded(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
-                                       confidence))
+                                       alpha))
     t = Table(title=f"history on {hist.dataset} ({hist.fingerprint[:12]}): {len(hist.runs)} step(s)")
     for col in ("step", "run", "name", "metric", "mean", "Δ prev", "CI", "verdict"):
         t.add_column(col, justify="right" if col in ("step", "mean", "Δ prev") else "left")
