@@ -130,16 +130,27 @@ def parse_tolerance(text: str | float | dict[str, float], metrics: Sequence[str]
 # -- per-utterance values ------------------------------------------------------------------------
 def level_values(root: str | os.PathLike, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
     """Long frame (kind='level', name, metric, utt_id, value): per utterance and level, the source mean."""
+    return level_values_of_runs(root, [run_id], metrics)[run_id]
+
+
+def level_values_of_runs(root: str | os.PathLike, run_ids: Sequence[str], metrics: Sequence[str]
+                         ) -> dict[str, pd.DataFrame]:
+    """``level_values`` of many runs from one connection and one query (history: not one connection per run)."""
     cols = ", ".join(f"avg({m}) AS {m}" for m in metrics)
     con = connect(root)
     try:
-        wide = con.execute(f"SELECT utt_id, level, level_name AS name, {cols} FROM utterances WHERE run = ?"
-                           " GROUP BY utt_id, level, level_name ORDER BY level, utt_id", [run_id]).df()
+        wide = con.execute(f"SELECT run, utt_id, level, level_name AS name, {cols} FROM utterances"
+                           f" WHERE run IN (SELECT unnest(?)) GROUP BY run, utt_id, level, level_name"
+                           f" ORDER BY run, level, utt_id", [list(run_ids)]).df()
     finally:
         con.close()
-    long = wide.melt(id_vars=["utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
-                     value_name="value")
-    return long.assign(kind="level")
+    out = {}
+    for run_id in run_ids:
+        part = wide[wide["run"] == run_id].drop(columns="run")
+        long = part.melt(id_vars=["utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
+                         value_name="value")
+        out[run_id] = long.assign(kind="level").reset_index(drop=True)
+    return out
 
 
 def policy_values(root: str | os.PathLike, run_id: str, specs: Sequence[str], metrics: Sequence[str],

@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from exitbench.errors import UsageError
-from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, gate_table, parse_metrics,
-                                       parse_tolerance, run_values)
+from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, gate_table, level_values_of_runs,
+                                       parse_metrics, parse_tolerance, run_values)
 from exitbench.results.catalog import list_runs
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
@@ -88,9 +88,10 @@ def history(root: str | os.PathLike, model_glob: str | None = None, group: str |
     metrics = parse_metrics(metrics)
     tol = parse_tolerance(tolerance, metrics)
     runs, notes = select_group(root, model_glob, group)
+    levels = level_values_of_runs(root, list(runs["run_id"]), metrics)  # one query for every step
     frames, prev = [], None
     for _, run in runs.iterrows():
-        values, skipped = run_values(root, run["run_id"], metrics, list(policies))
+        values, skipped = run_values(root, run["run_id"], metrics, list(policies), levels=levels[run["run_id"]])
         for spec, why in skipped.items():
             notes.append(f"step {run['step']}: policy {spec} left out: {why}")
         means = (values.groupby(["kind", "name", "metric"], sort=False)["value"]
