@@ -303,6 +303,14 @@ def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
         vals.setdefault(key, nan)
     vals["si_snr"] = np.stack([si_snr(sig[r], ref) for r in range(rows)])
     vals["snr"] = np.stack([snr(sig[r], ref) for r in range(rows)])
+    # one rule for a constant (silent) estimate, whatever the metric: NaN, flagged, never a clamped value
+    silent = np.ptp(sig, axis=-1) == 0  # [rows, S]
+    silent[0] = False  # the mixture is the baseline, not an estimate (a silent mixture fails validation)
+    for key in ("si_snr", "snr", "sdr", "pesq", "stoi", "estoi"):
+        vals[key] = np.where(silent, np.nan, vals[key])
+    for r, s in zip(*np.nonzero(silent)):
+        notes[r] = [n for n in notes[r] if not n.startswith(f"pesq[{s}]")]  # the rule says it all
+        notes[r].append(f"silent estimate[{s}]: every metric NaN")
 
     mix = rec.mixture
     out: dict[str, list] = {f.name: [] for f in UTTERANCES}
@@ -323,6 +331,7 @@ def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
                 "num_samples": mix.shape[0], "macs": rec.level_macs[level],
                 "permutation": json.dumps(rec.permutation), "metric_notes": note,
                 "metadata": json.dumps(rec.metadata, sort_keys=True, default=str),
+                "silent_estimate": bool(silent[r, s]),
             }
             for k, x in v.items():
                 out[k].append(float(x) if isinstance(x, np.floating) else x)

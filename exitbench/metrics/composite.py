@@ -23,6 +23,7 @@ def si_snr_from_sums(n: ArrayLike, sum_est: ArrayLike, sum_ref: ArrayLike, e_est
                      dot: ArrayLike, eps: float = DEFAULT_EPS) -> np.ndarray:
     """SI-SNR (dB) with the zero-mean corrections D, E, F: 10·log10(D² / (E·F − D²)); NaN where E ≤ 0."""
     n, sum_est, sum_ref, e_est, e_ref, dot = _f64(n, sum_est, sum_ref, e_est, e_ref, dot)
+    live = _not_constant(n, sum_est, e_est)
     d = sum_est * (sum_ref / n)
     np.subtract(dot, d, out=d)  # D; in place because sweeps call this on large arrays
     e = e_ref - sum_ref * sum_ref / n
@@ -35,14 +36,26 @@ def si_snr_from_sums(n: ArrayLike, sum_est: ArrayLike, sum_ref: ArrayLike, e_est
     f -= d
     with np.errstate(divide="ignore", invalid="ignore"):
         out = energy_ratio_db(d, f, eps)
-    return np.where(e > 0, out, np.nan)
+    return np.where((e > 0) & live, out, np.nan)
 
 
-def snr_from_sums(e_est: ArrayLike, e_ref: ArrayLike, dot: ArrayLike, eps: float = DEFAULT_EPS) -> np.ndarray:
-    """Plain SNR (dB): 10·log10(e_ref / (e_ref − 2·dot + e_est)); NaN where e_ref ≤ 0."""
+def _not_constant(n: np.ndarray, sum_est: np.ndarray, e_est: np.ndarray) -> np.ndarray:
+    """False where the (stitched) estimate is constant: its zero-mean energy Σx̂² − (Σx̂)²/N vanishes
+    (to rounding: at most 1e-12 of Σx̂²), the silent-estimate rule of ``metrics.snr``."""
+    spread = e_est - sum_est * (sum_est / n)
+    return spread > 1e-12 * np.maximum(e_est, 0.0)
+
+
+def snr_from_sums(e_est: ArrayLike, e_ref: ArrayLike, dot: ArrayLike, eps: float = DEFAULT_EPS,
+                  n: ArrayLike | None = None, sum_est: ArrayLike | None = None) -> np.ndarray:
+    """Plain SNR (dB): 10·log10(e_ref / (e_ref − 2·dot + e_est)); NaN where e_ref ≤ 0, and (given n and
+    sum_est) where the estimate is constant."""
     e_est, e_ref, dot = _f64(e_est, e_ref, dot)
     out = energy_ratio_db(e_ref, e_ref - 2.0 * dot + e_est, eps)
-    return np.where(e_ref > 0, out, np.nan)
+    ok = e_ref > 0
+    if n is not None and sum_est is not None:
+        ok = ok & _not_constant(*_f64(n, sum_est), e_est)
+    return np.where(ok, out, np.nan)
 
 
 def composite_metrics(n: ArrayLike, sum_ref: ArrayLike, sum_est: ArrayLike, sum_mix: ArrayLike, e_ref: ArrayLike,
@@ -53,7 +66,7 @@ def composite_metrics(n: ArrayLike, sum_ref: ArrayLike, sum_est: ArrayLike, sum_
     del dot_est_mix
     si = si_snr_from_sums(n, sum_est, sum_ref, e_est, e_ref, dot_est_ref, eps)
     si_mix = si_snr_from_sums(n, sum_mix, sum_ref, e_mix, e_ref, dot_mix_ref, eps)
-    plain = snr_from_sums(e_est, e_ref, dot_est_ref, eps)
+    plain = snr_from_sums(e_est, e_ref, dot_est_ref, eps, n=n, sum_est=sum_est)
     plain_mix = snr_from_sums(e_mix, e_ref, dot_mix_ref, eps)
     return {"si_snr": si, "snr": plain, "si_snr_mix": si_mix, "snr_mix": plain_mix,
             "si_snri": si - si_mix, "snri": plain - plain_mix}

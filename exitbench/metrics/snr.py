@@ -5,8 +5,12 @@ Edge cases, the same everywhere in ``exitbench.metrics``:
   value, ``-10*log10(eps)`` dB (120 dB for the default eps = 1e-12): the error energy is floored at
   ``eps`` times the signal energy, so means over utterances stay finite and replayed sums agree with
   stitched waveforms;
-- no recovered signal (zero target energy) gives ``10*log10(eps)`` dB (-120 dB);
-- a silent (all-zero, or constant for SI-SNR) reference leaves the metric undefined: NaN.
+- no recovered signal (an estimate orthogonal to the reference: zero target energy) gives
+  ``10*log10(eps)`` dB (-120 dB);
+- a silent or constant estimate, like a silent (all-zero, or constant for SI-SNR) reference, leaves
+  the metric undefined: NaN. One rule for every metric of a recording (SDR, PESQ and STOI of such an
+  estimate are NaN too, and the row is flagged ``silent_estimate``), so that no mean mixes a clamped
+  value with NaNs dropped elsewhere.
 """
 
 from __future__ import annotations
@@ -63,7 +67,7 @@ def si_snr(est: np.ndarray, ref: np.ndarray, eps: float = DEFAULT_EPS) -> np.nda
     noise = est - target
     out = energy_ratio_db(np.einsum("...t,...t->...", target, target),
                           np.einsum("...t,...t->...", noise, noise), eps)
-    return np.where(ref_energy > 0, out, np.nan)
+    return np.where((ref_energy > 0) & (np.ptp(est, axis=-1) > 0), out, np.nan)
 
 
 def snr(est: np.ndarray, ref: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarray:
@@ -72,4 +76,4 @@ def snr(est: np.ndarray, ref: np.ndarray, eps: float = DEFAULT_EPS) -> np.ndarra
     ref_energy = np.einsum("...t,...t->...", ref, ref)
     err = ref - est
     out = energy_ratio_db(ref_energy, np.einsum("...t,...t->...", err, err), eps)
-    return np.where(ref_energy > 0, out, np.nan)
+    return np.where((ref_energy > 0) & (np.ptp(est, axis=-1) > 0), out, np.nan)

@@ -100,7 +100,7 @@ def composite_from_sums(arrays: BlockArrays, sum_est: np.ndarray, e_est: np.ndar
     n = arrays.utt_samples[rows].astype(np.float64)[(slice(None), None) + (None,) * (sum_est.ndim - 2)]
     sum_ref, e_ref = ref["sum_ref"][rows][extra], ref["e_ref"][rows][extra]
     si = si_snr_from_sums(n, sum_est, sum_ref, e_est, e_ref, dot_est_ref)
-    snr = snr_from_sums(e_est, e_ref, dot_est_ref)
+    snr = snr_from_sums(e_est, e_ref, dot_est_ref, n=n, sum_est=sum_est)
     return {"si_snr": si, "si_snri": si - mix["si_snr"][rows][extra], "snr": snr,
             "snri": snr - mix["snr"][rows][extra]}
 

@@ -244,7 +244,7 @@ def level_summary(root: Root, run_id: str, metrics: Sequence[str] = (*LEVEL_METR
     """Per level and metric: mean over utterances and a percentile-bootstrap CI (resampling utterances).
 
     Columns: run, level, level_name, kind, metric, mean, ci_lo, ci_hi, n (utterances with a finite
-    value). The bootstrap is seeded (``seed``) so a report is reproducible; for a static level the
+    value), n_nan (those without: a silent estimate, a metric that could not be computed). The bootstrap is seeded (``seed``) so a report is reproducible; for a static level the
     GMAC/s interval has zero width.
     """
     long = utterance_metrics(root, run_id, metrics)
@@ -255,7 +255,7 @@ def level_summary(root: Root, run_id: str, metrics: Sequence[str] = (*LEVEL_METR
         lo, hi = bootstrap_ci(finite, n_boot, confidence, seed)
         rows.append({"run": run_id, "level": int(lv), "level_name": name, "kind": kind, "metric": metric,
                      "mean": float(finite.mean()) if finite.size else np.nan, "ci_lo": lo, "ci_hi": hi,
-                     "n": int(finite.size)})
+                     "n": int(finite.size), "n_nan": int(v.size - finite.size)})
     out = pd.DataFrame(rows)
     order = {m: i for i, m in enumerate(metrics)}
     return out.sort_values(["metric", "level"], key=lambda s: s.map(order) if s.name == "metric" else s,

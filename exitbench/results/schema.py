@@ -66,6 +66,9 @@ UTTERANCES = pa.schema(
         ("permutation", pa.string()),  # JSON list: estimate index matched to each reference source
         ("metric_notes", pa.string()),  # why a metric is NaN (e.g. PESQ on silence), else null
         ("metadata", pa.string()),  # JSON object of the test set's per-utterance metadata
+        # the estimate is constant (silent): every metric of this row is NaN by one rule, never clamped
+        # (null in recordings made before the rule)
+        ("silent_estimate", pa.bool_()),
     ]
 )
 

@@ -186,3 +186,21 @@ def tiny_gaussian(seed: int = 0) -> ExitModel:
     return MultiExitAdapter(net, taps=[f"repeats.{i}" for i in range(3)], head=head, sample_rate=8000,
                             num_sources=2, block_size=2000, uncertainty="gaussian", variance_hop=8,
                             scores=("agreement",))
+
+
+class _SilentExit(Faulty):
+    """The shipped separator with exit ``level``'s estimate of source 0 all zeros (a dead exit head)."""
+
+    def __init__(self, level: int):
+        super().__init__("ok", 10**12)
+        self.silent_level = level
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        out = self.inner.forward_all(mixture)
+        out.estimates[self.silent_level, :] = 0.0
+        return out
+
+
+def silent_exit(level: int = 0) -> ExitModel:
+    """press-s whose exit ``level`` outputs silence for both sources."""
+    return _SilentExit(level)

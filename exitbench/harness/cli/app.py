@@ -247,18 +247,26 @@ def report_outcome(outcome: Any, quiet: bool = False) -> None:
     con = connect(outcome.root)
     rows = con.execute(
         """
-        SELECT u.level, u.level_name, any_value(l.gmacs) AS gmacs, avg(u.si_snri) AS si_snri,
-               avg(u.sdri) AS sdri, avg(u.pesq) AS pesq, avg(u.stoi) AS stoi, count(DISTINCT u.utt_id) AS n
+        SELECT u.level, u.level_name, any_value(l.gmacs) AS gmacs,
+               avg(u.si_snri) FILTER (WHERE isfinite(u.si_snri)) AS si_snri,
+               avg(u.sdri) FILTER (WHERE isfinite(u.sdri)) AS sdri,
+               avg(u.pesq) FILTER (WHERE isfinite(u.pesq)) AS pesq,
+               avg(u.stoi) FILTER (WHERE isfinite(u.stoi)) AS stoi,
+               count(*) FILTER (WHERE NOT isfinite(u.si_snri) OR NOT isfinite(u.sdri) OR NOT isfinite(u.pesq)
+                                OR NOT isfinite(u.stoi)) AS nan_rows,
+               count(DISTINCT u.utt_id) AS n
         FROM utterances u JOIN levels l ON u.run = l.run AND u.level = l.level
         WHERE u.run = ? GROUP BY ALL ORDER BY u.level
         """, [outcome.run_id]).fetchall()
     if not quiet:
         t = Table(title=f"run {outcome.run_id}: per-level means over {rows[0][-1] if rows else 0} utterances")
-        for c in ("level", "name", "GMAC/s", "SI-SNRi dB", "SDRi dB", "PESQ", "STOI"):
+        with_nan = any(r[7] for r in rows)  # means over the finite values; say how many rows had none
+        for c in ("level", "name", "GMAC/s", "SI-SNRi dB", "SDRi dB", "PESQ", "STOI") + (("NaN rows",) if with_nan else ()):
             t.add_column(c, justify="right")
         fmt = lambda v, p=2: "-" if v is None or v != v else f"{v:.{p}f}"  # noqa: E731
-        for level, name, gmacs, si, sd, pq, st, _ in rows:
-            t.add_row(str(level), name, fmt(gmacs, 3), fmt(si), fmt(sd), fmt(pq), fmt(st, 3))
+        for level, name, gmacs, si, sd, pq, st, nan_rows, _ in rows:
+            t.add_row(str(level), name, fmt(gmacs, 3), fmt(si), fmt(sd), fmt(pq), fmt(st, 3),
+                      *((str(nan_rows),) if with_nan else ()))
         out.print(t)
         out.print(f"tables: {outcome.root}/{{blocks,utterances,levels,runs,errors}}/run={outcome.run_id}/")
     if outcome.num_errors:
