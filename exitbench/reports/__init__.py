@@ -1,4 +1,4 @@
-"""exitbench.reports: figures and the HTML report, drawn only from ``exitbench.results.analysis`` frames."""
+"""exitbench.reports: figures, tables and the HTML report, drawn from ``exitbench.results.analysis`` frames."""
 
 from exitbench.reports.build import PaperFigures, build_report, run_figures, write_paper_figures
 from exitbench.reports.figures import (FigureError, calibration_figure, distributions_figure, exit_map_figure,

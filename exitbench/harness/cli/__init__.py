@@ -7,7 +7,7 @@ importing this package registers the commands.
 from __future__ import annotations
 
 from exitbench.harness.cli.app import app
-from exitbench.harness.cli import policies, report, results, run, sweep  # noqa: F401  (register commands)
+from exitbench.harness.cli import policies, report, results, run, sweep, tables  # noqa: F401  (register commands)
 
 __all__ = ["app", "main"]
 

@@ -19,7 +19,9 @@ def report(
     paper: bool = typer.Option(False, help="write the figures alone as PDF + SVG in the paper style"),
     targets: str = typer.Option("auto", help="exit-SNR targets t in dB, comma-separated; 'auto': the quartiles"
                                              " of the first run's deepest-level block exit-SNR (its own range)"),
-    utt: Optional[str] = typer.Option(None, help="utterance of the exit map (default: the first)"),
+    utt: list[str] = typer.Option([], "--utt", help="utterance to listen to and of the exit map (repeatable;"
+                                                    " default: the best, median and worst by the deepest exit's"
+                                                    " SI-SNRi; the exit map shows the first, or the median)"),
     policy: Optional[str] = typer.Option(None, "--policy", "-p",
                                          help="policy of the exit map and utilization (default: probabilistic"
                                               " at the middle target, else router, else oracle)"),
@@ -44,8 +46,8 @@ def report(
                 raise UsageError("--targets needs at least one number")
         with console.status(f"drawing {len(ids)} run(s)..."):
             if paper:
-                return write_paper_figures(results, ids, out_dir, ts, utt, policy)
-            return build_report(results, ids, out_dir, ts, utt, policy)
+                return write_paper_figures(results, ids, out_dir, ts, utt or None, policy)
+            return build_report(results, ids, out_dir, ts, utt or None, policy)
 
     made = guarded(go)
     if paper:
