@@ -246,3 +246,27 @@ def test_regret_at_equal_compute_interpolates_the_dynamic_curve():
     assert eq["level_name"].tolist() == ["exit1", "exit2"]  # exit3 lies beyond the curve's compute
     np.testing.assert_allclose(eq["dynamic_regret"], [2.5, 1.5])  # the lesser regret at gmacs 0.6
     np.testing.assert_allclose(eq["difference"], [0.5, -0.25])
+
+
+def test_deciding_condition_matches_a_loop_over_blocks(synthetic_run):
+    """Which of SNR, SNRi, SNR_ref sets each block's exit-SNR: the table against a plain per-block loop."""
+    from exitbench.results.analysis import deciding_condition
+    from exitbench.results.replays import load_block_arrays
+
+    root, run = synthetic_run.root, synthetic_run.run_id
+    arrays = load_block_arrays(root, run)
+    got = deciding_condition(root, run, arrays)
+    st = arrays.stats
+    for lv in range(arrays.num_levels):
+        counts = [0, 0, 0]
+        for k in range(arrays.num_blocks):
+            best = []
+            for s in range(st["e_ref"].shape[2]):
+                err = st["e_ref"][k, lv, s] - 2 * st["dot_est_ref"][k, lv, s] + st["e_est"][k, lv, s]
+                ratios = [st["e_ref"][k, lv, s] / err,
+                          (st["e_ref"][k, lv, s] - 2 * st["dot_mix_ref"][k, lv, s] + st["e_mix"][k, lv, s]) / err,
+                          arrays.n[k] * arrays.p_ref[k] / err]
+                best.append((max(ratios), int(np.argmax(ratios))))
+            counts[min(best)[1]] += 1
+        row = got[got.level == lv].iloc[0]
+        assert [row.snr, row.snri, row.snr_ref] == pytest.approx([c / arrays.num_blocks for c in counts])

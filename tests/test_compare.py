@@ -79,14 +79,18 @@ def test_gate_fires_on_a_real_regression(runs):
     cmp = compare_runs(runs["root"], runs["base"], runs["cand"], policies=["static:l=2", "static:l=0", "router"])
     lv = cmp.rows[cmp.rows["kind"] == "level"].set_index("name")
     # the broken exit is significantly worse; the untouched ones are bit-identical, hence 'same'
-    assert lv.loc["exit3", "verdict"] == "worse" and lv.loc["exit3", "ci_high"] < -0.1
+    # the broken exit outputs silence: NaN by the silent-estimate rule, so every utterance the base scored is
+    # lost in the candidate, and that alone makes the row worse (the gate does not go blind where an exit broke)
+    assert lv.loc["exit3", "verdict"] == "worse" and lv.loc["exit3", "lost"] == 6 and lv.loc["exit3", "n"] == 0
+    assert any("exit3 si_snri: 6 utterance(s)" in n and "silent" in n for n in cmp.notes)
     assert list(lv.loc[["exit1", "exit2", "exit4"], "verdict"]) == ["same"] * 3
     assert (lv.loc[["exit1", "exit2", "exit4"], ["delta", "ci_low", "ci_high"]].to_numpy() == 0).all()
     # the mean delta is the paired mean of the per-utterance source means, computed independently
     d = (per_utt(runs["root"], runs["cand"]) - per_utt(runs["root"], runs["base"])).groupby("level_name").mean()
     np.testing.assert_allclose(lv.loc[d.index, "delta"], d, atol=1e-9)
-    assert (lv["n"] == 6).all()
-    assert (lv["ci_low"] <= lv["delta"]).all() and (lv["delta"] <= lv["ci_high"]).all()
+    scored = lv.drop(index="exit3")
+    assert (scored["n"] == 6).all()
+    assert (scored["ci_low"] <= scored["delta"]).all() and (scored["delta"] <= scored["ci_high"]).all()
     # replayed policies are compared per utterance too: a static replay equals the recorded level exactly
     pol = cmp.rows[cmp.rows["kind"] == "policy"].set_index("name")
     assert list(pol.loc[["static:l=2", "static:l=0"], "verdict"]) == ["worse", "same"]

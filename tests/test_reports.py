@@ -619,3 +619,11 @@ def test_report_command(runs, tmp_path):
                       (["report", run, "-r", str(root), "--targets", "x"], "comma-separated")):
         res = cli.invoke(app, args)
         assert res.exit_code == 2 and msg in res.output and len(res.output.strip().splitlines()) == 1, res.output
+
+
+def test_report_says_which_condition_decides_the_exit_snr(report):
+    """The exit-SNR is mostly the loudness condition under the default P_ref: the report says so per exit."""
+    path, press, slim, _ = report
+    text = path.read_text()
+    assert text.count("Which condition decides the exit-SNR") >= 2  # a table per run (and its contents entry)
+    assert "SNR_ref decides (%)" in text and "p_ref=&lt;dBFS&gt;" in text or "p_ref=<dBFS>" in text

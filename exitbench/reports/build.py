@@ -83,6 +83,7 @@ class RunFigures:
     level_table: pd.DataFrame | None = None
     policy_table: pd.DataFrame | None = None
     equal_compute_table: pd.DataFrame | None = None
+    condition_table: pd.DataFrame | None = None
     errors: pd.DataFrame | None = None
     label: str = ""
     slices: list[pd.DataFrame] = field(default_factory=list)
@@ -310,6 +311,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     if tables:
         out.level_table = A.level_summary(root, run_id)
         out.equal_compute_table = A.regret_at_equal_compute(curves[0]) if curves else None
+        out.condition_table = A.deciding_condition(root, run_id, arrays)
         try:
             out.policy_table = A.policy_summary(root, run_id, targets=targets, arrays=arrays)
         except PANEL_ERRORS:
@@ -655,6 +657,9 @@ def _run_section(rf: RunFigures, doc: _Doc) -> str:
     if rf.equal_compute_table is not None and len(rf.equal_compute_table):
         parts += [doc.heading(3, f"{a}-equal-compute", "Probabilistic policy vs static exits at equal compute",
                               toc=1), T.equal_compute_table(rf.equal_compute_table, key=f"{a}-equal-compute-table").to_html()]
+    if rf.condition_table is not None and len(rf.condition_table):
+        parts += [doc.heading(3, f"{a}-condition", "Which condition decides the exit-SNR", toc=1),
+                  T.deciding_condition_table(rf.condition_table, key=f"{a}-condition-table").to_html()]
     for p in rf.panels:
         if p.figure is not None:
             doc.figures += 1

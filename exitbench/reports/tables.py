@@ -280,6 +280,18 @@ def equal_compute_table(frame: pd.DataFrame, labels: Mapping[str, str] | None = 
                  {0, 2} if multi else {1}, notes)
 
 
+def deciding_condition_table(frame: pd.DataFrame, key: str = "deciding-condition") -> Table:
+    """``deciding_condition``: which of SNR, SNRi, SNR_ref sets each exit's block exit-SNR, in % of blocks."""
+    cols = ["level", "exit", "SNR decides (%)", "SNRi decides (%)", "SNR_ref decides (%)", "blocks"]
+    rows = [[int(r.level), r.level_name, 100 * r.snr, 100 * r.snri, 100 * r.snr_ref, int(r.blocks)]
+            for r in frame.itertuples(index=False)]
+    notes = ["A block's exit-SNR is the worst source's max(SNR, SNRi, SNR_ref); each cell is the share of blocks"
+             " where that ratio is the max. SNR_ref uses P_ref = the utterance's mixture power (the default;"
+             " policies take p_ref=<dBFS> for a fixed one, as PRESS uses): where it decides, a target t measures"
+             " the error against the mixture's loudness rather than the estimate's SNR."]
+    return Table(key, "Which condition decides the exit-SNR", cols, rows, {1}, notes)
+
+
 def slice_label(lo: float, hi: float, unit: str = "") -> str:
     """A bucket '[lo, hi)' with rounding noise removed (−2.2e-16 reads as 0)."""
     def r(v: float) -> str:

@@ -574,3 +574,33 @@ def utterance_ids(root: Root, run_id: str) -> list[str]:
 __all__ = ["AnalysisError", "bootstrap_ci", "calibration", "calibration_scores", "decision_reliability",
            "default_policy", "default_policy_specs", "errors", "exit_map", "level_summary", "manifest", "non_dominated", "pareto",
            "policy_summary", "regret_curves", "slices", "utilization", "utterance_ids", "utterance_metrics"]
+
+
+def deciding_condition(root: Root, run_id: str, arrays: BlockArrays | None = None) -> pd.DataFrame:
+    """Per static level: the share of blocks whose true exit-SNR is set by SNR, SNRi or SNR_ref.
+
+    The exit-SNR of a block is min over sources of max(SNR, SNRi, SNR_ref) (docs/DESIGN.md §5); this
+    says which of the three is that max for the deciding (worst) source. With P_ref the utterance's
+    mixture power (the default), SNR_ref is often the largest: the target t then mostly measures the
+    estimate's error against the mixture's loudness, not its SNR (PRESS uses a fixed P_ref).
+    Columns: level, level_name, snr, snri, snr_ref (fractions summing to 1), blocks, p_ref.
+    """
+    from exitbench.metrics.composite import exit_snr_ratios
+
+    arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
+    st, L = arrays.stats, arrays.num_levels
+    n = arrays.n[:, None, None].astype(np.float64)
+    p_ref = arrays.p_ref[:, None, None]
+    r = exit_snr_ratios(n, st["e_ref"][:, :L], st["e_est"][:, :L], st["e_mix"][:, :L], st["dot_est_ref"][:, :L],
+                        st["dot_mix_ref"][:, :L], p_ref)
+    stack = np.stack([r["snr"], r["snri"], r["snr_ref"]], axis=-1)  # [K, L, S, 3]
+    worst = np.argmin(stack.max(axis=-1), axis=2)  # the deciding source per block and level [K, L]
+    which = np.take_along_axis(stack.argmax(axis=-1), worst[:, :, None], axis=2)[:, :, 0]  # [K, L]
+    names = _level_names(root, run_id)
+    rows = []
+    for lv in range(L):
+        counts = np.bincount(which[:, lv], minlength=3) / max(which.shape[0], 1)
+        rows.append({"level": lv, "level_name": names.get(lv, str(lv)), "snr": counts[0], "snri": counts[1],
+                     "snr_ref": counts[2], "blocks": int(which.shape[0]), "p_ref": "mixture"})
+    return pd.DataFrame(rows)
+

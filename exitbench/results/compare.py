@@ -242,6 +242,11 @@ def _paired_matrix(base: pd.DataFrame, cand: pd.DataFrame) -> tuple[pd.DataFrame
     stats = paired.agg(n=("delta", "size"), base=("value_b", "mean"), candidate=("value_c", "mean"))
     out = out.merge(stats.reset_index(), on=keys, how="left")
     out["n"] = out["n"].fillna(0).astype(int)
+    # utterances the base scored and the candidate no longer can (a silent or failed estimate: NaN)
+    merged["lost"] = np.isfinite(merged["value_b"]) & ~np.isfinite(merged["value_c"])
+    lost = merged.groupby(keys)["lost"].sum().rename("lost").reset_index()
+    out = out.merge(lost, on=keys, how="left")
+    out["lost"] = out["lost"].fillna(0).astype(int)
     return wide, out
 
 
@@ -387,7 +392,7 @@ def gate_verdicts(bounds: SimultaneousBounds, tolerance: float | np.ndarray) -> 
 
 
 GATE_COLUMNS = ("kind", "name", "metric", "n", "base", "candidate", "delta", "se", "ci_low", "ci_high", "crit",
-                "mdd", "tolerance", "verdict")
+                "mdd", "tolerance", "verdict", "lost")
 
 
 def gate_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, float], alpha: float = DEFAULT_ALPHA,
@@ -403,6 +408,9 @@ def gate_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, floa
     out["delta"], out["se"], out["ci_low"], out["ci_high"] = bounds.mean, bounds.se, bounds.low, bounds.high
     out["crit"], out["mdd"] = bounds.crit_high, bounds.mdd
     out["verdict"] = gate_verdicts(bounds, out["tolerance"].to_numpy())
+    # a value the base had and the candidate lost is a regression outright (no sampling noise makes an
+    # estimate silent): the gate must not go blind exactly where an exit broke
+    out.loc[out["lost"] > 0, "verdict"] = "worse"
     order = _row_order(out, base)
     bounds = SimultaneousBounds(**{f: (v[order] if isinstance(v, np.ndarray) else v)
                                    for f, v in vars(bounds).items()})
@@ -602,6 +610,9 @@ def compare_runs(root: str | os.PathLike, base: str, candidate: str, *, candidat
     if not bounds.n_tested:
         raise IncompatibleRuns(f"runs {b['run_id']} and {c['run_id']}: no row has two or more utterances with"
                                " values in both runs, so there is nothing to test")
+    for r in rows[rows["lost"] > 0].itertuples(index=False):
+        notes.append(f"{r.name} {r.metric}: {r.lost} utterance(s) scored in the base have no value in the candidate"
+                     f" (a silent or failed estimate): worse")
     for metric, empty in rows[rows["verdict"] == "n/a"].groupby("metric")["name"]:
         notes.append(f"{metric} not tested for {', '.join(empty)}: fewer than two utterances have it in both runs"
                      " (recorded for some levels only? see --metric-levels)")
