@@ -54,3 +54,33 @@ def test_every_readme_command_and_option_exists(argv):
         opt = tok.split("=")[0]
         if re.fullmatch(r"--?[a-zA-Z][a-zA-Z0-9-]*", opt):
             assert opt in listed, f"`exitbench {cmd}` has no option {opt} (README: exitbench {' '.join(argv)})"
+
+
+def test_every_repository_path_the_readme_names_exists():
+    """The README once cited "DESIGN §4" that was not in the repo: every docs/, examples/, scripts/,
+    benchmarks/ and tests/ path it names, and every image it shows, must be there."""
+    text = README.read_text()
+    names = set(re.findall(r"(?<![\w/.-])((?:docs|examples|scripts|benchmarks|tests)/[\w./-]+\.\w+)", text))
+    names |= set(re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text))
+    missing = sorted(n for n in names if not (README.parent / n).exists())
+    assert names and not missing, f"the README names files that are not in the repository: {missing}"
+    assert "docs/DESIGN.md" in text
+
+
+def test_query_help_lists_every_view():
+    """`exitbench query` once listed 5 of its 8 views."""
+    from exitbench.results.views import FILE_TABLES, TABLES
+
+    out = CliRunner().invoke(app, ["query", "--help"], terminal_width=200).output
+    for view in set(TABLES) | set(FILE_TABLES):
+        assert view in out, f"query --help does not name the view {view}"
+
+
+def test_paper_figures_are_named_as_the_readme_says(synthetic_run, tmp_path):
+    """`report --paper` writes <run-id:8>-<figure>.pdf/.svg, as the README states (it once showed other names)."""
+    from exitbench.reports.build import write_paper_figures
+
+    assert "<run-id:8>-<figure>.pdf/.svg" in README.read_text()
+    write_paper_figures(synthetic_run.root, [synthetic_run.run_id], tmp_path, targets=[15.0])
+    assert (tmp_path / f"{synthetic_run.run_id[:8]}-regret.svg").exists()
+    assert (tmp_path / f"{synthetic_run.run_id[:8]}-regret.pdf").exists()
