@@ -8,6 +8,7 @@
 #   source DEST/setup.sh && python3 -m exitbench demo      # there, from the project root
 #
 # setup.sh installs into /tmp/site once per machine (about 30 s) and puts the project root on PYTHONPATH.
+# Needs pip and unzip here.
 # The target is CPython 3.12 on x86_64 Linux (PYVER overrides). DEST is ignored by git (.gitignore).
 set -euo pipefail
 DEST=${1:-.gpu-bundle}
@@ -24,12 +25,15 @@ dl() { python3 -m pip download -q --no-deps $PLAT -d "$1" "$2"; }
 
 echo "ray $RAY, stripped"
 dl "$tmp" "ray==$RAY"
-mkdir "$tmp/ray" && (cd "$tmp/ray" && python3 -m zipfile -e ../ray-*.whl . \
+# unzip keeps the executable bits of Ray's binaries (gcs_server, raylet); Python's zipfile drops them,
+# and Ray then cannot start (measured: "Permission denied: .../gcs/gcs_server")
+mkdir "$tmp/ray" && (cd "$tmp/ray" && unzip -q ../ray-*.whl \
   && rm -rf ray/jars ray/rllib ray/llm ray/serve ray/tune ray/train ray/dashboard/client/build)
+test -x "$tmp/ray/ray/core/src/ray/gcs/gcs_server" || { echo "gcs_server lost its executable bit" >&2; exit 1; }
 tar -C "$tmp/ray" -cJf "$DEST/ray.tar.xz" .
 echo "duckdb $DUCK"
 dl "$tmp" "duckdb==$DUCK"
-mkdir "$tmp/duck" && (cd "$tmp/duck" && python3 -m zipfile -e ../duckdb-*.whl .)
+mkdir "$tmp/duck" && (cd "$tmp/duck" && unzip -q ../duckdb-*.whl)
 tar -C "$tmp/duck" -cJf "$DEST/duckdb.tar.xz" .
 
 echo "small wheels"
