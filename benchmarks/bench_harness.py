@@ -48,12 +48,6 @@ def _write_utterance(args: tuple[int, float, str]) -> None:
         sf.write(f"{root}/s{k + 1}/{name}", src, utt.sample_rate, subtype="FLOAT")
 
 
-def wsj0_folder_ready(root: str, n: int) -> bool:
-    import os
-
-    return os.path.isdir(f"{root}/s2") and len(os.listdir(f"{root}/s2")) == n
-
-
 def wsj_folder(n: int, seconds: float) -> str:
     """The synthetic mixtures written once as a wsj0-2mix split folder (mix/, s1/, s2/; float WAV).
 
@@ -63,7 +57,7 @@ def wsj_folder(n: int, seconds: float) -> str:
     from concurrent.futures import ProcessPoolExecutor
 
     root = f"{tempfile.gettempdir()}/exitbench-bench-wsj-{n}x{seconds:g}s"
-    if not wsj0_folder_ready(root, n):
+    if not (os.path.isdir(f"{root}/s2") and len(os.listdir(f"{root}/s2")) == n):  # written whole before?
         for d in ("mix", "s1", "s2"):
             os.makedirs(f"{root}/{d}", exist_ok=True)
         with ProcessPoolExecutor(os.cpu_count()) as pool:

@@ -73,8 +73,8 @@ class ModelWorker:
         """The checkpoint identity this worker loaded (checked against the driver's)."""
         return self.resolved.identity
 
-    def forward(self, utt_ids: list[str], with_metrics: bool) -> list[tuple[Any, Any]]:
-        """Forward half for a shard: (result, error) per utterance.
+    def forward(self, utt_id: str, with_metrics: bool) -> tuple[Any, Any]:
+        """Forward half for one utterance: (result, error).
 
         With ``with_metrics`` the result is the (blocks, utterances) tables; otherwise it is a reference
         to the LevelRecord, put in the object store here, so that the waveforms go from this actor to a
@@ -82,22 +82,15 @@ class ModelWorker:
         computed here first, next to the model."""
         import ray
 
-        from exitbench.harness.record import load_and_forward, metrics_or_error, precompute_or_error
+        from exitbench.harness.record import forward_with_tensor_metrics, metrics_or_error
 
-        out: list[tuple[Any, Any]] = []
-        for utt_id in utt_ids:
-            rec, err = load_and_forward(self.model, self.testset, utt_id)
-            if rec is not None and self.device != "cpu":
-                err = precompute_or_error(rec, self.spec.settings, self.device)
-                rec = None if err else rec
-            if rec is None:
-                out.append((None, err))
-            elif with_metrics:
-                table, err = metrics_or_error(rec, self.spec.settings)
-                out.append(((rec.blocks, table) if table is not None else None, err))
-            else:
-                out.append((ray.put(rec), None))
-        return out
+        rec, err = forward_with_tensor_metrics(self.model, self.testset, utt_id, self.spec.settings, self.device)
+        if rec is None:
+            return None, err
+        if with_metrics:
+            table, err = metrics_or_error(rec, self.spec.settings)
+            return ((rec.blocks, table) if table is not None else None), err
+        return ray.put(rec), None
 
     def pid(self) -> int:
         """The worker's process id (tests kill it)."""
@@ -207,7 +200,7 @@ class RayExecutor:
         out["gpus_per_worker"] = self.gpus_per_worker
         return out
 
-    def _plan(self) -> tuple[int, float, int, bool]:
+    def _plan(self) -> tuple[int, float, int, float]:
         import ray
 
         res = ray.cluster_resources()
@@ -231,9 +224,8 @@ class RayExecutor:
         else:  # leave most CPUs to the metric tasks, which dominate on CPU-only machines
             workers = max(1, int(cpus // 4))
         metric_slots = self.max_metric_tasks or max(2, int(2 * cpus // max(self.cpus_per_metric_task, 1e-3)))
-        # when the actors take every CPU a metric task could never be scheduled: compute in the actor
-        spare = cpus - workers * self.cpus_per_worker
-        return workers, gpw, metric_slots, spare >= self.cpus_per_metric_task
+        # CPUs the actors leave to metric tasks (with none, a task could never run: the actor computes)
+        return workers, gpw, metric_slots, cpus - workers * self.cpus_per_worker
 
     def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
             on_utterance: Callable[[int], None]) -> None:
@@ -258,7 +250,8 @@ class RayExecutor:
 
         if not shards:
             return
-        workers, gpw, metric_slots, tasks_for_metrics = self._plan()
+        workers, gpw, metric_slots, spare = self._plan()
+        tasks_for_metrics = spare >= self.cpus_per_metric_task
         settings = prepared.spec.settings
         device = "cuda" if gpw > 0 else "cpu"
         # SI-SNR alone is too cheap to ship elsewhere, and so is what is left once the actor's GPU has
@@ -295,10 +288,9 @@ class RayExecutor:
             # the metric workers import torch and the metric packages while the actors load the model,
             # instead of after the first forward (seconds of a small run's wall time). On one node
             # only: on several, a warm-up task could take the one CPU of the node an actor needs
-            spare = float(ray.cluster_resources().get("CPU", 1)) - target * self.cpus_per_worker
             warm = ray.remote(_warm_metric_worker).options(num_cpus=self.cpus_per_metric_task, max_retries=0)
-            self._warming = [warm.remote() for _ in range(max(0, min(metric_slots, int(
-                spare // max(self.cpus_per_metric_task, 1e-3)))))]
+            for _ in range(max(0, min(metric_slots, int(spare // max(self.cpus_per_metric_task, 1e-3))))):
+                warm.remote()  # fire and forget: its worker stays up, imports done, for the metric tasks
 
         queue = deque(sorted(shards))
         state: dict[int, _Shard] = {}
@@ -337,7 +329,7 @@ class RayExecutor:
                     # one call per utterance (an actor runs them in order): its metric task can start
                     # as soon as its own forward is done, not after the whole shard's
                     for utt_id in ids:
-                        ref = slot.actor.forward.remote([utt_id], with_metrics_in_actor)
+                        ref = slot.actor.forward.remote(utt_id, with_metrics_in_actor)
                         forwards[ref] = (slot, index, attempts[index], utt_id)
                     slot.in_flight += len(ids)
 
@@ -422,7 +414,7 @@ class RayExecutor:
                 slot, index, attempt, utt_id = forwards.pop(ref)
                 slot.in_flight -= 1
                 try:
-                    results = ray.get(ref)
+                    rec, err = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     if not _is_infrastructure(exc):
                         raise
@@ -433,7 +425,6 @@ class RayExecutor:
                 shard = state.get(index)
                 if shard is None or shard.attempt != attempt:
                     continue  # an abandoned attempt
-                (rec, err), = results
                 if rec is None or with_metrics_in_actor:
                     settle(shard, rec, err)
                 else:

@@ -184,10 +184,8 @@ def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
 
 def _rows_wanted(rec: LevelRecord, settings: RecordSettings, metric: str) -> np.ndarray:
     """Which rows (0 = the mixture, then each level) ``metric`` is computed for (--metric-levels)."""
-    levels = settings.levels_for(metric)
-    keep = [True] + [levels is None or name in levels or str(i) in levels
-                     for i, name in enumerate(rec.level_names)]
-    return np.array(keep)
+    levels = settings.levels_for(metric)  # canonical level names (runner.resolve_metric_levels)
+    return np.array([True] + [levels is None or name in levels for name in rec.level_names])
 
 
 def _signals(rec: LevelRecord) -> np.ndarray:
@@ -389,6 +387,16 @@ def precompute_or_error(rec: LevelRecord, settings: RecordSettings, device: str)
         return (rec.utt_id, "metrics", one_line(exc))
 
 
+def forward_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_id: str, settings: RecordSettings,
+                                device: str = "cpu") -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
+    """``load_and_forward``, then on a GPU ``device`` the torch metrics there, next to the model."""
+    rec, err = load_and_forward(model, testset, utt_id)
+    if rec is not None and device != "cpu":
+        err = precompute_or_error(rec, settings, device)
+        rec = None if err else rec
+    return rec, err
+
+
 def host_metrics_needed(settings: RecordSettings) -> bool:
     """True when a metric has no torch implementation here (PESQ, pystoi's STOI, mir_eval's SDR)."""
     m = settings.metrics
@@ -403,10 +411,7 @@ def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], setting
     On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model."""
     blocks, utts, errors = [], [], []
     for utt_id in utt_ids:
-        rec, err = load_and_forward(model, testset, utt_id)
-        if rec is not None and device != "cpu":
-            err = precompute_or_error(rec, settings, device)
-            rec = None if err else rec
+        rec, err = forward_with_tensor_metrics(model, testset, utt_id, settings, device)
         if rec is not None:
             table, err = metrics_or_error(rec, settings)
             if table is not None:

@@ -50,7 +50,7 @@ class RecordSettings:
                 raise UsageError(f"--metric-levels names {metric!r}, which --metrics leaves out")
 
     def levels_for(self, metric: str) -> frozenset[str] | None:
-        """The level names (or indices as text) ``metric`` is computed at; None: every level."""
+        """The level names ``metric`` is computed at (canonical once prepared); None: every level."""
         for m, levels in self.metric_levels:
             if m == metric:
                 return frozenset(levels.split("+"))
@@ -60,7 +60,7 @@ class RecordSettings:
         """The settings as they enter the run id (post-first-wave fields only when not at their legacy value)."""
         d = asdict(self)
         for key, legacy in LEGACY_SETTINGS.items():
-            if d[key] == legacy or (key == "metric_levels" and not d[key]):
+            if d[key] == legacy:
                 del d[key]
         return d
 

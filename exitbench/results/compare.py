@@ -38,13 +38,13 @@ Calibration (``benchmarks/bench_compare_gate.py``, 2000 simulated comparisons pe
 ``tests/test_compare.py`` checks the 24-row case): 20 utterances, a 1 dB per-utterance spread,
 tolerance 0 and no true change give false alarms of 5.1 %, 4.1 % and 3.6 % at alpha 0.05 on 1 row,
 6 independent rows and 24 rows correlated at 0.7, where the old per-row rule (each row's 95 %
-percentile interval below −tolerance; ``paired_table``) gave 3.6 %, 18 % and 20 %. The bootstrap-t
+percentile interval below −tolerance) gave 3.6 %, 18 % and 20 %. The bootstrap-t
 is accurate from about 20 utterances on (a single row of strongly skewed or heavy-tailed deltas:
 up to ~7 %) and conservative below (6 utterances: 1-3 % on 6-24 rows).
 
-``paired_table``, ``bootstrap_mean_ci`` and ``verdict`` are that per-row rule (no multiplicity
-control), still used by ``history``. Curve-level readouts (area under the Pareto front of mean
-SI-SNRi against GMAC/s, regret at a fixed compute) are reported beside the rows, without a
+``bootstrap_mean_ci`` and ``verdict`` are that per-row rule (no multiplicity control), kept as
+the baseline of ``benchmarks/bench_compare_gate.py``. Curve-level readouts (area under the Pareto
+front of mean SI-SNRi against GMAC/s, regret at a fixed compute) are reported beside the rows, without a
 significance test; they do not gate.
 """
 
@@ -257,20 +257,6 @@ def _row_order(out: pd.DataFrame, base: pd.DataFrame) -> np.ndarray:
     lv = out["name"].map(level_order).fillna(0)
     return pd.DataFrame({"k": k, "l": lv, "name": out["name"], "metric": out["metric"]}).sort_values(
         ["k", "l", "name", "metric"]).index.to_numpy()
-
-
-def paired_table(base: pd.DataFrame, cand: pd.DataFrame, tolerance: dict[str, float], confidence: float = 0.95,
-                 resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> pd.DataFrame:
-    """Per (kind, name, metric), each row on its own (no multiplicity control): n, means, delta, CI, verdict."""
-    cols = ["kind", "name", "metric", "n", "base", "candidate", "delta", "ci_low", "ci_high", "tolerance", "verdict"]
-    if base.empty or cand.empty:
-        return pd.DataFrame(columns=cols)
-    wide, out = _paired_matrix(base, cand)
-    mean, lo, hi = bootstrap_mean_ci(wide.to_numpy(), confidence, resamples, seed)
-    out["delta"], out["ci_low"], out["ci_high"] = mean, lo, hi
-    out["tolerance"] = out["metric"].map(tolerance).fillna(DEFAULT_TOLERANCE)
-    out["verdict"] = [verdict(a, b, t) for a, b, t in zip(out["ci_low"], out["ci_high"], out["tolerance"])]
-    return out.loc[_row_order(out, base), cols].reset_index(drop=True)
 
 
 # -- the gate: simultaneous bounds over all rows ------------------------------------------------------------
