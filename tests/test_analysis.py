@@ -44,8 +44,11 @@ def slim_pair(slim):
 def test_regret_curves_have_every_strategy_per_target(press):
     root, run, levels = press
     f = A.regret_curves(root, run, TARGETS)
-    assert set(f["strategy"]) == {"dynamic", "static", "oracle", "uniform"}
+    assert set(f["strategy"]) == {"dynamic", "static", "oracle", "uniform", "budget"}
     assert f.attrs["skipped"].keys() == {"router"}  # press-s has no router
+    dyn = f[f["strategy"].isin(["dynamic", "budget", "oracle"])]
+    assert dyn["matched_regret"].notna().all() and f.loc[f.strategy == "static", "matched_regret"].isna().all()
+    assert (dyn["matched_regret_lo"] <= dyn["matched_regret_hi"]).all()
     for t in TARGETS:
         at = f[f["t"] == t]
         static = at[at["strategy"] == "static"].sort_values("level")
@@ -270,3 +273,23 @@ def test_deciding_condition_matches_a_loop_over_blocks(synthetic_run):
             counts[min(best)[1]] += 1
         row = got[got.level == lv].iloc[0]
         assert [row.snr, row.snri, row.snr_ref] == pytest.approx([c / arrays.num_blocks for c in counts])
+
+
+def test_a_router_fitted_on_another_run_joins_the_curves_and_never_its_own(tmp_path):
+    from exitbench.policies.learned import fit_router
+
+    root = tmp_path / "r"
+    test = record_local(root, options=(("num_utterances", "3"),), metrics=())
+    val = record_local(root, options=(("num_utterances", "6"), ("seed", "5")), metrics=())
+    arrays = load_block_arrays(root, val.run_id)
+    sha = A.manifest(root, val.run_id)["checkpoint_sha256"]
+    fit_router(arrays, 10.0, val.run_id, info={"checkpoint_sha256": sha}).save(root / "routers" / "v.json")
+    fit_router(arrays, 10.0, val.run_id, info={"checkpoint_sha256": "0" * 64}).save(root / "routers" / "other.json")
+    assert A.routers_for(root, test.run_id) == [str(root / "routers" / "v.json")]  # not another checkpoint's
+    assert A.routers_for(root, val.run_id) == []  # never on the run it was fitted on
+    f = A.regret_curves(root, test.run_id, (10.0,), matched_draws=3)
+    learned = f[f["strategy"] == "learned router"]
+    assert len(learned) == 41 and learned["matched_regret"].notna().any()
+    gains = A.gain_over_matched(f)
+    assert set(gains["strategy"]) <= {"dynamic", "budget", "learned router"}
+    np.testing.assert_allclose(gains["gain"], gains["matched_regret"] - gains["regret"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from exitbench.policies import BlockArrays, PolicyError
+from exitbench.policies import BlockArrays, PolicyError, parse_policy
 from exitbench.policies.base import POLICIES, Param, Policy
 from exitbench.policies.builtin import Oracle, Probabilistic, Router, Static
 from exitbench.policies.probability import level_probabilities
@@ -65,8 +65,10 @@ def test_staircase_curve_on_arbitrary_scores(arrays):
 def test_other_policies_rows_equal_replay(arrays):
     frame = sweep(arrays, targets=TARGETS, p_grid=[0.5])
     assert frame.attrs["skipped"] == {}
-    assert set(frame.policy) == {"static", "uniform", "oracle", "probabilistic", "router"}
+    assert set(frame.policy) == {"static", "uniform", "oracle", "probabilistic", "router", "budget"}
     for t in TARGETS:
+        for _, row in frame[(frame.policy == "budget") & (frame.t == t)].iloc[::5].iterrows():
+            _close(row, _loop(arrays, parse_policy(f"budget:{row['params']}")(arrays), t))
         for lv in range(arrays.num_levels):
             row = frame[(frame.policy == "static") & (frame.params == f"l={lv}") & (frame.t == t)].iloc[0]
             _close(row, _loop(arrays, Static(l=lv)(arrays), t))
@@ -85,6 +87,7 @@ def test_sweep_skips_or_raises_on_missing_features():
     frame = sweep(bare, targets=[10.0], p_grid=[0.5])
     assert set(frame.policy) == {"static", "uniform", "oracle"}
     assert "no variance head" in frame.attrs["skipped"]["probabilistic"]
+    assert "no variance head" in frame.attrs["skipped"]["budget"]
     assert "router" in frame.attrs["skipped"]
     with pytest.raises(PolicyError, match="probabilistic needs predicted variances"):
         sweep(bare, ["probabilistic"])

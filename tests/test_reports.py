@@ -62,12 +62,15 @@ def test_regret_figure_one_panel_per_target_one_line_per_strategy(runs):
     with figure_style():
         fig = F.regret_figure(A.regret_curves(root, run, TARGETS))
     assert [ax.get_title() for ax in fig.axes] == ["t = 10 dB", "t = 15 dB", "t = 20 dB"]
+    names = ["budget", "budget, cost-matched random", "dynamic", "dynamic, cost-matched random", "oracle", "static",
+             "uniform"]
     for ax in fig.axes:
-        assert sorted(_labels(ax)) == ["dynamic", "oracle", "static", "uniform"]
+        assert sorted(_labels(ax)) == names
         static = next(ln for ln in ax.lines if ln.get_label() == "static")
         assert len(static.get_xdata()) == 4  # one point per level
         assert ax.get_legend() is None  # no legend over the curves
-    assert sorted(_legend_texts(fig.legends[0])) == ["dynamic", "oracle", "static", "uniform"]
+        assert len(ax.collections) == 2  # one cost-matched band per dynamic curve
+    assert sorted(_legend_texts(fig.legends[0])) == names
     plt.close(fig)
     sroot, srun = runs["slim"]
     with figure_style():

@@ -59,6 +59,7 @@ class BlockArrays:
     scores: dict[str, np.ndarray] = field(default_factory=dict)  # name -> [K, L] the model's exit scores
     p_ref: np.ndarray | None = None  # [K]; default: the utterance's mixture mean power
     level_names: tuple[str, ...] | None = None  # [L] static level names (the run's levels table), if known
+    run_id: str | None = None  # the run these arrays were read from, if any (a learned router refuses its own)
     _cache: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -159,6 +160,10 @@ class BlockArrays:
     def with_level_names(self, names: Sequence[str]) -> "BlockArrays":
         """A copy sharing the arrays, carrying the static levels' names (so policies take ``l=<name>``)."""
         return dataclasses.replace(self, level_names=tuple(names), _cache={})
+
+    def with_run_id(self, run_id: str) -> "BlockArrays":
+        """A copy sharing the arrays (and their cache), labelled with the run it was read from."""
+        return dataclasses.replace(self, run_id=run_id)
 
     def at_reference(self, p_ref: str | float) -> "BlockArrays":
         """These arrays with SNR_ref's reference power set by a policy's ``p_ref``.

@@ -252,11 +252,13 @@ POLICIES: Registry[Policy] = Registry(
         "probabilistic": "exitbench.policies.builtin:Probabilistic",
         "router": "exitbench.policies.builtin:Router",
         "threshold": "exitbench.policies.builtin:Threshold",
+        "budget": "exitbench.policies.builtin:Budget",
+        "learned": "exitbench.policies.builtin:Learned",
     },
     base=Policy, error=PolicyError,
 )
 #: the built-ins a sweep visits when none are named (``oracle-best`` is swept only when named)
-BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router", "threshold")
+BUILTIN_POLICIES = ("static", "uniform", "oracle", "probabilistic", "router", "threshold", "budget")
 
 
 def get_policy_class(name: str) -> type[Policy]:

@@ -153,3 +153,65 @@ class Threshold(Policy):
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         return first_true_or_last(arrays.scores[self.score] >= self.tau)  # type: ignore[attr-defined]
+
+
+class Budget(Policy):
+    """Per block the static level maximising predicted exit-SNR − λ·GMAC/s (ties to the cheaper level).
+
+    The predicted exit-SNR comes from the variance head and the block sums (``policies.budget``), so
+    the policy never sees the reference. ``gmacs=B`` solves λ on the recording being replayed so that
+    its mean GMAC/s is the largest the budget B allows (exact, by bisection over the breakpoints);
+    otherwise ``lam`` is used as given (dB per GMAC/s; 0: the level of highest predicted exit-SNR).
+    """
+
+    name = "budget"
+    params = (
+        Param("gmacs", float, 0.0, range=Range(0.0), omit_default=True,
+              help="mean compute budget in GMAC/s, solved for λ on the recording (0, the default: use lam)"),
+        Param("lam", float, 0.0, range=Range(0.0), omit_default=True,
+              help="λ, the exit-SNR (dB) one GMAC/s must buy (≥ 0); ignored when gmacs is set"),
+        P_REF,
+    )
+    requires = (
+        Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
+                    "this recording's model has no variance head"),
+    )
+
+    def lam_for(self, arrays: BlockArrays) -> float:
+        """The λ this policy applies to ``arrays`` (solved from the budget when one is set)."""
+        from exitbench.policies.budget import lambda_for_budget
+
+        decide = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+        return lambda_for_budget(decide, self.gmacs) if self.gmacs > 0 else float(self.lam)  # type: ignore[attr-defined]
+
+    def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
+        from exitbench.policies.budget import block_gmacs, budget_value, choose_at
+
+        decide = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+        return choose_at(budget_value(decide), block_gmacs(decide), self.lam_for(arrays))
+
+
+class Learned(Policy):
+    """A router fitted on a validation recording (``exitbench fit-router``): the first level whose predicted
+    P(the cheapest level reaching t is ≤ l) ≥ q; refused on the run it was fitted on."""
+
+    name = "learned"
+    params = (
+        Param("router", nonempty, "", help="path of the router file written by `exitbench fit-router`"),
+        Param("q", float, 0.5, sweep=tuple(float(x) for x in np.round(np.linspace(0.0, 1.0, 41), 10)),
+              range=Range(0.0, 1.0), help="confidence on the predicted cumulative level distribution, in [0, 1]"),
+    )
+
+    def check_requirements(self, arrays: BlockArrays) -> None:
+        from exitbench.policies.learned import load_router
+
+        load_router(self.router).check(arrays)  # type: ignore[attr-defined]
+
+    def cumulative(self, arrays: BlockArrays) -> np.ndarray:
+        """Predicted P(target level ≤ l) per block and static level [K, L]."""
+        from exitbench.policies.learned import load_router
+
+        return load_router(self.router).cumulative(arrays)  # type: ignore[attr-defined]
+
+    def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
+        return first_true_or_last(self.cumulative(arrays) >= self.q)  # type: ignore[attr-defined]

@@ -21,12 +21,21 @@ import pandas as pd
 
 from exitbench.policies.arrays import BlockArrays
 from exitbench.policies.base import BUILTIN_POLICIES, Policy, PolicyError, get_policy_class, split_spec
-from exitbench.policies.builtin import (DEFAULT_P_GRID, DEFAULT_TARGETS, Oracle, OracleBest, Probabilistic, Router,
-                                        Static, Threshold, Uniform)
+from exitbench.policies.base import parse_policy
+from exitbench.policies.builtin import (DEFAULT_P_GRID, DEFAULT_TARGETS, Budget, Learned, Oracle, OracleBest, Probabilistic,
+                                        Router, Static, Threshold, Uniform)
+from exitbench.policies.matched import DEFAULT_DRAWS, cost_groups, matched_summary
 from exitbench.policies.probability import level_probabilities
 from exitbench.policies.replay import composite_from_sums, summarize, utterance_gmacs
 
 COLUMNS = ("policy", "params", "t", "p", "gmacs", "regret", "si_snri", "snri")
+#: the cost-matched random baseline's columns (NaN for static levels, uniform and a dynamic output)
+MATCHED_COLUMNS = ("matched_regret", "matched_regret_lo", "matched_regret_hi", "matched_gmacs", "matched_si_snri",
+                   "matched_snri")
+#: policies whose choice is a per-block allocation a cost-matched random draw can be compared with
+MATCHABLE = ("probabilistic", "budget", "learned", "threshold", "oracle", "oracle-best", "router")
+#: the budgets a budget sweep visits when none are given: this many between the cheapest and deepest level
+BUDGET_POINTS = 21
 _SUM_STATS = ("sum_est", "e_est", "dot_est_ref")
 _CHUNK_CELLS = 1 << 21  # utterances × grid points × sources per chunk of the SI-SNRi accumulation
 
@@ -181,6 +190,68 @@ def sweep_uniform(arrays: BlockArrays, targets: Sequence[float], seed: int = 0, 
                                          "si_snri": si, "snri": sn}) for t in targets]
 
 
+def budget_grid(arrays: BlockArrays, points: int = BUDGET_POINTS) -> list[float]:
+    """Mean budgets (GMAC/s) evenly spaced from the cheapest static level's compute to the deepest's."""
+    from exitbench.policies.budget import mean_gmacs
+
+    lo = mean_gmacs(arrays, np.zeros(arrays.num_blocks, dtype=np.int64))
+    hi = mean_gmacs(arrays, np.full(arrays.num_blocks, arrays.num_levels - 1, dtype=np.int64))
+    return [float(x) for x in np.round(np.linspace(lo, hi, points), 6)]
+
+
+def sweep_budget(arrays: BlockArrays, targets: Sequence[float], budgets: Sequence[float] | None = None,
+                 p_ref: str | float = "mixture") -> list[dict[str, Any]]:
+    """Budget(gmacs=B) for every budget B (λ solved per B on ``arrays``), regret at every target."""
+    rows = []
+    for b in budgets if budgets is not None else budget_grid(arrays):
+        pol = Budget(gmacs=b, p_ref=p_ref)
+        rows += [_row(pol, s["t"], np.nan, s) for s in summarize(arrays, pol(arrays), targets)]
+    return rows
+
+
+def sweep_learned(arrays: BlockArrays, targets: Sequence[float], router: str,
+                  qs: Sequence[float] | None = None) -> list[dict[str, Any]]:
+    """Learned(router, q) over q at every target: one exact staircase each (the router's own t decides)."""
+    pol = Learned(router=router)
+    cum = pol.cumulative(arrays)[:, : arrays.num_levels - 1]
+    grid = list(qs) if qs is not None else list(Learned.param("q").sweep or (0.5,))
+    rows = []
+    for t in targets:
+        c = staircase_curve(arrays, cum, grid, float(t))
+        for j, q in enumerate(grid):
+            rows.append(_row(Learned(router=router, q=q), float(t), np.nan, {k: float(v[j]) for k, v in c.items()}))
+    return rows
+
+
+def with_matched(frame: pd.DataFrame, arrays: BlockArrays, draws: int = DEFAULT_DRAWS, seed: int = 0) -> pd.DataFrame:
+    """The frame with the cost-matched random baseline of every row of a MATCHABLE policy (others NaN).
+
+    Rows whose choices have the same level histogram in every cost group share one baseline (it
+    depends on nothing else), so a sweep over p costs one set of draws per distinct allocation.
+    """
+    out = frame.copy()
+    for c in MATCHED_COLUMNS:
+        out[c] = np.nan
+    if out.empty:
+        return out
+    groups = cost_groups(arrays)
+    cells = (int(groups.max()) + 1) * (arrays.num_levels + 1)
+    done: dict[tuple[float, bytes], dict[str, float]] = {}
+    for i, row in out.iterrows():
+        if row["policy"] not in MATCHABLE:
+            continue
+        spec = f"{row['policy']}:{row['params']}" if row["params"] else str(row["policy"])
+        chosen = parse_policy(spec)(arrays)
+        if chosen.max(initial=0) >= arrays.num_levels:
+            continue  # the model's dynamic output: no static allocation to permute
+        key = (float(row["t"]), np.bincount(groups * (arrays.num_levels + 1) + chosen, minlength=cells).tobytes())
+        if key not in done:
+            done[key] = matched_summary(arrays, chosen, [float(row["t"])], draws, seed)[0]
+        for c in MATCHED_COLUMNS:
+            out.at[i, c] = done[key][c]
+    return out
+
+
 def sweep_router(arrays: BlockArrays, targets: Sequence[float]) -> list[dict[str, Any]]:
     """The model's own routing, regret at every target."""
     pol = Router()
@@ -225,13 +296,16 @@ def sweep_generic(arrays: BlockArrays, cls: type[Policy], fixed: dict[str, Any],
 
 
 def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: Sequence[float] = DEFAULT_TARGETS,
-          p_grid: Sequence[float] = DEFAULT_P_GRID, seed: int = 0, uniform_draws: int = 3) -> pd.DataFrame:
+          p_grid: Sequence[float] = DEFAULT_P_GRID, seed: int = 0, uniform_draws: int = 3,
+          budgets: Sequence[float] | None = None, matched_draws: int = 0) -> pd.DataFrame:
     """Every policy over its parameters, as a tidy frame with columns policy, params, t, p, gmacs, regret, si_snri, snri.
 
     ``policies`` are names or specs (``probabilistic:condition=snr`` holds condition and sweeps t, p;
     ``static:l=2`` one level). None: every built-in whose requirements the recording meets; the others
     are listed with the reason in ``frame.attrs['skipped']``. A policy named explicitly that cannot run
     raises PolicyError. gmacs, si_snri, snri are means over utterances; regret the mean over blocks.
+    ``budgets``: the mean GMAC/s a budget sweep hits (default ``budget_grid``). ``matched_draws`` > 0 adds
+    the cost-matched random baseline of every dynamic row (``MATCHED_COLUMNS``, see ``with_matched``).
     """
     explicit = policies is not None
     # the threshold policy needs a recorded exit score: by default, one sweep per score the model has
@@ -263,10 +337,17 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
             rows += sweep_uniform(arrays, ts, probe.values["seed"], uniform_draws)
         elif cls is Router:
             rows += sweep_router(arrays, ts)
+        elif cls is Learned:
+            rows += sweep_learned(arrays, ts, probe.values["router"], [fixed["q"]] if "q" in fixed else None)
+        elif cls is Budget:
+            rows += sweep_budget(arrays, ts, [fixed["gmacs"]] if "gmacs" in fixed else budgets, probe.values["p_ref"]) \
+                if "lam" not in fixed else sweep_generic(arrays, cls, fixed, ts, seed)
         elif cls is Threshold:
             rows += sweep_threshold(arrays, ts, probe.values["score"], [fixed["tau"]] if "tau" in fixed else None)
         else:
             rows += sweep_generic(arrays, cls, fixed, ts, seed)
     frame = pd.DataFrame(rows, columns=list(COLUMNS))
+    if matched_draws > 0:
+        frame = with_matched(frame, arrays, matched_draws, seed)
     frame.attrs["skipped"] = skipped
     return frame

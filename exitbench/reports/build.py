@@ -83,6 +83,7 @@ class RunFigures:
     level_table: pd.DataFrame | None = None
     policy_table: pd.DataFrame | None = None
     equal_compute_table: pd.DataFrame | None = None
+    matched_table: pd.DataFrame | None = None
     condition_table: pd.DataFrame | None = None
     errors: pd.DataFrame | None = None
     label: str = ""
@@ -145,7 +146,17 @@ def _regret_caption(curves: pd.DataFrame) -> str:
         legend.append("uniform: an exit drawn at random per block")
     if "router" in have:
         legend.append("router: the model's own routing")
+    if "budget" in have:
+        legend.append("budget: per block the exit maximising the predicted exit-SNR minus λ·GMAC/s, λ solved for"
+                      " each mean budget")
+    if "learned router" in have:
+        legend.append("learned router: a classifier fitted on a validation recording (never this one), swept over"
+                      " its confidence q")
     parts.append("; ".join(legend) + ".")
+    if "matched_regret" in curves and curves["matched_regret"].notna().any():
+        parts.append("Dotted lines and shaded bands: each dynamic curve's cost-matched random baseline, the same"
+                     " exits given to randomly chosen blocks of equal cost (expected regret, and 95 % of 20 seeded"
+                     " draws); a curve below its band places the compute better than chance.")
     parts.append("Lower is better at equal compute: where the dynamic curve lies below the static line, the"
                  " policy spends the same compute for less regret.")
     return " ".join(parts)
@@ -311,6 +322,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     if tables:
         out.level_table = A.level_summary(root, run_id)
         out.equal_compute_table = A.regret_at_equal_compute(curves[0]) if curves else None
+        out.matched_table = A.gain_over_matched(curves[0]) if curves else None
         out.condition_table = A.deciding_condition(root, run_id, arrays)
         try:
             out.policy_table = A.policy_summary(root, run_id, targets=targets, arrays=arrays)
@@ -657,6 +669,9 @@ def _run_section(rf: RunFigures, doc: _Doc) -> str:
     if rf.equal_compute_table is not None and len(rf.equal_compute_table):
         parts += [doc.heading(3, f"{a}-equal-compute", "Probabilistic policy vs static exits at equal compute",
                               toc=1), T.equal_compute_table(rf.equal_compute_table, key=f"{a}-equal-compute-table").to_html()]
+    if rf.matched_table is not None and len(rf.matched_table):
+        parts += [doc.heading(3, f"{a}-matched", "Dynamic policies vs cost-matched random at equal compute", toc=1),
+                  T.matched_gain_table(rf.matched_table, key=f"{a}-matched-table").to_html()]
     if rf.condition_table is not None and len(rf.condition_table):
         parts += [doc.heading(3, f"{a}-condition", "Which condition decides the exit-SNR", toc=1),
                   T.deciding_condition_table(rf.condition_table, key=f"{a}-condition-table").to_html()]

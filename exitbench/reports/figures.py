@@ -103,9 +103,17 @@ def regret_figure(curves: pd.DataFrame, width: float = PAGE_WIDTH,
                 if g.empty:
                     continue
                 single = len(g) == 1
+                color = strategy_color(strategy, si)
+                if not single and "matched_regret" in g and g["matched_regret"].notna().sum() > 1:
+                    # the cost-matched random baseline: the same compute placed at random (a band over seeds)
+                    m = g[g["matched_regret"].notna()].sort_values("gmacs")
+                    ax.fill_between(m["gmacs"], m["matched_regret_lo"], m["matched_regret_hi"], color=color,
+                                    alpha=0.15, linewidth=0)
+                    ax.plot(m["gmacs"], m["matched_regret"], linestyle=(0, (2, 2)), linewidth=0.8, color=color,
+                            label=f"{strategy}, cost-matched random" + _run_label(run, runs, run_labels))
                 ax.plot(g["gmacs"], g["regret"], linestyle="none" if single else ls,
                         marker=marker if single or strategy != "dynamic" else None, markersize=5 if single else 3.5,
-                        color=strategy_color(strategy, si), label=strategy + _run_label(run, runs, run_labels),
+                        color=color, label=strategy + _run_label(run, runs, run_labels),
                         drawstyle="default")
         ax.set_title(f"t = {t:g} dB")
         ax.set_xlabel("GMAC/s")

@@ -18,8 +18,9 @@ import seaborn as sns  # noqa: E402
 OKABE_ITO = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000")
 #: a fixed colour per strategy, so a strategy looks the same in every figure and report
 STRATEGY_COLORS = {"dynamic": OKABE_ITO[0], "static": "#555555", "oracle": OKABE_ITO[2],
-                   "uniform": OKABE_ITO[1], "router": OKABE_ITO[3]}
-STRATEGY_ORDER = ("dynamic", "router", "static", "oracle", "uniform")
+                   "uniform": OKABE_ITO[1], "router": OKABE_ITO[3], "budget": OKABE_ITO[4],
+                   "learned router": OKABE_ITO[5]}
+STRATEGY_ORDER = ("dynamic", "budget", "learned router", "router", "static", "oracle", "uniform")
 RUN_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
 
 SCREEN_RC = {"figure.dpi": 100, "savefig.dpi": 110, "font.size": 9, "axes.titlesize": 9, "axes.labelsize": 9,

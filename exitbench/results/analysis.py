@@ -27,7 +27,9 @@ Root = str | os.PathLike
 
 #: sweep policy name -> the strategy name a figure shows
 STRATEGIES = {"probabilistic": "dynamic", "static": "static", "oracle": "oracle", "uniform": "uniform",
-              "router": "router"}
+              "router": "router", "budget": "budget", "learned": "learned router"}
+#: seeds of the cost-matched random baseline a report draws per point of a dynamic curve
+MATCHED_DRAWS = 20
 #: utterance-table metrics a summary may ask for (each a column of the utterances table)
 LEVEL_METRICS = ("si_snri", "sdri", "pesq", "stoi", "estoi")
 #: metrics a replayed policy has exactly from the block sums (others need materialised audio)
@@ -85,16 +87,53 @@ def auto_targets(root: Root, run_ids: str | Sequence[str], count: int = 3) -> li
     return sorted({float(np.round(2 * q) / 2) for q in qs})
 
 
+def routers_for(root: Root, run_id: str, arrays: BlockArrays | None = None) -> list[str]:
+    """Router files under ``<root>/routers/`` that apply to this run: fitted on another run of the same
+    checkpoint (when the file records one), with the same levels and features."""
+    from exitbench.policies.learned import load_router
+
+    folder = os.path.join(os.fspath(root), "routers")
+    if not os.path.isdir(folder):
+        return []
+    arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
+    sha = manifest(root, run_id).get("checkpoint_sha256")
+    found = []
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if not name.endswith(".json"):
+            continue
+        try:
+            router = load_router(path)
+            if router.info.get("checkpoint_sha256") not in (None, sha):
+                continue
+            router.check(arrays)
+        except PolicyError:
+            continue
+        found.append(path)
+    return found
+
+
 def regret_curves(root: Root, run_id: str, targets: Sequence[float] = DEFAULT_TARGETS,
-                  arrays: BlockArrays | None = None) -> pd.DataFrame:
+                  arrays: BlockArrays | None = None, matched_draws: int = MATCHED_DRAWS,
+                  routers: Sequence[str] | None = None) -> pd.DataFrame:
     """Mean one-sided exit-SNR regret (dB, over blocks) vs GMAC/s for every strategy and target t.
 
     Columns: run, strategy (dynamic = probabilistic over p, static per level, oracle, uniform,
-    router where recorded), policy, params, t, p, level (static only), level_name, gmacs, regret,
-    si_snri, snri. Strategies the recording cannot support are listed in ``attrs['skipped']``.
+    router where recorded, budget over mean budgets, learned router over q for every router file
+    that applies, see ``routers_for``), policy, params, t, p, level (static only), level_name, gmacs,
+    regret, si_snri, snri, and the cost-matched random baseline of every dynamic point
+    (``policies.sweep.MATCHED_COLUMNS``). Strategies the recording cannot support are listed in
+    ``attrs['skipped']``.
     """
+    from exitbench.policies.base import BUILTIN_POLICIES
+
     arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
-    frame = sweep(arrays, None, targets=tuple(float(t) for t in targets))
+    routers = routers_for(root, run_id, arrays) if routers is None else list(routers)
+    specs = None if not routers else [p for p in BUILTIN_POLICIES if p != "threshold"] + \
+        [f"threshold:score={name}" for name in sorted(arrays.scores)]
+    if specs is not None:  # named explicitly, so drop those this recording cannot run (as the default does)
+        specs = [s for s in specs if parse_policy(s).supports(arrays)] + [f"learned:router={r}" for r in routers]
+    frame = sweep(arrays, specs, targets=tuple(float(t) for t in targets), matched_draws=matched_draws)
     names = _level_names(root, run_id)
     frame.insert(0, "strategy", frame["policy"].map(STRATEGIES).fillna(frame["policy"]))
     frame.insert(0, "run", run_id)
@@ -104,6 +143,41 @@ def regret_curves(root: Root, run_id: str, targets: Sequence[float] = DEFAULT_TA
     frame.insert(frame.columns.get_loc("p") + 1, "level", level.astype("Int64"))
     frame.insert(frame.columns.get_loc("level") + 1, "level_name", frame["level"].map(names))
     return frame.reset_index(drop=True)
+
+
+def gain_over_matched(curves: pd.DataFrame, strategies: Sequence[str] = ("dynamic", "budget", "learned router")
+                      ) -> pd.DataFrame:
+    """Each dynamic strategy against its cost-matched random baseline at the static levels' own GMAC/s.
+
+    Per run, target t, strategy and static level whose GMAC/s lies inside the strategy's curve: the
+    curve's regret and its baseline's expected regret and 95 % band, each interpolated linearly in
+    GMAC/s between neighbouring points. Columns: run, t, strategy, level_name, gmacs, regret,
+    matched_regret, matched_regret_lo, matched_regret_hi, gain (matched − policy, dB; positive: the
+    policy places the same compute better than chance).
+    """
+    cols = ["run", "t", "strategy", "level_name", "gmacs", "regret", "matched_regret", "matched_regret_lo",
+            "matched_regret_hi", "gain"]
+    rows = []
+    if "matched_regret" not in curves:
+        return pd.DataFrame(rows, columns=cols)
+    for (run, t), group in curves.groupby(["run", "t"], sort=True):
+        static = group[group["strategy"] == "static"].sort_values("gmacs")
+        for strategy in strategies:
+            g = group[(group["strategy"] == strategy) & group["matched_regret"].notna()]
+            if len(g) < 2:
+                continue
+            g = g.groupby("gmacs", as_index=False)[["regret", "matched_regret", "matched_regret_lo",
+                                                    "matched_regret_hi"]].min().sort_values("gmacs")
+            x = g["gmacs"].to_numpy(float)
+            for _, row in static.iterrows():
+                at = float(row["gmacs"])
+                if not x[0] <= at <= x[-1]:
+                    continue
+                v = {c: float(np.interp(at, x, g[c].to_numpy(float)))
+                     for c in ("regret", "matched_regret", "matched_regret_lo", "matched_regret_hi")}
+                rows.append({"run": run, "t": float(t), "strategy": strategy, "level_name": row["level_name"],
+                             "gmacs": at, **v, "gain": v["matched_regret"] - v["regret"]})
+    return pd.DataFrame(rows, columns=cols)
 
 
 def regret_at_equal_compute(curves: pd.DataFrame) -> pd.DataFrame:

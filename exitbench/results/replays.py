@@ -65,6 +65,7 @@ def load_block_arrays(root: str | os.PathLike, run_id: str, p_ref: float | None 
     levels = shape["levels"]
     # the static levels' names, so that a policy's level parameter takes them (static:l=exit2)
     arrays = arrays.with_level_names(list(levels.loc[levels["kind"] == "static"].sort_values("level")["name"]))
+    arrays = arrays.with_run_id(run_id)
     return arrays.with_p_ref(p_ref) if p_ref is not None else arrays
 
 
@@ -122,12 +123,14 @@ def store_replay(root: str | os.PathLike, result: ReplayResult) -> Path:
 
 def sweep_run(root: str | os.PathLike, run_id: str, targets: Sequence[float] | None = None,
               policies: Sequence[str] | None = None, store: bool = True,
-              arrays: BlockArrays | None = None) -> pd.DataFrame:
-    """Every policy over its whole range (all thresholds in one pass each) as tidy curves; stored if asked."""
+              arrays: BlockArrays | None = None, **options: Any) -> pd.DataFrame:
+    """Every policy over its whole range (all thresholds in one pass each) as tidy curves; stored if asked.
+
+    ``options`` go to ``policies.sweep.sweep`` (budgets, matched_draws, p_grid, ...)."""
     from exitbench.policies.builtin import DEFAULT_TARGETS
 
     arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
-    frame = sweep(arrays, policies, targets=tuple(targets) if targets else DEFAULT_TARGETS)
+    frame = sweep(arrays, policies, targets=tuple(targets) if targets else DEFAULT_TARGETS, **options)
     if store:
         _split_legacy_sweep(Path(root), run_id)
         out = frame.assign(run_id=run_id)
