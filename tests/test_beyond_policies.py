@@ -15,7 +15,7 @@ from exitbench.policies.base import PolicyError
 from exitbench.policies.budget import lambda_for_budget, mean_gmacs
 from exitbench.policies.learned import block_features, fit_router, load_router
 from exitbench.policies.matched import cost_groups, expected_regret, matched_draw, matched_summary
-from exitbench.policies.replay import summarize
+from exitbench.policies.replay import replay, summarize
 from exitbench.policies.sweep import sweep
 from exitbench.policies.synthetic import random_block_table
 
@@ -237,3 +237,82 @@ def test_a_missing_or_foreign_router_file_is_one_line(tmp_path):
     bad.write_text('{"hello": 1}')
     with pytest.raises(PolicyError, match="not a router file"):
         parse_policy(f"learned:router={bad}")(test)
+
+
+# -- per-source exits ---------------------------------------------------------------------------------------
+def test_per_source_replay_matches_the_stitched_waveform_of_each_source():
+    from test_policies import _si_snr, _snr, _waveform_recording
+
+    rng = np.random.default_rng(3)
+    block = 500
+    arrays, waves = _waveform_recording(rng, levels=3, sources=2, block=block)
+    chosen = rng.integers(0, 3, size=(arrays.num_blocks, 2))
+    per_block, per_utt = replay(arrays, chosen, t=10.0)
+    costs = [1e3, 3e3, 9e3]
+    for u, uid in enumerate(arrays.utt_ids):
+        ref, mix, est, _ = waves[uid]
+        b0, nb = arrays.utt_starts[u], -(-ref.shape[1] // block)
+        out = np.empty_like(ref)
+        for b in range(nb):
+            sl = slice(b * block, (b + 1) * block)
+            for s in range(2):
+                out[s, sl] = est[chosen[b0 + b, s], s, sl]
+        si, sn = _si_snr(ref, out), _snr(ref, out)
+        for s in range(2):
+            assert per_utt.iloc[u][f"si_snr_s{s}"] == pytest.approx(si[s], abs=1e-6)
+            assert per_utt.iloc[u][f"snri_s{s}"] == pytest.approx(sn[s] - _snr(ref, mix[None])[s], abs=1e-6)
+        # each source pays its own level's share of the block's MACs
+        macs = sum(np.mean([costs[chosen[b0 + b, s]] for s in range(2)]) * min(block, ref.shape[1] - b * block)
+                   for b in range(nb))
+        assert per_utt.iloc[u]["gmacs"] == pytest.approx(macs / ref.shape[1] * 8000 / 1e9, rel=1e-12)
+        # a block's exit-SNR is the worst source's own, at its own level
+        p_ref = (mix ** 2).mean()
+        for b in range(nb):
+            sl = slice(b * block, min((b + 1) * block, ref.shape[1]))
+            own = []
+            for s in range(2):
+                e = ((ref[s, sl] - out[s, sl]) ** 2).sum()
+                best = max((ref[s, sl] ** 2).sum(), ((ref[s, sl] - mix[sl]) ** 2).sum(), (sl.stop - sl.start) * p_ref)
+                own.append(10 * np.log10(best / e))
+            assert per_block.exit_snr[b0 + b] == pytest.approx(min(own), abs=1e-9)
+    assert (per_block["level"] == chosen.max(axis=1)).all() and (per_block["level_s1"] == chosen[:, 1]).all()
+
+
+def test_per_source_policies_against_a_loop_over_blocks_and_sources():
+    from exitbench.policies.probability import condition_probability
+
+    a = arrays_of(14, utts=6)
+    t = 12.0
+    snr = a.source_exit_snr_db()
+    orc = parse_policy(f"oracle:t={t},per_source=1")(a)
+    prob = parse_policy(f"probabilistic:t={t},p=0.6,per_source=1")(a)
+    assert orc.shape == prob.shape == (a.num_blocks, a.num_sources)
+    for k in range(a.num_blocks):
+        for s in range(a.num_sources):
+            first = next((lv for lv in range(a.num_levels) if snr[k, lv, s] >= t), a.num_levels - 1)
+            assert orc[k, s] == first
+            p = [condition_probability(t, "all", a.alpha[k, lv, s], a.beta[k, lv, s], a.n[k], a.stats["e_est"][k, lv, s],
+                                       a.stats["e_mix"][k, lv, s], a.stats["dot_est_mix"][k, lv, s], a.p_ref[k])
+                 for lv in range(a.num_levels)]
+            assert prob[k, s] == next((lv for lv in range(a.num_levels) if p[lv] >= 0.6), a.num_levels - 1)
+    # per-source exits never spend more than one level per block for the worst source, and the oracle's
+    # per-source choice has no more regret than its joint one at lower or equal compute
+    joint = parse_policy(f"oracle:t={t}")(a)
+    sj, sp = summarize(a, joint, [t])[0], summarize(a, orc, [t])[0]
+    assert sp["gmacs"] <= sj["gmacs"] + 1e-12
+    # budget per source: within its budget, and per (block, source) the loop's argmax
+    pol = parse_policy("budget:gmacs=0.25,per_source=1")
+    ch = pol(a)
+    assert 0.2 < mean_gmacs(a, ch) <= 0.25 + 1e-12
+    lam = pol.lam_for(a)
+    from exitbench.policies.budget import predicted_exit_snr_db
+
+    f = predicted_exit_snr_db(a, per_source=True)
+    for k in range(0, a.num_blocks, 7):
+        for s in range(a.num_sources):
+            obj = [f[k, lv, s] - lam * a.macs[k, lv] / a.n[k] * 8000 / 1e9 / a.num_sources for lv in range(a.num_levels)]
+            assert ch[k, s] == int(np.argmax(obj))
+    frame = sweep(a, ["probabilistic:per_source=1", "budget:per_source=1"], targets=(t,), p_grid=[0.3, 0.6])
+    assert len(frame[frame.policy == "probabilistic"]) == 2 and len(frame[frame.policy == "budget"]) == 21
+    row = frame[(frame.policy == "probabilistic") & (frame.p == 0.6)].iloc[0]
+    assert row["regret"] == pytest.approx(summarize(a, prob, [t])[0]["regret"], abs=1e-12)

@@ -198,6 +198,17 @@ class BlockArrays:
             self._cache["exit_snr"] = out
         return self._cache["exit_snr"]
 
+    def source_exit_snr_db(self) -> np.ndarray:
+        """True exit-SNR (dB) per block, static level and source [K, L, S]: each source's max(SNR, SNRi, SNR_ref)
+        (``exit_snr_db`` is its min over sources), for per-source exits."""
+        if "source_exit_snr" not in self._cache:
+            n = self.n[:, None, None, None].astype(np.float64)
+            p = self.p_ref[:, None, None, None]
+            st = {k: v[..., None] for k, v in self.stats.items()}  # a singleton 'source' axis per source
+            self._cache["source_exit_snr"] = true_exit_snr_db(
+                n, st["e_ref"], st["e_est"], st["e_mix"], st["dot_est_ref"], st["dot_mix_ref"], p, source_axis=-1)
+        return self._cache["source_exit_snr"]
+
     # -- conversion from the long block table ---------------------------------------------------
     @classmethod
     def from_arrow(cls, table: pa.Table, num_levels: int, sample_rate: int, has_dynamic: bool) -> "BlockArrays":

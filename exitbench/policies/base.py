@@ -198,8 +198,9 @@ class Policy(abc.ABC):
         self.check_requirements(arrays)
         chosen = np.asarray(self.choose(arrays, seed), dtype=np.int64)
         top = arrays.num_levels + (arrays.dynamic is not None) - 1
-        if chosen.shape != (arrays.num_blocks,):
-            raise PolicyError(f"{self.name} chose shape {chosen.shape}, expected ({arrays.num_blocks},)")
+        expected = (arrays.num_blocks, arrays.num_sources) if self.values.get("per_source") else (arrays.num_blocks,)
+        if chosen.shape != expected:
+            raise PolicyError(f"{self.name} chose shape {chosen.shape}, expected {expected}")
         if chosen.size and (chosen.min() < 0 or chosen.max() > top):
             raise PolicyError(f"{self.name} chose levels outside 0..{top}")
         return chosen

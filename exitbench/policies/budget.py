@@ -40,8 +40,9 @@ def predicted_error_power(arrays: BlockArrays) -> np.ndarray:
     return arrays._cache["predicted_error_power"]
 
 
-def predicted_exit_snr_db(arrays: BlockArrays) -> np.ndarray:
-    """Predicted exit-SNR (dB) per block and static level [K, L]: min over sources of max(SNR, SNRi, SNR_ref)."""
+def predicted_exit_snr_db(arrays: BlockArrays, per_source: bool = False) -> np.ndarray:
+    """Predicted exit-SNR (dB) per block and static level [K, L]: min over sources of max(SNR, SNRi, SNR_ref)
+    (``per_source``: each source's own, [K, L, S])."""
     key = "predicted_exit_snr"
     if key not in arrays._cache:
         st = arrays.stats
@@ -52,9 +53,9 @@ def predicted_exit_snr_db(arrays: BlockArrays) -> np.ndarray:
             ratio = np.maximum(np.maximum(1.0 + st["e_est"] / err, 1.0 + diff / err),
                                n * arrays.p_ref[:, None, None] / err)
             db = 10.0 * np.log10(ratio)
-        db = np.where(np.isnan(db), np.inf, db)  # 0/0: a silent estimate predicted error-free
-        arrays._cache[key] = db.min(axis=2)
-    return arrays._cache[key]
+        arrays._cache[key] = np.where(np.isnan(db), np.inf, db)  # 0/0: a silent estimate predicted error-free
+    per = arrays._cache[key]
+    return per if per_source else per.min(axis=2)
 
 
 def block_gmacs(arrays: BlockArrays) -> np.ndarray:
@@ -84,19 +85,42 @@ def breakpoints(value: np.ndarray, cost: np.ndarray) -> np.ndarray:
 
 
 def mean_gmacs(arrays: BlockArrays, chosen: np.ndarray) -> float:
-    """Mean over utterances of the GMAC/s a choice of static levels spends (the sweeps' compute axis)."""
-    return float(utterance_gmacs(arrays, arrays.macs[np.arange(arrays.num_blocks), chosen]).mean())
+    """Mean over utterances of the GMAC/s a choice of static levels spends (the sweeps' compute axis);
+    ``chosen`` [K, S] (per-source exits) counts each source's share, the mean over sources."""
+    k = np.arange(arrays.num_blocks)
+    macs = arrays.macs[k, chosen] if chosen.ndim == 1 else arrays.macs[k[:, None], chosen].mean(axis=1)
+    return float(utterance_gmacs(arrays, macs).mean())
 
 
-def lambda_for_budget(arrays: BlockArrays, budget: float) -> float:
+def budget_problem(arrays: BlockArrays, per_source: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(value, cost) rows of the per-block objective [R, L]: one row per block, or per (block, source) with
+    each source paying 1/S of the block's compute (per-source exits; rows ordered block-major)."""
+    if not per_source:
+        return budget_value(arrays), block_gmacs(arrays)
+    s = arrays.num_sources
+    value = _finite(predicted_exit_snr_db(arrays, per_source=True)).transpose(0, 2, 1).reshape(-1, arrays.num_levels)
+    cost = np.repeat(block_gmacs(arrays) / s, s, axis=0)
+    return value, cost
+
+
+def choose_budget(arrays: BlockArrays, lam: float, per_source: bool = False) -> np.ndarray:
+    """budget(λ)'s choice: [K], or [K, S] for per-source exits."""
+    value, cost = budget_problem(arrays, per_source)
+    chosen = choose_at(value, cost, lam)
+    return chosen.reshape(arrays.num_blocks, arrays.num_sources) if per_source else chosen
+
+
+def lambda_for_budget(arrays: BlockArrays, budget: float, per_source: bool = False) -> float:
     """The least λ (inside a step of C) whose mean GMAC/s is ≤ ``budget``; the cheapest choice if none is."""
-    finite, cost = budget_value(arrays), block_gmacs(arrays)
+    finite, cost = budget_problem(arrays, per_source)
     cuts = breakpoints(finite, cost)
     # one representative λ per step interval: (0, c0), (c0, c1), ..., (c_last, ∞)
     reps = np.concatenate([[cuts[0] / 2 if cuts.size else 1.0], (cuts[:-1] + cuts[1:]) / 2,
                            [cuts[-1] * 2 + 1.0] if cuts.size else []])
-    within = lambda i: mean_gmacs(arrays, choose_at(finite, cost, float(reps[i]))) <= budget  # noqa: E731
-    if mean_gmacs(arrays, choose_at(finite, cost, 0.0)) <= budget:
+    shape = (arrays.num_blocks, arrays.num_sources) if per_source else (arrays.num_blocks,)
+    spend = lambda lam: mean_gmacs(arrays, choose_at(finite, cost, lam).reshape(shape))  # noqa: E731
+    within = lambda i: spend(float(reps[i])) <= budget  # noqa: E731
+    if spend(0.0) <= budget:
         return 0.0
     lo, hi = 0, len(reps) - 1
     if not within(hi):
@@ -112,7 +136,10 @@ def lambda_for_budget(arrays: BlockArrays, budget: float) -> float:
 
 def budget_value(arrays: BlockArrays) -> np.ndarray:
     """The per-block objective's value term with infinities (silent estimates) replaced by a large finite dB."""
-    value = predicted_exit_snr_db(arrays)
+    return _finite(predicted_exit_snr_db(arrays))
+
+
+def _finite(value: np.ndarray) -> np.ndarray:
     fin = np.isfinite(value)
     if fin.all():
         return value

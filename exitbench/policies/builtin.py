@@ -20,6 +20,17 @@ P_REF = Param("p_ref", reference_power, "mixture", omit_default=True,
                    " square, full scale ±1), as PRESS uses; left out of the spec at its default")
 
 
+#: per-source exits (PRESS's future work): each source exits on its own, paying its share 1/S of a block's MACs
+PER_SOURCE = Param("per_source", int, 0, choices=(0, 1), omit_default=True,
+                   help="1: each source exits on its own (choices [K, S], each source pays 1/S of a level's"
+                        " MACs); 0, the default: one level per block, decided by the worst source")
+
+
+def per_source_first(mask: np.ndarray) -> np.ndarray:
+    """``first_true_or_last`` per source: [K, L, S] -> [K, S]."""
+    return np.stack([first_true_or_last(mask[:, :, s]) for s in range(mask.shape[2])], axis=1)
+
+
 def first_true_or_last(mask: np.ndarray) -> np.ndarray:
     """Per row the first column where mask is True, else the last column ([K, L] -> [K])."""
     out = np.full(mask.shape[0], mask.shape[1] - 1, dtype=np.int64)
@@ -61,10 +72,13 @@ class Oracle(Policy):
     """
 
     name = "oracle"
-    params = (TARGET, P_REF)
+    params = (TARGET, P_REF, PER_SOURCE)
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
-        snr = arrays.at_reference(self.p_ref).exit_snr_db()[:, : arrays.num_levels]  # type: ignore[attr-defined]
+        ref = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+        if self.per_source:  # type: ignore[attr-defined]
+            return per_source_first(ref.source_exit_snr_db() >= self.t)  # type: ignore[attr-defined]
+        snr = ref.exit_snr_db()[:, : arrays.num_levels]
         return first_true_or_last(snr >= self.t)  # type: ignore[attr-defined]
 
 
@@ -78,14 +92,20 @@ class OracleBest(Policy):
     """
 
     name = "oracle-best"
-    params = (TARGET, P_REF)
+    params = (TARGET, P_REF, PER_SOURCE)
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         lv = arrays.num_levels
-        snr = arrays.at_reference(self.p_ref).exit_snr_db()[:, :lv]  # type: ignore[attr-defined]
+        ref = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+        if self.per_source:  # type: ignore[attr-defined]
+            per = ref.source_exit_snr_db()
+            return np.stack([self._least(per[:, :, s], arrays.macs) for s in range(per.shape[2])], axis=1)
+        return self._least(ref.exit_snr_db()[:, :lv], arrays.macs)
+
+    def _least(self, snr: np.ndarray, macs: np.ndarray) -> np.ndarray:
         regret = np.maximum(0.0, self.t - snr)  # type: ignore[attr-defined]
         least = regret == regret.min(axis=1, keepdims=True)
-        return np.argmin(np.where(least, arrays.macs, np.inf), axis=1).astype(np.int64)  # first index on ties
+        return np.argmin(np.where(least, macs, np.inf), axis=1).astype(np.int64)  # first index on ties
 
 
 class Probabilistic(Policy):
@@ -99,6 +119,7 @@ class Probabilistic(Policy):
         Param("condition", str, "all", choices=CONDITION_CHOICES,
               help="which ratio counts as reaching t: any of the three ('all'), or only one"),
         P_REF,
+        PER_SOURCE,
     )
     requires = (
         Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
@@ -112,6 +133,11 @@ class Probabilistic(Policy):
         return level_probabilities(ref, self.t, self.condition, levels)  # type: ignore[attr-defined]
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
+        if self.per_source:  # type: ignore[attr-defined]
+            self.check_requirements(arrays)
+            ref = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
+            probs = level_probabilities(ref, self.t, self.condition, per_source=True)  # type: ignore[attr-defined]
+            return per_source_first(probs >= self.p)  # type: ignore[attr-defined]
         return first_true_or_last(self.probabilities(arrays) >= self.p)  # type: ignore[attr-defined]
 
 
@@ -171,6 +197,7 @@ class Budget(Policy):
         Param("lam", float, 0.0, range=Range(0.0), omit_default=True,
               help="λ, the exit-SNR (dB) one GMAC/s must buy (≥ 0); ignored when gmacs is set"),
         P_REF,
+        PER_SOURCE,
     )
     requires = (
         Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
@@ -182,13 +209,15 @@ class Budget(Policy):
         from exitbench.policies.budget import lambda_for_budget
 
         decide = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
-        return lambda_for_budget(decide, self.gmacs) if self.gmacs > 0 else float(self.lam)  # type: ignore[attr-defined]
+        if self.gmacs > 0:  # type: ignore[attr-defined]
+            return lambda_for_budget(decide, self.gmacs, bool(self.per_source))  # type: ignore[attr-defined]
+        return float(self.lam)  # type: ignore[attr-defined]
 
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
-        from exitbench.policies.budget import block_gmacs, budget_value, choose_at
+        from exitbench.policies.budget import choose_budget
 
         decide = arrays.at_reference(self.p_ref)  # type: ignore[attr-defined]
-        return choose_at(budget_value(decide), block_gmacs(decide), self.lam_for(arrays))
+        return choose_budget(decide, self.lam_for(arrays), bool(self.per_source))  # type: ignore[attr-defined]
 
 
 class Learned(Policy):

@@ -114,8 +114,9 @@ def gaussian_probabilities(t_db: float, limits: dict[str, np.ndarray], sigma2, n
 
 
 def level_probabilities(arrays: BlockArrays, t_db: float, condition: str = "all",
-                        levels: slice | None = None) -> np.ndarray:
-    """Predicted P(exit-SNR ≥ t) per block and static level [K, L'], min over sources (DESIGN §5)."""
+                        levels: slice | None = None, per_source: bool = False) -> np.ndarray:
+    """Predicted P(exit-SNR ≥ t) per block and static level [K, L'], min over sources (DESIGN §5);
+    ``per_source``: each source's own [K, L', S]."""
     lv = slice(None) if levels is None else levels
     if (arrays.alpha is None or arrays.beta is None) and arrays.sigma2 is not None:
         key = ("gaussian_limits", lv.start, lv.stop, lv.step)
@@ -124,7 +125,8 @@ def level_probabilities(arrays: BlockArrays, t_db: float, condition: str = "all"
         if key not in arrays._cache:
             arrays._cache[key] = gaussian_limits(n, st["e_est"][:, lv], st["e_mix"][:, lv],
                                                  st["dot_est_mix"][:, lv], arrays.p_ref[:, None, None])
-        return gaussian_probabilities(t_db, arrays._cache[key], arrays.sigma2[:, lv], n, condition).min(axis=2)
+        out = gaussian_probabilities(t_db, arrays._cache[key], arrays.sigma2[:, lv], n, condition)
+        return out if per_source else out.min(axis=2)
     if arrays.alpha is None or arrays.beta is None:
         raise UsageError("this recording has no predicted variances (alpha, beta or sigma2)")
     key = ("gamma_rates", lv.start, lv.stop, lv.step)
@@ -134,5 +136,5 @@ def level_probabilities(arrays: BlockArrays, t_db: float, condition: str = "all"
                                          st["e_est"][:, lv], st["e_mix"][:, lv], st["dot_est_mix"][:, lv],
                                          arrays.p_ref[:, None, None])
     x = arguments_from_rates(t_db, arrays._cache[key], condition)
-    per_source = upper_gamma(arrays.alpha[:, lv], x)
-    return per_source.min(axis=2)
+    each = upper_gamma(arrays.alpha[:, lv], x)
+    return each if per_source else each.min(axis=2)

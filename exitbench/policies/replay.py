@@ -15,10 +15,17 @@ METRICS = ("si_snr", "si_snri", "snr", "snri")
 
 
 def check_chosen(arrays: BlockArrays, chosen: np.ndarray) -> np.ndarray:
-    """``chosen`` as int64 [K], or PolicyError if its shape or a level is out of range."""
+    """``chosen`` as int64 [K] (one level per block) or [K, S] (per-source exits: static levels only),
+    or PolicyError if its shape or a level is out of range."""
     chosen = np.asarray(chosen)
+    if chosen.ndim == 2 and chosen.shape == (arrays.num_blocks, arrays.num_sources) \
+            and np.issubdtype(chosen.dtype, np.integer):
+        if chosen.size and (chosen.min() < 0 or chosen.max() >= arrays.num_levels):
+            raise PolicyError(f"per-source levels must lie in 0..{arrays.num_levels - 1} (static levels only)")
+        return chosen.astype(np.int64, copy=False)
     if chosen.shape != (arrays.num_blocks,) or not np.issubdtype(chosen.dtype, np.integer):
-        raise PolicyError(f"chosen must be an integer array of shape ({arrays.num_blocks},), got "
+        raise PolicyError(f"chosen must be an integer array of shape ({arrays.num_blocks},) or"
+                          f" ({arrays.num_blocks}, {arrays.num_sources}) (per source), got "
                           f"{chosen.dtype} {chosen.shape}")
     top = arrays.num_levels - (arrays.dynamic is None)
     if chosen.size and (chosen.min() < 0 or chosen.max() > top):
@@ -32,6 +39,8 @@ def gather(arrays: BlockArrays, chosen: np.ndarray, name: str) -> np.ndarray:
     k = arrays._cache.get("arange")
     if k is None:
         k = arrays._cache["arange"] = np.arange(arrays.num_blocks)
+    if chosen.ndim == 2:
+        return _gather_per_source(arrays, chosen, name, k)
     if name in ("macs", "exit_snr"):
         table = arrays.macs if name == "macs" else arrays.exit_snr_db()
         if name == "macs" and arrays.dynamic is not None:
@@ -52,6 +61,20 @@ def gather(arrays: BlockArrays, chosen: np.ndarray, name: str) -> np.ndarray:
     out[static] = arrays.stats[name][k[static], chosen[static]]
     out[~static] = arrays.dynamic.stats[name][~static]
     return out
+
+
+def _gather_per_source(arrays: BlockArrays, chosen: np.ndarray, name: str, k: np.ndarray) -> np.ndarray:
+    """``gather`` for per-source exits [K, S]: each source's stats at its own level; a block's MACs are
+    the mean over sources of each source's level's MACs (each source pays its share), its exit-SNR the
+    worst source's own."""
+    if name == "macs":
+        return arrays.macs[k[:, None], chosen].mean(axis=1)
+    s = np.arange(arrays.num_sources)[None, :]
+    if name == "exit_snr":
+        return arrays.source_exit_snr_db()[k[:, None], chosen, s].min(axis=1)
+    if name not in LEVEL_STATS:
+        return arrays.stats[name][:, 0]
+    return arrays.stats[name][k[:, None], chosen, s]
 
 
 def _take_level(stat: np.ndarray, chosen: np.ndarray, k: np.ndarray) -> np.ndarray:
@@ -113,7 +136,8 @@ def utterance_gmacs(arrays: BlockArrays, macs_per_block: np.ndarray) -> np.ndarr
 def replay(arrays: BlockArrays, chosen: np.ndarray, t: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-block and per-utterance results of stitching the chosen levels.
 
-    per_block: utt_id, block, level, macs, exit_snr (dB of the chosen level) and, if t is given,
+    ``chosen`` is [K] or, for per-source exits, [K, S] (then ``level`` is the deepest source's and
+    ``level_s<k>`` each source's). per_block: utt_id, block, level, macs, exit_snr (dB of the chosen level) and, if t is given,
     regret = max(0, t − exit_snr). per_utt: utt_id, num_samples, gmacs, the source means of
     si_snr, si_snri, snr, snri and each per source as ``<metric>_s<k>``.
     """
@@ -121,8 +145,12 @@ def replay(arrays: BlockArrays, chosen: np.ndarray, t: float | None = None) -> t
     macs = gather(arrays, chosen, "macs")
     exit_snr = gather(arrays, chosen, "exit_snr")
     utt_cat = pd.Categorical.from_codes(arrays.utt, categories=pd.Index(arrays.utt_ids, dtype=object))
-    per_block = pd.DataFrame({"utt_id": utt_cat, "block": arrays.block, "level": chosen,
+    per_block = pd.DataFrame({"utt_id": utt_cat, "block": arrays.block,
+                              "level": chosen if chosen.ndim == 1 else chosen.max(axis=1),
                               "macs": macs, "exit_snr": exit_snr})
+    if chosen.ndim == 2:  # per-source exits: ``level`` is the deepest any source reached, each source's beside it
+        for s in range(arrays.num_sources):
+            per_block[f"level_s{s}"] = chosen[:, s]
     if t is not None:
         per_block["regret"] = np.maximum(0.0, t - exit_snr)
     sums = {name: utterance_sum(arrays, gather(arrays, chosen, name)) for name in ("sum_est", "e_est", "dot_est_ref")}

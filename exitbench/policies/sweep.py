@@ -242,8 +242,8 @@ def with_matched(frame: pd.DataFrame, arrays: BlockArrays, draws: int = DEFAULT_
             continue
         spec = f"{row['policy']}:{row['params']}" if row["params"] else str(row["policy"])
         chosen = parse_policy(spec)(arrays)
-        if chosen.max(initial=0) >= arrays.num_levels:
-            continue  # the model's dynamic output: no static allocation to permute
+        if chosen.ndim != 1 or chosen.max(initial=0) >= arrays.num_levels:
+            continue  # per-source exits, or the model's dynamic output: no one level per block to permute
         key = (float(row["t"]), np.bincount(groups * (arrays.num_levels + 1) + chosen, minlength=cells).tobytes())
         if key not in done:
             done[key] = matched_summary(arrays, chosen, [float(row["t"])], draws, seed)[0]
@@ -281,10 +281,12 @@ def sweep_threshold(arrays: BlockArrays, targets: Sequence[float], score: str,
 
 
 def sweep_generic(arrays: BlockArrays, cls: type[Policy], fixed: dict[str, Any], targets: Sequence[float],
-                  seed: int = 0) -> list[dict[str, Any]]:
-    """Any policy: the product of its parameters' sweep values (fixed ones held), choose + summarize each."""
+                  seed: int = 0, grids: dict[str, Sequence[Any]] | None = None) -> list[dict[str, Any]]:
+    """Any policy: the product of its parameters' sweep values (fixed ones held; ``grids`` overrides
+    a parameter's values), choose + summarize each."""
+    grids = grids or {}
     names = [p.name for p in cls.params if p.name not in fixed]
-    axes = [list(targets) if p.name == "t" else list(p.sweep or (p.default,))
+    axes = [list(targets) if p.name == "t" else list(grids.get(p.name) or p.sweep or (p.default,))
             for p in cls.params if p.name not in fixed]
     rows = []
     for combo in itertools.product(*axes):
@@ -326,7 +328,11 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
             skipped[name] = str(exc)
             continue
         ts = [fixed["t"]] if "t" in fixed else list(targets)
-        if cls is Probabilistic:
+        if fixed.get("per_source"):  # per-source exits: no staircase over [K, S] choices; each configuration replayed
+            grid = {"p": [fixed["p"]] if "p" in fixed else list(p_grid)} if cls is Probabilistic else \
+                {"gmacs": budgets or budget_grid(arrays)} if cls is Budget and "lam" not in fixed else {}
+            rows += sweep_generic(arrays, cls, fixed, ts, seed, grid)
+        elif cls is Probabilistic:
             grid = [fixed["p"]] if "p" in fixed else list(p_grid)
             rows += sweep_probabilistic(arrays, ts, grid, probe.values["condition"], probe.values["p_ref"])
         elif cls in (Oracle, OracleBest):
