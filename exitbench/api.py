@@ -108,12 +108,24 @@ class Results:
         return pd.concat(frames, ignore_index=True)
 
     def sweep(self, run: str, policies: Sequence[str] | None = None, targets: Sequence[float] | None = None,
-              *, store: bool = False) -> pd.DataFrame:
-        """Every policy over its range (as ``exitbench sweep-policies``): policy, params, t, p, gmacs, regret, ..."""
+              *, store: bool = False, budgets: Sequence[float] | None = None, matched_draws: int = 0) -> pd.DataFrame:
+        """Every policy over its range (as ``exitbench sweep-policies``): policy, params, t, p, gmacs, regret, ...;
+        ``budgets`` for the budget policy, ``matched_draws`` > 0 adds the cost-matched random baseline columns."""
         from exitbench.results.replays import sweep_run
 
         run_id = self.run_id(run)
-        return sweep_run(self.root, run_id, targets, policies, store=store, arrays=self.arrays(run_id))
+        return sweep_run(self.root, run_id, targets, policies, store=store, arrays=self.arrays(run_id),
+                         budgets=budgets, matched_draws=matched_draws)
+
+    def fit_router(self, run: str, t: float, path: str | os.PathLike | None = None, c: float = 1.0) -> Path:
+        """Fit a learned router on a validation run (as ``exitbench fit-router``); returns the router file."""
+        from exitbench.policies.learned import fit_router
+
+        run_id = self.run_id(run)
+        man = self.runs().set_index("run_id").loc[run_id]
+        router = fit_router(self.arrays(run_id), t, run_id, c=c,
+                            info={k: man.get(k) for k in ("model", "checkpoint_sha256", "dataset")})
+        return router.save(path or Path(self.root) / "routers" / f"{run_id}-t{t:g}.json")
 
     # -- comparisons -------------------------------------------------------------------------------
     def compare(self, base: str, candidate: str, *, candidate_root: str | os.PathLike | Results | None = None,

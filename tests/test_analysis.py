@@ -293,3 +293,13 @@ def test_a_router_fitted_on_another_run_joins_the_curves_and_never_its_own(tmp_p
     gains = A.gain_over_matched(f)
     assert set(gains["strategy"]) <= {"dynamic", "budget", "learned router"}
     np.testing.assert_allclose(gains["gain"], gains["matched_regret"] - gains["regret"])
+    # the Python API does the same: fit on the validation run, sweep the test run, refuse the validation run
+    import exitbench
+    from exitbench.policies.base import PolicyError
+
+    res = exitbench.open(root)
+    path = res.fit_router(val.run_id, 10.0, tmp_path / "api.json")
+    swept = res.sweep(test.run_id, [f"learned:router={path}", "budget"], [10.0], matched_draws=2)
+    assert set(swept["policy"]) == {"learned", "budget"} and swept["matched_regret"].notna().any()
+    with pytest.raises(PolicyError, match="fitted on run"):
+        res.sweep(val.run_id, [f"learned:router={path}"], [10.0])
