@@ -316,3 +316,16 @@ def test_per_source_policies_against_a_loop_over_blocks_and_sources():
     assert len(frame[frame.policy == "probabilistic"]) == 2 and len(frame[frame.policy == "budget"]) == 21
     row = frame[(frame.policy == "probabilistic") & (frame.p == 0.6)].iloc[0]
     assert row["regret"] == pytest.approx(summarize(a, prob, [t])[0]["regret"], abs=1e-12)
+
+
+def test_the_vectorised_band_equals_replaying_each_draw():
+    a = _short_last_block(arrays_of(15))
+    chosen = parse_policy("probabilistic:t=12,p=0.6")(a)
+    band = matched_summary(a, chosen, [9.0, 12.0], draws=7, seed=3)
+    each = [summarize(a, matched_draw(a, chosen, np.random.default_rng([3, i])), [9.0, 12.0]) for i in range(7)]
+    for j in range(2):
+        reg = [e[j]["regret"] for e in each]
+        assert band[j]["matched_regret_lo"] == pytest.approx(np.quantile(reg, 0.025), abs=1e-12)
+        assert band[j]["matched_regret_hi"] == pytest.approx(np.quantile(reg, 0.975), abs=1e-12)
+        for c in ("gmacs", "si_snri", "snri"):
+            assert band[j][f"matched_{c}"] == pytest.approx(np.mean([e[j][c] for e in each]), rel=1e-10, abs=1e-12)

@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from exitbench.policies.arrays import BlockArrays
-from exitbench.policies.replay import summarize
+from exitbench.policies.replay import composite_from_sums, utterance_gmacs, utterance_sum
 
 DEFAULT_DRAWS = 20
 
@@ -56,17 +56,25 @@ def expected_regret(arrays: BlockArrays, chosen: np.ndarray, t: float) -> float:
 def matched_summary(arrays: BlockArrays, chosen: np.ndarray, targets: Sequence[float], draws: int = DEFAULT_DRAWS,
                     seed: int = 0, level: float = 0.95) -> list[dict[str, float]]:
     """Per target: the cost-matched random baseline's expected regret, its interval over ``draws`` seeds
-    (quantiles at (1 ± level)/2), and its mean GMAC/s, SI-SNRi and SNRi over the draws."""
+    (quantiles at (1 ± level)/2), and its mean GMAC/s, SI-SNRi and SNRi over the draws.
+
+    The draws are evaluated together (a trailing draw axis through the utterance sums), with the same
+    arithmetic as ``replay.summarize`` of each draw."""
     chosen = np.asarray(chosen, dtype=np.int64)
-    drawn = [summarize(arrays, matched_draw(arrays, chosen, np.random.default_rng([seed, i])), targets)
-             for i in range(draws)]
+    picks = np.stack([matched_draw(arrays, chosen, np.random.default_rng([seed, i])) for i in range(draws)], axis=1)
+    k = np.arange(arrays.num_blocks)[:, None]
+    lv = arrays.num_levels
+    gm = utterance_gmacs(arrays, arrays.macs[k, picks]).mean(axis=0)  # [D]
+    sums = {name: utterance_sum(arrays, arrays.stats[name][k, picks].transpose(0, 2, 1))  # [U, S, D]
+            for name in ("sum_est", "e_est", "dot_est_ref")}
+    m = composite_from_sums(arrays, sums["sum_est"], sums["e_est"], sums["dot_est_ref"])
+    exit_snr = arrays.exit_snr_db()[:, :lv][k, picks]  # [K, D]
     lo_q, hi_q = (1 - level) / 2, (1 + level) / 2
     out = []
-    for j, t in enumerate(targets):
-        reg = np.array([d[j]["regret"] for d in drawn])
+    for t in targets:
+        reg = np.maximum(0.0, float(t) - exit_snr).mean(axis=0)
         out.append({"t": float(t), "matched_regret": expected_regret(arrays, chosen, float(t)),
                     "matched_regret_lo": float(np.quantile(reg, lo_q)), "matched_regret_hi": float(np.quantile(reg, hi_q)),
-                    "matched_gmacs": float(np.mean([d[j]["gmacs"] for d in drawn])),
-                    "matched_si_snri": float(np.mean([d[j]["si_snri"] for d in drawn])),
-                    "matched_snri": float(np.mean([d[j]["snri"] for d in drawn]))})
+                    "matched_gmacs": float(gm.mean()), "matched_si_snri": float(m["si_snri"].mean(axis=(0, 1)).mean()),
+                    "matched_snri": float(m["snri"].mean(axis=(0, 1)).mean())})
     return out

@@ -129,8 +129,10 @@ def composite_from_sums(arrays: BlockArrays, sum_est: np.ndarray, e_est: np.ndar
 
 
 def utterance_gmacs(arrays: BlockArrays, macs_per_block: np.ndarray) -> np.ndarray:
-    """GMAC per second of audio per utterance: Σmacs / Σn · sample_rate / 1e9 (n once per block)."""
-    return utterance_sum(arrays, macs_per_block) / arrays.utt_samples * arrays.sample_rate / 1e9
+    """GMAC per second of audio per utterance: Σmacs / Σn · sample_rate / 1e9 (n once per block); trailing axes
+    of ``macs_per_block`` [K, ...] are kept."""
+    samples = arrays.utt_samples.reshape((-1,) + (1,) * (np.ndim(macs_per_block) - 1))
+    return utterance_sum(arrays, macs_per_block) / samples * arrays.sample_rate / 1e9
 
 
 def replay(arrays: BlockArrays, chosen: np.ndarray, t: float | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
