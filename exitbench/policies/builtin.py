@@ -20,6 +20,9 @@ P_REF = Param("p_ref", reference_power, "mixture", omit_default=True,
                    " square, full scale ±1), as PRESS uses; left out of the spec at its default")
 
 
+#: what the policies that read a variance head require
+NEEDS_VARIANCES = Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
+                              "this recording's model has no variance head")
 #: per-source exits (PRESS's future work): each source exits on its own, paying its share 1/S of a block's MACs
 PER_SOURCE = Param("per_source", int, 0, choices=(0, 1), omit_default=True,
                    help="1: each source exits on its own (choices [K, S], each source pays 1/S of a level's"
@@ -121,10 +124,7 @@ class Probabilistic(Policy):
         P_REF,
         PER_SOURCE,
     )
-    requires = (
-        Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
-                    "this recording's model has no variance head"),
-    )
+    requires = (NEEDS_VARIANCES,)
 
     def probabilities(self, arrays: BlockArrays, levels: slice | None = None) -> np.ndarray:
         """Predicted P(exit-SNR ≥ t) per block and level [K, L]."""
@@ -199,10 +199,7 @@ class Budget(Policy):
         P_REF,
         PER_SOURCE,
     )
-    requires = (
-        Requirement(("alpha", "sigma2"), "predicted variances (alpha, beta or sigma2)",
-                    "this recording's model has no variance head"),
-    )
+    requires = (NEEDS_VARIANCES,)
 
     def lam_for(self, arrays: BlockArrays) -> float:
         """The λ this policy applies to ``arrays`` (solved from the budget when one is set)."""
