@@ -162,9 +162,9 @@ class Results:
                             policies=policies, alpha=alpha, resamples=resamples, seed=seed, **kw)
 
     def _table(self, sql: str, params: list) -> pd.DataFrame:
-        from exitbench.results.views import connect, fetch_arrow
+        from exitbench.results.views import connect, fetch_arrow, runs_of_params
 
-        con = connect(self.root)
+        con = connect(self.root, runs=runs_of_params(params))
         try:
             return fetch_arrow(con, sql, params).to_pandas()
         finally:

@@ -24,9 +24,9 @@ Root = str | os.PathLike
 
 def df(root: Root, sql: str, params: list | None = None) -> pd.DataFrame:
     """A SQL query over the root's views as a pandas frame."""
-    from exitbench.results.views import connect, fetch_arrow
+    from exitbench.results.views import connect, fetch_arrow, runs_of_params
 
-    con = connect(root)
+    con = connect(root, runs=runs_of_params(params))  # the views cover the queried run's files only
     try:
         return fetch_arrow(con, sql, params).to_pandas()
     finally:

@@ -21,7 +21,7 @@ from exitbench.policies.probability import level_probabilities
 from exitbench.policies.replay import replay
 from exitbench.policies.sweep import sweep
 from exitbench.results.replays import load_block_arrays, run_shape
-from exitbench.results.views import connect, fetch_arrow
+from exitbench.results.views import connect, fetch_arrow, runs_of_params
 
 Root = str | os.PathLike
 
@@ -43,7 +43,7 @@ class AnalysisError(UsageError):
 
 # -- helpers ---------------------------------------------------------------------------------------
 def _df(root: Root, sql: str, params: list | None = None) -> pd.DataFrame:
-    con = connect(root)
+    con = connect(root, runs=runs_of_params(params))  # the views cover the queried run's files only
     try:
         return fetch_arrow(con, sql, params).to_pandas()
     finally:
@@ -396,7 +396,7 @@ def slices(root: Root, run_id: str, by: str = "input_snr", metrics: Sequence[str
     bucket_lo, bucket_hi (NaN for categories), level, level_name, metric, mean, n.
     """
     metrics = _check_metrics(metrics, (*LEVEL_METRICS, "si_snr", "snri", "sdr"))
-    con = connect(root)
+    con = connect(root, runs=[run_id])
     try:
         if by in ("input_snr", "duration"):
             key_sql, params = f"u.{by}", []
@@ -533,7 +533,7 @@ def pareto(root: Root, run_ids: str | Sequence[str], metric: str = "si_snri",
 # -- exit map and utilization ------------------------------------------------------------------------
 def _utterance_arrays(root: Root, run_id: str, utt_id: str) -> BlockArrays:
     shape = run_shape(root, run_id)
-    table = fetch_arrow(connect(root), "SELECT * EXCLUDE (run) FROM blocks WHERE run = ? AND utt_id = ?",
+    table = fetch_arrow(connect(root, runs=[run_id]), "SELECT * EXCLUDE (run) FROM blocks WHERE run = ? AND utt_id = ?",
                         [run_id, utt_id])
     if table.num_rows == 0:
         raise AnalysisError(f"run {run_id} has no blocks for utterance {utt_id!r}")

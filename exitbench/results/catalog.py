@@ -38,7 +38,7 @@ class RunLookupError(UsageError):
 def all_runs(root: str | os.PathLike) -> pd.DataFrame:
     """Every run manifest under ``root`` (any status, any schema version), oldest first."""
     check_root(root)
-    con = connect(root)
+    con = connect(root, tables=())  # the catalogue only: no table views
     try:
         df = con.execute("SELECT * EXCLUDE (run) FROM runs ORDER BY started_at, run_id").df()
     finally:

@@ -137,7 +137,7 @@ def level_values_of_runs(root: str | os.PathLike, run_ids: Sequence[str], metric
                          ) -> dict[str, pd.DataFrame]:
     """``level_values`` of many runs from one connection and one query (history: not one connection per run)."""
     cols = ", ".join(f"avg({m}) AS {m}" for m in metrics)
-    con = connect(root)
+    con = connect(root, runs=list(run_ids), tables=("utterances",))  # those runs' files only
     try:
         wide = con.execute(f"SELECT run, utt_id, level, level_name AS name, {cols} FROM utterances"
                            f" WHERE run IN (SELECT unnest(?)) GROUP BY run, utt_id, level, level_name"

@@ -35,7 +35,7 @@ class RunNotFound(UsageError):
 def resolve_run_id(root: str | os.PathLike, prefix: str) -> str:
     """The one complete run whose id starts with ``prefix``."""
     check_root(root)
-    con = connect(root)
+    con = connect(root, tables=())  # the catalogue only
     rows = con.execute("SELECT run_id, status FROM runs WHERE starts_with(run_id, ?)", [prefix]).fetchall()
     if not rows:
         raise RunNotFound(f"no run {prefix!r} in {root} (see `exitbench runs -r {root}`)")
@@ -49,7 +49,7 @@ def resolve_run_id(root: str | os.PathLike, prefix: str) -> str:
 
 def run_shape(root: str | os.PathLike, run_id: str) -> dict[str, Any]:
     """Levels, sample rate and whether a dynamic level was recorded, from the runs and levels tables."""
-    con = connect(root)
+    con = connect(root, runs=[run_id], tables=("levels",))  # the run's files only
     sr, n_levels = con.execute("SELECT sample_rate, num_levels FROM runs WHERE run_id = ?", [run_id]).fetchone()
     levels = con.execute("SELECT level, name, kind, gmacs, params FROM levels WHERE run = ? ORDER BY level",
                          [run_id]).df()
@@ -60,7 +60,8 @@ def run_shape(root: str | os.PathLike, run_id: str) -> dict[str, Any]:
 def load_block_arrays(root: str | os.PathLike, run_id: str, p_ref: float | None = None) -> BlockArrays:
     """The run's block table as dense arrays for the policies (P_ref: per-utterance mixture power unless set)."""
     shape = run_shape(root, run_id)
-    table = fetch_arrow(connect(root), "SELECT * EXCLUDE (run) FROM blocks WHERE run = ?", [run_id])
+    table = fetch_arrow(connect(root, runs=[run_id], tables=("blocks",)), "SELECT * EXCLUDE (run) FROM blocks"
+                        " WHERE run = ?", [run_id])
     arrays = BlockArrays.from_arrow(table, shape["num_levels"], shape["sample_rate"], shape["has_dynamic"])
     levels = shape["levels"]
     # the static levels' names, so that a policy's level parameter takes them (static:l=exit2)

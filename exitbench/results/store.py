@@ -34,6 +34,13 @@ from exitbench.errors import ResultsRootError
 from exitbench.results.schema import BLOCKS, RUNS, SCORE_PREFIX, SHARD_TABLES, TABLES
 
 ROW_GROUP_SIZE = 1_000_000  # large row groups: DuckDB slows down a lot on many small ones
+#: bumped by every write through this module: an open results.views.Root scans the root again after it
+GENERATION = 0
+
+
+def _wrote() -> None:
+    global GENERATION
+    GENERATION += 1
 
 
 def _fsync_dir(path: Path) -> None:
@@ -100,6 +107,7 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
             _write_table(table, tmp)
             os.replace(tmp, path)
             _fsync_dir(path.parent)
+            _wrote()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -261,6 +269,7 @@ class ResultStore:
                     p.unlink(missing_ok=True)
         self.write_manifest(manifest)
         self.drop_staging(run_id)
+        _wrote()
         return {name: t.num_rows for name, t in tables.items()}
 
     def drop_staging(self, run_id: str) -> None:
@@ -273,6 +282,7 @@ class ResultStore:
         """Remove every table partition of a run (used by --force)."""
         for name in list(TABLES) + ["_staging"]:
             shutil.rmtree(self.root / name / f"run={run_id}", ignore_errors=True)
+        _wrote()
 
     def restage(self, run_id: str, shards: list[list[str]], redo: set[int]) -> None:
         """Put a published run's rows back into staging as shards, all but ``redo`` (which run again).

@@ -4,16 +4,35 @@ A run is published when its manifest says ``complete`` (written last by ``Result
 so the views show a run's tables all at once or not at all. A run whose files cannot be read is
 one run's problem: its tables leave every view and ``runs`` shows it as ``corrupt``, with the file
 and the fix in the ``problem`` column.
+
+Reading at scale (DESIGN §4.3):
+
+- The catalogue is the runs table (one manifest per run), read through a stat-validated cache
+  (``_catalog/runs.parquet``: a manifest is read again only when its file changed), so listing a
+  root costs one ``stat`` per run, not one Parquet footer per run.
+- Files are never globbed across the root: a run's recording tables are ``<table>/run=<id>/part-0.parquet``
+  or rows of a pack (``exitbench pack``: ``<table>/_pack/<gen>.parquet``, listed in ``_packs/packs.json``);
+  a file's footer is checked once and remembered by its stat (``_catalog/files.parquet``).
+- A :class:`Root` holds one DuckDB connection for a whole command; ``connect(root, runs=[...])``
+  builds the views over those runs' files only (a pack is read with ``run IN (...)``, which its
+  row-group statistics prune), so a query of one run reads that run's files whatever the root holds.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import hashlib
+import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from exitbench.errors import ResultsRootError
@@ -23,6 +42,14 @@ from exitbench.results.schema import RUNS, TABLES
 EXTRA_TABLES = ("replays", "replay_blocks", "sweeps")
 #: every table with a view over its files (``runs`` is built from the manifests)
 FILE_TABLES = tuple(t for t in TABLES if t != "runs") + EXTRA_TABLES
+#: the tables a run's publication writes (one file each; what ``exitbench pack`` merges)
+DATA_TABLES = tuple(t for t in TABLES if t != "runs")
+PACK_DIR = "_pack"  # <root>/<table>/_pack/<generation>.parquet
+PACKS_FILE = Path("_packs") / "packs.json"
+CATALOG_DIR = "_catalog"
+_RUNS_INDEX = "runs.parquet"
+_FILES_INDEX = "files.parquet"
+_STAT = pa.schema([("_ino", pa.int64()), ("_size", pa.int64()), ("_mtime_ns", pa.int64())])
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -35,57 +62,8 @@ def check_root(root: str | os.PathLike) -> Path:
     return root
 
 
-def _run_of(path: Path, root: Path, table: str) -> str:
-    """The run id of a file under ``<root>/<table>/run=<id>/...``."""
-    return path.relative_to(root / table).parts[0].removeprefix("run=")
-
-
 def _fix(run_id: str) -> str:
     return f"re-record it with `exitbench repair {run_id}` (or the original `exitbench run ... --force`)"
-
-
-@dataclass
-class RootScan:
-    """What a results root holds: every manifest (as the runs table) and the readable files of complete runs."""
-
-    runs: pa.Table
-    files: dict[str, list[str]] = field(default_factory=dict)  # table -> files of complete, sound runs
-    corrupt: dict[str, str] = field(default_factory=dict)  # run id -> problem
-
-
-def _read_manifests(root: Path) -> tuple[pa.Table, dict[str, str]]:
-    files = sorted((root / "runs").glob("run=*/manifest.parquet")) if (root / "runs").is_dir() else []
-    corrupt: dict[str, str] = {}
-    parts: list[pa.Table] = []
-    if files:
-        try:  # one C++ scan in the common case
-            con = duckdb.connect()
-            parts = [_fetch(con.sql(f"SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true,"
-                                    f" filename = true)"))]
-            con.close()
-        except duckdb.Error:
-            parts = []
-            for f in files:
-                try:
-                    t = pq.read_table(f)
-                    parts.append(t.append_column("filename", pa.array([str(f)] * t.num_rows, pa.string())))
-                except Exception as exc:  # any unreadable manifest: that run only
-                    run_id = f.parent.name.removeprefix("run=")
-                    corrupt[run_id] = f"unreadable manifest {f}: {_first_line(exc)}; {_fix(run_id)}"
-                    parts.append(pa.table({"run_id": [run_id], "status": ["corrupt"], "filename": [str(f)]}))
-    rows = []
-    for t in parts:
-        rows.extend(t.to_pylist())
-    fields = list(RUNS) + [pa.field("problem", pa.string()), pa.field("run", pa.string())]
-    cols: dict[str, list] = {f.name: [] for f in fields}
-    for r in rows:
-        run = Path(r.pop("filename")).parent.name.removeprefix("run=")  # the partition, whatever the file says
-        for f in RUNS:
-            cols[f.name].append(r.get(f.name))
-        cols["problem"].append(corrupt.get(run))
-        cols["run"].append(run)
-    table = pa.Table.from_pydict(cols, schema=pa.schema(fields))
-    return table, corrupt
 
 
 def _first_line(exc: BaseException) -> str:
@@ -93,8 +71,12 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _sql_list(files: list[Path] | list[str]) -> str:
-    return "[" + ", ".join("'" + str(f).replace("'", "''") + "'" for f in files) + "]"
+def _sql_list(files: Iterable[Path | str]) -> str:
+    return "[" + ", ".join(_sql_str(f) for f in files) + "]"
+
+
+def _sql_str(value: object) -> str:
+    return "'" + str(value).replace("'", "''") + "'"
 
 
 def _fetch(rel: duckdb.DuckDBPyRelation) -> pa.Table:
@@ -102,35 +84,256 @@ def _fetch(rel: duckdb.DuckDBPyRelation) -> pa.Table:
     return fetch()
 
 
+def _stat_key(path: str | os.PathLike) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _write_cache(table: pa.Table, path: Path) -> None:
+    """Best effort: a cache that cannot be written (a read-only root) is simply not kept."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(table, tmp, compression="zstd")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+
+
+def _read_cache(path: Path) -> pa.Table | None:
+    try:
+        return pq.ParquetFile(path).read()  # not pq.read_table, which imports pyarrow.dataset (0.6 s)
+    except Exception:  # missing, half-written by an older version, garbage: rebuilt from the files
+        return None
+
+
+# -- the catalogue of runs --------------------------------------------------------------------------
+def run_identity(started_at: object, finished_at: object) -> str:
+    """What tells one recording of a run id from another (a pack holds the rows of one of them)."""
+    return f"{started_at}|{finished_at}"
+
+
+def _read_manifest_files(files: list[Path]) -> tuple[list[dict], dict[str, str]]:
+    """Rows of the given manifests (one C++ scan in the common case) and the unreadable ones."""
+    corrupt: dict[str, str] = {}
+    rows: list[dict] = []
+    if not files:
+        return rows, corrupt
+    try:
+        con = duckdb.connect()
+        table = _fetch(con.sql(f"SELECT * FROM read_parquet({_sql_list(files)}, union_by_name = true,"
+                               f" filename = true)"))
+        con.close()
+        rows = table.to_pylist()
+    except duckdb.Error:
+        rows = []
+        for f in files:
+            try:
+                t = pq.read_table(f)
+                rows.extend(dict(r, filename=str(f)) for r in t.to_pylist())
+            except Exception as exc:  # any unreadable manifest: that run only
+                run_id = f.parent.name.removeprefix("run=")
+                corrupt[run_id] = f"unreadable manifest {f}: {_first_line(exc)}; {_fix(run_id)}"
+                rows.append({"run_id": run_id, "status": "corrupt", "filename": str(f)})
+    return rows, corrupt
+
+
+def _read_manifests(root: Path) -> tuple[pa.Table, dict[str, str]]:
+    """Every manifest as the runs table (plus ``problem`` and ``run``), through the stat-validated cache."""
+    runs_dir = root / "runs"
+    found: dict[str, tuple[Path, tuple[int, int, int]]] = {}
+    if runs_dir.is_dir():
+        with os.scandir(runs_dir) as it:
+            for e in it:
+                if e.name.startswith("run="):
+                    p = Path(e.path) / "manifest.parquet"
+                    key = _stat_key(p)
+                    if key is not None:
+                        found[e.name.removeprefix("run=")] = (p, key)
+    fields = list(RUNS) + [pa.field("problem", pa.string()), pa.field("run", pa.string())]
+    cache_path = root / CATALOG_DIR / _RUNS_INDEX
+    cached = _read_cache(cache_path) if found else None
+    keep: list[int] = []
+    stale = cached is None
+    if cached is not None and set(f.name for f in fields + list(_STAT)) <= set(cached.column_names):
+        runs_col = cached.column("run").to_pylist()
+        keys = zip(*(cached.column(c).to_pylist() for c in ("_ino", "_size", "_mtime_ns")))
+        for i, (run, key) in enumerate(zip(runs_col, keys)):
+            if run in found and found[run][1] == tuple(key):
+                keep.append(i)
+        stale = len(keep) != cached.num_rows
+        if stale:
+            cached = cached.take(pa.array(keep, pa.int64()))
+    else:
+        cached, stale = None, True
+    have = set(cached.column("run").to_pylist()) if cached is not None else set()
+    todo = sorted(r for r in found if r not in have)
+    rows, corrupt = _read_manifest_files([found[r][0] for r in todo])
+    cols: dict[str, list] = {f.name: [] for f in fields + list(_STAT)}
+    for r in rows:
+        run = Path(r.pop("filename")).parent.name.removeprefix("run=")  # the partition, whatever the file says
+        for f in RUNS:
+            cols[f.name].append(r.get(f.name))
+        cols["problem"].append(corrupt.get(run))
+        cols["run"].append(run)
+        for name, v in zip(("_ino", "_size", "_mtime_ns"), found[run][1]):
+            cols[name].append(v)
+    fresh = pa.Table.from_pydict(cols, schema=pa.schema(fields + list(_STAT)))
+    table = fresh if cached is None else pa.concat_tables([cached.select(fresh.column_names).cast(fresh.schema),
+                                                           fresh])
+    if found and (todo or stale):  # corrupt manifests stay out of the cache: read again each time
+        _write_cache(table.filter(pa.compute.is_null(table.column("problem"))), cache_path)
+    table = table.sort_by([("run", "ascending")]).select([f.name for f in fields])
+    return table, corrupt
+
+
+# -- packs -------------------------------------------------------------------------------------------
+@dataclass
+class Pack:
+    """One generation of ``exitbench pack``: a file per recording table holding many runs' rows."""
+
+    gen: str
+    files: dict[str, str]  # table -> path relative to the root
+    runs: dict[str, str]  # run id -> identity (run_identity) of the recording it holds
+
+
+def read_packs(root: str | os.PathLike) -> list[Pack]:
+    """The packs the root's pack manifest lists (none when it has no ``_packs/packs.json``)."""
+    path = Path(root) / PACKS_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ResultsRootError(f"unreadable pack manifest {path}: {_first_line(exc)}; restore it from a backup"
+                               " or delete it and record the packed runs again") from None
+    return [Pack(p["gen"], dict(p["files"]), dict(p["runs"])) for p in doc.get("packs", [])]
+
+
+# -- what a root holds ---------------------------------------------------------------------------------
+@dataclass
+class RootScan:
+    """What a results root holds: every manifest (as the runs table) and the readable files of complete runs."""
+
+    runs: pa.Table
+    files: dict[str, list[str]] = field(default_factory=dict)  # table -> per-run files of complete, sound runs
+    corrupt: dict[str, str] = field(default_factory=dict)  # run id -> problem
+    packs: list[Pack] = field(default_factory=list)
+    packed: dict[str, Pack] = field(default_factory=dict)  # run id -> the pack holding its live recording
+    run_files: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # run -> table -> files
+    schema_of: dict[str, str] = field(default_factory=dict)  # file -> schema fingerprint
+
+    def complete(self) -> list[str]:
+        """Complete, sound runs (sorted)."""
+        return [r for r, s in zip(self.runs.column("run").to_pylist(), self.runs.column("status").to_pylist())
+                if s == "complete" and r not in self.corrupt]
+
+
+def _verify(root: Path, checks: list[tuple[str, str, str, tuple[int, int, int] | None]]
+            ) -> tuple[dict[str, str], dict[str, str]]:
+    """Read the footer of every (run, table, file, stat) not verified before with the same stat; the bad runs.
+
+    Returns (run -> problem, file -> schema fingerprint).
+    """
+    cache_path = root / CATALOG_DIR / _FILES_INDEX
+    cached: dict[str, tuple[tuple[int, int, int], str]] = {}
+    if checks:
+        t = _read_cache(cache_path)
+        if t is not None and set(t.column_names) >= {"path", "_ino", "_size", "_mtime_ns", "schema"}:
+            for p, i, s, m, fp in zip(*(t.column(c).to_pylist() for c in ("path", "_ino", "_size", "_mtime_ns",
+                                                                          "schema"))):
+                cached[p] = ((i, s, m), fp)
+    bad: dict[str, str] = {}
+    schema_of: dict[str, str] = {}
+    changed = False
+    prefix = len(str(root)) + 1
+    for run, table, f, key in checks:
+        rel = f[prefix:]
+        hit = cached.get(rel)
+        if key is not None and hit is not None and hit[0] == key:
+            schema_of[f] = hit[1]
+            continue
+        try:
+            if key is None:
+                raise FileNotFoundError("missing file")
+            schema = pq.read_metadata(f).schema.to_arrow_schema()
+        except Exception as exc:
+            if run not in bad:
+                bad[run] = f"unreadable {table} file {f}: {_first_line(exc)}; {_fix(run)}"
+            cached.pop(rel, None)
+            changed = True
+            continue
+        fp = hashlib.sha1(str(schema.remove_metadata()).encode()).hexdigest()[:16]
+        schema_of[f] = fp
+        cached[rel] = (key, fp)
+        changed = True
+    if changed:
+        items = sorted(cached.items())
+        _write_cache(pa.table({"path": [p for p, _ in items], "_ino": [k[0] for _, (k, _f) in items],
+                               "_size": [k[1] for _, (k, _f) in items], "_mtime_ns": [k[2] for _, (k, _f) in items],
+                               "schema": [fp for _, (_k, fp) in items]}), cache_path)
+    return bad, schema_of
+
+
+def _extra_files(root: Path, table: str, runs: set[str]) -> dict[str, list[str]]:
+    """Files of a replay/sweep table, per run (these tables have sub-partitions under each run)."""
+    folder = root / table
+    out: dict[str, list[str]] = {}
+    if not folder.is_dir():
+        return out
+    with os.scandir(folder) as it:
+        for e in it:
+            run = e.name.removeprefix("run=")
+            if e.name.startswith("run=") and run in runs:
+                found = sorted(str(p) for p in Path(e.path).glob("**/*.parquet") if not p.name.startswith("."))
+                if found:
+                    out[run] = found
+    return out
+
+
 def scan(root: str | os.PathLike) -> RootScan:
-    """Read the manifests and list the files of every complete run, table by table."""
+    """Read the catalogue and locate (and check, once per file version) the files of every complete run."""
     root = Path(root)
     runs, corrupt = _read_manifests(root)
-    complete = {r for r, s in zip(runs.column("run").to_pylist(), runs.column("status").to_pylist())
-                if s == "complete"}
-    files: dict[str, list[str]] = {}
-    for name in FILE_TABLES:
-        folder = root / name
-        if not folder.is_dir():
-            continue
-        found = sorted(p for p in folder.glob("run=*/**/*.parquet") if not p.name.startswith("."))
-        files[name] = [str(p) for p in found if _run_of(p, root, name) in complete]
-    return RootScan(runs, files, corrupt)
-
-
-def _find_corrupt(root: Path, files: dict[str, list[str]]) -> dict[str, str]:
-    """Runs with a file whose footer cannot be read (checked only when a view failed to build)."""
-    bad: dict[str, str] = {}
-    for name, paths in files.items():
-        for f in paths:
-            run_id = _run_of(Path(f), root, name)
-            if run_id in bad:
-                continue
-            try:
-                pq.read_metadata(f)
-            except Exception as exc:
-                bad[run_id] = f"unreadable {name} file {f}: {_first_line(exc)}; {_fix(run_id)}"
-    return bad
+    packs = read_packs(root)
+    run_col, status = runs.column("run").to_pylist(), runs.column("status").to_pylist()
+    started, finished = runs.column("started_at").to_pylist(), runs.column("finished_at").to_pylist()
+    complete = {r for r, s in zip(run_col, status) if s == "complete"}
+    ident = {r: run_identity(a, b) for r, a, b in zip(run_col, started, finished)}
+    packed: dict[str, Pack] = {}
+    for p in packs:  # a later pack of the same recording wins (never happens: a packed run is not packed again)
+        for r, i in p.runs.items():
+            if r in complete and ident.get(r) == i:
+                packed[r] = p
+    run_files: dict[str, dict[str, list[str]]] = {r: {} for r in complete}
+    checks: list[tuple[str, str, str, tuple[int, int, int] | None]] = []
+    base = str(root)
+    for p in {id(p): p for p in packed.values()}.values():
+        for table, rel in p.files.items():
+            f = f"{base}/{rel}"
+            key = _stat_key(f)
+            checks.extend((r, table, f, key) for r in p.runs if packed.get(r) is p)
+    unpacked = sorted(r for r in complete if r not in packed)
+    for table in DATA_TABLES:
+        for r in unpacked:
+            f = f"{base}/{table}/run={r}/part-0.parquet"
+            key = _stat_key(f)
+            if key is not None:  # a table a run never wrote (an older layout) is no problem
+                run_files[r][table] = [f]
+                checks.append((r, table, f, key))
+    for table in EXTRA_TABLES:
+        for r, fs in _extra_files(root, table, complete).items():
+            run_files[r][table] = fs
+            checks.extend((r, table, f, _stat_key(f)) for f in fs)
+    bad, schema_of = _verify(root, checks)
+    corrupt.update(bad)
+    files = {t: [f for r in sorted(run_files) if r not in corrupt for f in run_files[r].get(t, [])]
+             for t in FILE_TABLES}
+    return RootScan(runs, files, corrupt, packs, packed, run_files, schema_of)
 
 
 def _mark_corrupt(runs: pa.Table, corrupt: dict[str, str]) -> pa.Table:
@@ -141,39 +344,202 @@ def _mark_corrupt(runs: pa.Table, corrupt: dict[str, str]) -> pa.Table:
     return runs.set_column(runs.schema.get_field_index("problem"), "problem", pa.array(problem, pa.string()))
 
 
-def _create_views(con: duckdb.DuckDBPyConnection, files: dict[str, list[str]]) -> None:
-    for name in FILE_TABLES:
-        paths = files.get(name) or []
-        if paths:
-            con.execute(
-                f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({_sql_list(paths)},"
-                f" hive_partitioning = true, union_by_name = true, hive_types = {{'run': VARCHAR}})"
-            )
+def _table_sql(root: Path, found: RootScan, table: str, focus: set[str] | None) -> str | None:
+    """The SELECT behind one view: the focused runs' own files (one read per schema) and their packs' rows."""
+    runs = [r for r in found.complete() if focus is None or r in focus]
+    groups: dict[str, list[str]] = {}
+    packs: dict[str, tuple[Pack, list[str]]] = {}
+    for r in runs:
+        p = found.packed.get(r)
+        if p is not None and table in p.files:
+            packs.setdefault(p.gen, (p, []))[1].append(r)
+        for f in found.run_files.get(r, {}).get(table, []):
+            groups.setdefault(found.schema_of.get(f, ""), []).append(f)
+    parts = [f"SELECT * FROM read_parquet({_sql_list(fs)}, hive_partitioning = true,"
+             f" hive_types = {{'run': VARCHAR}})" for fs in sorted(groups.values(), key=lambda fs: min(fs))]
+    for p, live in packs.values():
+        where = "" if len(live) == len(p.runs) else f" WHERE run IN ({', '.join(map(_sql_str, live))})"
+        parts.append(f"SELECT * FROM read_parquet({_sql_str(root / p.files[table])}, hive_partitioning = false)"
+                     f"{where}")
+    return " UNION ALL BY NAME ".join(parts) if parts else None
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, root: Path, found: RootScan, focus: set[str] | None,
+                  tables: Iterable[str]) -> None:
+    for name in tables:
+        sql = _table_sql(root, found, name, focus)
+        if sql:
+            con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
         elif name in TABLES:
             # an empty view with the right columns keeps queries valid on an empty root
             empty = TABLES[name].empty_table().append_column("run", pa.array([], pa.string()))
-            con.register(f"_empty_{name}", empty)
+            con.register("_empty_arrow", empty)
+            con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM _empty_arrow")
+            con.unregister("_empty_arrow")
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
+        else:
+            con.execute(f"DROP VIEW IF EXISTS {name}")
 
 
-def connect(root: str | os.PathLike, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
-    """A DuckDB connection with views ``blocks``, ``utterances``, ``levels``, ``runs``, ``errors`` (and replays)."""
-    root = Path(root)
-    found = scan(root)
-    con = duckdb.connect(database)
+# -- one connection per command ---------------------------------------------------------------------------
+def _generation() -> int:
+    from exitbench.results import store
+
+    return store.GENERATION
+
+
+class Root(os.PathLike):
+    """A results root opened for one command: one DuckDB connection, its views built for the runs it reads.
+
+    ``connection(runs, tables)`` widens the views to cover those runs and tables (never narrows them),
+    so every reader of a command shares one connection and one scan of the catalogue; a write through
+    the store (``results.store``) makes the next call scan again. It is a path (``os.fspath``), so it
+    can be passed wherever a results root is.
+    """
+
+    def __init__(self, path: str | os.PathLike, database: str = ":memory:") -> None:
+        """Open ``path`` (nothing is read until the first connection)."""
+        self.path = Path(path)
+        self._database = database
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._scan: RootScan | None = None
+        self._gen = -1
+        self._focus: set[str] | None = set()  # None: every run
+        self._tables: set[str] = set()
+        self.connections = 0  # how many connections were opened (instrumentation: one per command)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Root({str(self.path)!r})"
+
+    def scan(self) -> RootScan:
+        """The catalogue and the located files (scanned again after a write through the store)."""
+        if self._scan is None or self._gen != _generation():
+            self._gen = _generation()
+            self._scan = scan(self.path)
+            if self._con is not None:
+                self._build(self._focus, self._tables)
+        return self._scan
+
+    def _build(self, focus: set[str] | None, tables: set[str]) -> None:
+        found = self._scan
+        assert found is not None and self._con is not None
+        con = self._con
+        _create_views(con, self.path, found, focus, sorted(tables, key=list(FILE_TABLES).index))
+        con.register("_runs_arrow", _mark_corrupt(found.runs, found.corrupt))
+        con.execute("CREATE OR REPLACE TABLE _runs AS SELECT * FROM _runs_arrow")
+        con.unregister("_runs_arrow")
+        con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs")
+
+    def connection(self, runs: Sequence[str] | None = None,
+                   tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
+        """The shared connection, its views covering at least ``runs`` (None: all) and ``tables`` (None: all)."""
+        found = self.scan()
+        want_tables = set(FILE_TABLES if tables is None else tables)
+        want_focus = None if runs is None else set(runs)
+        cover = self._focus is None or (want_focus is not None and want_focus <= self._focus)
+        if self._con is None:
+            self._con = duckdb.connect(self._database)
+            self._con.execute("SET enable_progress_bar = false")
+            self.connections += 1
+            self._focus, self._tables = want_focus, want_tables
+            self._build(self._focus, self._tables)
+        elif not cover or not want_tables <= self._tables:
+            self._focus = None if (self._focus is None or want_focus is None) else self._focus | want_focus
+            self._tables |= want_tables
+            self._build(self._focus, self._tables)
+        del found
+        return self._con
+
+    def cursor(self, runs: Sequence[str] | None = None, tables: Sequence[str] | None = None
+               ) -> duckdb.DuckDBPyConnection:
+        """A cursor of the shared connection (closing it leaves the connection open)."""
+        return self.connection(runs, tables).cursor()
+
+    def close(self) -> None:
+        """Close the connection."""
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    def __enter__(self) -> "Root":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+_ACTIVE: contextvars.ContextVar[dict[str, Root]] = contextvars.ContextVar("exitbench_roots", default={})
+_AUTO: contextvars.ContextVar[dict[str, Root] | None] = contextvars.ContextVar("exitbench_auto", default=None)
+
+
+def _key(path: str | os.PathLike) -> str:
+    return os.path.realpath(os.fspath(path))
+
+
+@contextlib.contextmanager
+def session(path: str | os.PathLike) -> Iterator[Root]:
+    """Within the block, ``connect(path)`` anywhere returns a cursor of one shared :class:`Root`."""
+    current = _ACTIVE.get()
+    key = _key(path)
+    if key in current:
+        yield current[key]
+        return
+    root = Root(path)
+    token = _ACTIVE.set({**current, key: root})
     try:
-        _create_views(con, found.files)
-    except duckdb.Error:  # a file of some run cannot be read: find it, and leave that run out
-        bad = _find_corrupt(root, found.files)
-        if not bad:
-            raise
-        found.corrupt.update(bad)
-        found.files = {name: [f for f in paths if _run_of(Path(f), root, name) not in bad]
-                       for name, paths in found.files.items()}
-        _create_views(con, found.files)
-    con.register("_runs", _mark_corrupt(found.runs, found.corrupt))
-    con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs")
-    return con
+        yield root
+    finally:
+        _ACTIVE.reset(token)
+        root.close()
+
+
+@contextlib.contextmanager
+def sessions() -> Iterator[dict[str, Root]]:
+    """Within the block, every root connected to gets one shared :class:`Root` (the command line's mode)."""
+    if _AUTO.get() is not None:
+        yield _AUTO.get()  # type: ignore[misc]
+        return
+    opened: dict[str, Root] = {}
+    token = _AUTO.set(opened)
+    try:
+        yield opened
+    finally:
+        _AUTO.reset(token)
+        for root in opened.values():
+            root.close()
+
+
+def active_root(path: str | os.PathLike) -> Root | None:
+    """The Root of a session open on ``path`` (None outside one)."""
+    if isinstance(path, Root):
+        return path
+    current = _ACTIVE.get()
+    key = _key(path)
+    if current and key in current:
+        return current[key]
+    auto = _AUTO.get()
+    if auto is None:
+        return None
+    if key not in auto:
+        auto[key] = Root(path)
+    return auto[key]
+
+
+def connect(root: str | os.PathLike, database: str = ":memory:", *, runs: Sequence[str] | None = None,
+            tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
+    """A DuckDB connection with views ``blocks``, ``utterances``, ``levels``, ``runs``, ``errors`` (and replays).
+
+    ``runs``: the runs the caller reads (None: every run); ``tables``: the views it needs (None: all).
+    Inside a :func:`session` on the same root (or given a :class:`Root`), a cursor of its one
+    connection; otherwise a connection of its own.
+    """
+    shared = active_root(root) if database == ":memory:" else None
+    if shared is not None:
+        return shared.cursor(runs, tables)
+    return Root(root, database).connection(runs, tables)
 
 
 def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> pa.Table:
@@ -181,9 +547,27 @@ def fetch_arrow(con: duckdb.DuckDBPyConnection, sql: str, params: list | None = 
     return _fetch(con.sql(sql, params=params or None))
 
 
+def runs_of_params(params: Sequence[object] | None) -> list[str] | None:
+    """The runs a per-run query reads: the strings among its parameters (None, i.e. every run, if none).
+
+    Every per-run query of the library passes its run id as a parameter; a string that is not a run
+    id (an utterance id) only widens the focus by nothing.
+    """
+    found = [p for p in (params or []) if isinstance(p, str)]
+    return found or None
+
+
+def tables_named(sql: str) -> list[str]:
+    """The views a SQL text may read (every view name it mentions as a word)."""
+    import re
+
+    words = set(re.findall(r"[A-Za-z_]+", sql.lower()))
+    return [t for t in FILE_TABLES if t in words]
+
+
 def query(root: str | os.PathLike, sql: str) -> pa.Table:
     """Run one SQL statement over a results root and return an Arrow table."""
-    con = connect(root)
+    con = connect(root, tables=tables_named(sql))
     try:
         return fetch_arrow(con, sql)
     finally:

@@ -13,5 +13,8 @@ __all__ = ["app", "main"]
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: every results root a command reads is one DuckDB connection (views.sessions)."""
+    from exitbench.results.views import sessions
+
+    with sessions():
+        app()

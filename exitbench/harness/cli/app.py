@@ -244,7 +244,7 @@ def report_outcome(outcome: Any, quiet: bool = False) -> None:
     if outcome.already_complete:
         console.print(f"run {outcome.run_id} is already complete in {outcome.root}: nothing to do"
                       " (use --force to record it again)", highlight=False, soft_wrap=True)
-    con = connect(outcome.root)
+    con = connect(outcome.root, runs=[outcome.run_id], tables=("utterances", "levels"))
     rows = con.execute(
         """
         SELECT u.level, u.level_name, any_value(l.gmacs) AS gmacs,

@@ -25,7 +25,7 @@ def runs(results: Path = ReadResultsOpt,
     from exitbench.results.views import connect
 
     def go() -> list:
-        con = connect(readable_root(results))
+        con = connect(readable_root(results), tables=())  # the catalogue (every file checked), no table views
         where = "WHERE status = ?" if status else ""
         return con.execute(
             f"SELECT run_id, status, model || coalesce(' ' || model_args, ''), step, dataset, num_utterances,"
@@ -52,10 +52,10 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
     """Run SQL with DuckDB over a results root (each view has a `run` column; complete runs only)."""
     import duckdb
 
-    from exitbench.results.views import connect
+    from exitbench.results.views import connect, tables_named
 
     def go() -> Any:
-        con = connect(readable_root(results))
+        con = connect(readable_root(results), tables=tables_named(sql))  # only the views the SQL names
         try:
             return con.execute(sql).df()
         except duckdb.Error as exc:
@@ -83,7 +83,7 @@ def repair(run: str = typer.Argument(..., help="run id (or a unique prefix) in t
     from exitbench.results.views import connect
 
     def go() -> Any:
-        con = connect(readable_root(results))
+        con = connect(readable_root(results), tables=())
         rows = con.execute("SELECT run_id, status, spec FROM runs WHERE starts_with(run_id, ?)", [run]).fetchall()
         if not rows:
             raise UsageError(f"no run {run!r} in {results}")
