@@ -50,6 +50,7 @@ significance test; they do not gate.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -298,16 +299,27 @@ def _resample_counts(rng: np.random.Generator, b: int, u: int) -> np.ndarray:
     return np.bincount((np.arange(b)[:, None] * u + idx).ravel(), minlength=b * u).reshape(b, u).astype(np.float64)
 
 
+@functools.lru_cache(maxsize=4)
+def _resample_chunks(seed: int, resamples: int, u: int) -> tuple[np.ndarray, ...]:
+    """The resample counts of ``_bootstrap_t``, chunk by chunk (the same for every comparison of U utterances
+    at one seed, so ``history`` draws them once for all its steps)."""
+    rng = np.random.default_rng(seed)
+    chunk = max(1, _MAX_CELLS // u)
+    chunks = tuple(_resample_counts(rng, min(resamples, r0 + chunk) - r0, u) for r0 in range(0, resamples, chunk))
+    for c in chunks:
+        c.setflags(write=False)  # shared between calls
+    return chunks
+
+
 def _bootstrap_t(xc: np.ndarray, w: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """T[b, j] = (d̄_j − d̄*_bj) / se*_bj from centred deltas ``xc`` and pair weights ``w``, [rows, U] each."""
     m, u = xc.shape
-    rng = np.random.default_rng(seed)
     out = np.empty((resamples, m))
     cols = np.ascontiguousarray(np.concatenate([w, xc, xc * xc]).T)  # [U, 3 rows]: one product per chunk
-    chunk = max(1, _MAX_CELLS // u)
-    for r0 in range(0, resamples, chunk):
-        r1 = min(resamples, r0 + chunk)
-        sums = _resample_counts(rng, r1 - r0, u) @ cols
+    r0 = 0
+    for counts in _resample_chunks(int(seed), int(resamples), int(u)):
+        r1 = r0 + counts.shape[0]
+        sums = counts @ cols
         n, s1, s2 = sums[:, :m], sums[:, m:2 * m], sums[:, 2 * m:]
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = s1 / n  # d̄* − d̄
@@ -315,6 +327,7 @@ def _bootstrap_t(xc: np.ndarray, w: np.ndarray, resamples: int, seed: int) -> np
             t = -mean / np.sqrt(var / n)
         t[n < 2] = np.nan
         out[r0:r1] = t
+        r0 = r1
     return out
 
 

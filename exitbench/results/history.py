@@ -18,9 +18,11 @@ import numpy as np
 import pandas as pd
 
 from exitbench.errors import UsageError
-from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, gate_table, level_values_of_runs,
-                                       parse_metrics, parse_tolerance, run_values)
+from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, DEFAULT_TOLERANCE, IncompatibleRuns,
+                                       SimultaneousBounds, check_alpha, gate_verdicts, parse_metrics, parse_tolerance, policy_values,
+                                       simultaneous_bounds)
 from exitbench.results.catalog import list_runs
+from exitbench.results.views import connect
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
            "regression")
@@ -84,31 +86,113 @@ def select_group(root: str | os.PathLike, model_glob: str | None = None, group: 
 def history(root: str | os.PathLike, model_glob: str | None = None, group: str | None = None,
             metrics: Sequence[str] = ("si_snri",), tolerance: float | str = 0.1, policies: Sequence[str] = (),
             alpha: float = DEFAULT_ALPHA, resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> History:
-    """Per step: the mean of each metric per level (and policy), and its paired delta to the previous step."""
+    """Per step: the mean of each metric per level (and policy), and its paired delta to the previous step.
+
+    Set-wise: every step's per-utterance values come from one query, the means from one group-by,
+    and each step's gate works on arrays (the bootstrap's resamples drawn once for all steps), so the
+    cost per step is a few small array operations, not a connection or a data-frame join.
+    """
     metrics = parse_metrics(metrics)
     tol = parse_tolerance(tolerance, metrics)
+    check_alpha(alpha, resamples)
     runs, notes = select_group(root, model_glob, group)
-    levels = level_values_of_runs(root, list(runs["run_id"]), metrics)  # one query for every step
-    frames, prev = [], None
-    for _, run in runs.iterrows():
-        values, skipped = run_values(root, run["run_id"], metrics, list(policies), levels=levels[run["run_id"]])
-        for spec, why in skipped.items():
-            notes.append(f"step {run['step']}: policy {spec} left out: {why}")
-        means = (values.groupby(["kind", "name", "metric"], sort=False)["value"]
-                 .agg(mean="mean", n="count").reset_index())
-        if prev is None:
-            cmp = means.assign(delta=np.nan, ci_low=np.nan, ci_high=np.nan, verdict="")
-        else:
-            pt, _ = gate_table(prev, values, tol, alpha, resamples, seed)
-            cmp = means.merge(pt[["kind", "name", "metric", "delta", "ci_low", "ci_high", "verdict"]],
-                              on=["kind", "name", "metric"], how="left")
-            cmp["verdict"] = cmp["verdict"].fillna("n/a")
-        frames.append(cmp.assign(step=int(run["step"]), run_id=run["run_id"]))
-        prev = values
-    table = pd.concat(frames, ignore_index=True)
+    run_ids = list(runs["run_id"])
+    values = level_values_long(root, run_ids, metrics)  # one query for every step
+    if policies:
+        frames = [values]
+        for step, run_id in zip(runs["step"], run_ids):
+            pol, skipped = policy_values(root, run_id, list(policies), metrics)
+            for spec, why in skipped.items():
+                notes.append(f"step {step}: policy {spec} left out: {why}")
+            if len(pol):
+                frames.append(pol.assign(run=run_id))
+        values = pd.concat(frames, ignore_index=True)
+    order = {r: i for i, r in enumerate(run_ids)}
+    values = values.assign(_r=values["run"].map(order)).sort_values("_r", kind="stable").reset_index(drop=True)
+    values["value"] = values["value"].astype("float64")
+    means = (values.groupby(["_r", "kind", "name", "metric"], sort=False)["value"]
+             .agg(mean="mean", n="count").reset_index())
+    gates = _step_gates(values, len(run_ids), tol, alpha, resamples, seed)
+    table = means.merge(gates, on=["_r", "kind", "name", "metric"], how="left")
+    first = table["_r"] == 0
+    table["verdict"] = table["verdict"].fillna("n/a").where(~first, "")
+    table["step"] = runs["step"].astype(int).to_numpy()[table["_r"].to_numpy()]
+    table["run_id"] = np.asarray(run_ids, dtype=object)[table["_r"].to_numpy()]
     table["regression"] = table["verdict"] == "worse"
     return History(str(runs["dataset"].iloc[0]), str(runs["dataset_fingerprint"].iloc[0]), runs,
-                   table[list(COLUMNS)], notes)
+                   table[list(COLUMNS)].reset_index(drop=True), notes)
+
+
+def level_values_long(root: str | os.PathLike, run_ids: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """``level_values`` of many runs as one long frame with a ``run`` column (run order as given; per run,
+    the rows in the order ``level_values`` gives them)."""
+    cols = ", ".join(f"avg({m}) AS {m}" for m in metrics)
+    con = connect(root, runs=list(run_ids), tables=("utterances",))  # those runs' files only
+    try:
+        wide = con.execute(f"SELECT run, utt_id, level, level_name AS name, {cols} FROM utterances"
+                           f" WHERE run IN (SELECT unnest(?)) GROUP BY run, utt_id, level, level_name"
+                           f" ORDER BY run, level, utt_id", [list(run_ids)]).df()
+    finally:
+        con.close()
+    long = wide.melt(id_vars=["run", "utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
+                     value_name="value")
+    order = {r: i for i, r in enumerate(run_ids)}
+    long = long.assign(_o=long["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
+    return long.assign(kind="level").reset_index(drop=True)
+
+
+def _step_gates(values: pd.DataFrame, num_runs: int, tol: dict[str, float], alpha: float, resamples: int,
+                seed: int) -> pd.DataFrame:
+    """``gate_table(previous step, step)`` for every step after the first, on arrays: _r, kind, name, metric,
+    delta, ci_low, ci_high, verdict (the same numbers: same rows, same utterance columns, same resamples)."""
+    keys = pd.MultiIndex.from_frame(values[["kind", "name", "metric"]])
+    kcode, kuniq = pd.factorize(keys)
+    ucode, uuniq = pd.factorize(values["utt_id"].astype(str), sort=True)  # columns sorted, as unstack does
+    r = values["_r"].to_numpy()
+    v = values["value"].to_numpy(np.float64)
+    bounds_at = np.searchsorted(r, np.arange(num_runs + 1))
+    k_all, u_all = len(kuniq), len(uuniq)
+    kind_of = np.asarray(kuniq.get_level_values(0), dtype=object)
+    name_of = np.asarray(kuniq.get_level_values(1), dtype=object)
+    metric_of = np.asarray(kuniq.get_level_values(2), dtype=object)
+    tol_of = np.asarray([tol.get(m, DEFAULT_TOLERANCE) for m in metric_of], dtype=np.float64)
+
+    def grid(i: int) -> tuple[np.ndarray, np.ndarray]:
+        a, b = bounds_at[i], bounds_at[i + 1]
+        val = np.full((k_all, u_all), np.nan)
+        have = np.zeros((k_all, u_all), dtype=bool)
+        val[kcode[a:b], ucode[a:b]] = v[a:b]
+        have[kcode[a:b], ucode[a:b]] = True
+        return val, have
+
+    out: list[tuple[int, np.ndarray, SimultaneousBounds, np.ndarray]] = []
+    prev = grid(0) if num_runs else None
+    for i in range(1, num_runs):
+        cur = grid(i)
+        (vb, hb), (vc, hc) = prev, cur
+        if not hb.any() or not hc.any():
+            raise IncompatibleRuns("nothing to compare: a run has no per-utterance values")
+        both = hb & hc
+        rows, cols = np.flatnonzero(both.any(axis=1)), np.flatnonzero(both.any(axis=0))
+        fb, fc = np.isfinite(vb), np.isfinite(vc)
+        d = np.where(both & fb & fc, vc - vb, np.nan)[np.ix_(rows, cols)]
+        lost = (both & fb & ~fc).sum(axis=1)[rows]
+        bounds = simultaneous_bounds(d, tol_of[rows], alpha, resamples, seed)
+        verdict = gate_verdicts(bounds, tol_of[rows]).astype(object)
+        verdict[lost > 0] = "worse"  # as gate_table: a value the previous step had and this one lost
+        out.append((i, rows, bounds, verdict))
+        prev = cur
+    if not out:
+        return pd.DataFrame({"_r": pd.Series(dtype=int), "kind": [], "name": [], "metric": [],
+                             "delta": pd.Series(dtype=float), "ci_low": pd.Series(dtype=float),
+                             "ci_high": pd.Series(dtype=float), "verdict": pd.Series(dtype=object)})
+    rows = np.concatenate([o[1] for o in out])
+    return pd.DataFrame({"_r": np.concatenate([np.full(len(o[1]), o[0]) for o in out]), "kind": kind_of[rows],
+                         "name": name_of[rows], "metric": metric_of[rows],
+                         "delta": np.concatenate([o[2].mean for o in out]),
+                         "ci_low": np.concatenate([o[2].low for o in out]),
+                         "ci_high": np.concatenate([o[2].high for o in out]),
+                         "verdict": np.concatenate([o[3] for o in out])})
 
 
 def plot_history(hist: History, path: str | os.PathLike) -> Path:

@@ -10,7 +10,8 @@ import typer
 from rich.table import Table
 
 from exitbench.errors import UsageError, exit_codes_help
-from exitbench.harness.cli.app import ReadResultsOpt, app, console, guarded, out, readable_root, record, report_outcome
+from exitbench.harness.cli.app import (ReadResultsOpt, app, console, guarded, out, print_table, readable_root, record,
+                                      report_outcome)
 
 
 @app.command()
@@ -36,9 +37,8 @@ def runs(results: Path = ReadResultsOpt,
     t = Table(title=f"runs in {results}")
     for c in ("run", "status", "model", "step", "dataset", "utts", "errors", "started"):
         t.add_column(c, no_wrap=c in ("run", "started"))
-    for r in rows:
-        t.add_row(*["" if v is None else str(v) for v in r[:-1]], style="red" if r[1] == "corrupt" else "")
-    out.print(t)
+    print_table(t, [["" if v is None else str(v) for v in r[:-1]] for r in rows],
+                ["red" if r[1] == "corrupt" else "" for r in rows])
     for r in rows:
         if r[-1]:
             console.print(f"[red]corrupt[/] {r[0]}: {r[-1]}", highlight=False, soft_wrap=True)

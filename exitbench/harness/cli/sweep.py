@@ -11,7 +11,7 @@ from rich.table import Table
 
 from exitbench.errors import EXIT_BAD_INPUT, EXIT_UTTERANCES_FAILED
 
-from exitbench.harness.cli.app import DeviceOpt, app, console, fail, guarded, out, record
+from exitbench.harness.cli.app import DeviceOpt, app, console, fail, guarded, out, print_table, record
 
 _VERDICT_STYLE = {"worse": "bold red", "better": "green", "same": "", "n/a": "dim"}
 
@@ -234,15 +234,17 @@ def history(
     from exitbench.results.history import history as build, plot_history
 
     hist = guarded(lambda: build(results, model_glob, group, metric.split(","), tolerance, policy,
-                                       alpha))
+                                       alpha), results)
     t = Table(title=f"history on {hist.dataset} ({hist.fingerprint[:12]}): {len(hist.runs)} step(s)")
     for col in ("step", "run", "name", "metric", "mean", "Δ prev", "CI", "verdict"):
         t.add_column(col, justify="right" if col in ("step", "mean", "Δ prev") else "left")
+    rows, styles = [], []
     for r in hist.table.itertuples(index=False):
         ci = "" if math.isnan(r.ci_low) else f"[{_fmt(r.ci_low, 3)}, {_fmt(r.ci_high, 3)}]"
-        t.add_row(str(r.step), r.run_id[:10], r.name, r.metric, _fmt(r.mean), _fmt(r.delta, 3), ci,
-                  "REGRESSION" if r.regression else r.verdict, style="bold red" if r.regression else "")
-    out.print(t)
+        rows.append([str(r.step), r.run_id[:10], r.name, r.metric, _fmt(r.mean), _fmt(r.delta, 3), ci,
+                     "REGRESSION" if r.regression else r.verdict])
+        styles.append("bold red" if r.regression else "")
+    print_table(t, rows, styles)
     for note in hist.notes:
         console.print(f"note: {note}", highlight=False, soft_wrap=True)
     if out_fig is not None:
