@@ -299,9 +299,5 @@ def _already(p: PreparedRun, store: ResultStore, num_shards: int) -> RunOutcome:
 
 
 def _errors(store: ResultStore, run_id: str) -> list[dict[str, Any]]:
-    path = store.table_dir("errors", run_id) / "part-0.parquet"
-    if not path.exists():
-        return []
-    import pyarrow.parquet as pq
-
-    return pq.read_table(path).to_pylist()
+    table = store.read_published(run_id, "errors")  # its own file, or its rows of a pack
+    return [] if table is None else table.to_pylist()

@@ -173,6 +173,24 @@ class ResultStore:
         rows = pq.read_table(path).to_pylist()
         return rows[0] if rows else None
 
+    def read_published(self, run_id: str, table: str) -> pa.Table | None:
+        """A published run's table: its own file, or its rows of a pack (``exitbench pack``); None if neither."""
+        path = self.table_dir(table, run_id) / "part-0.parquet"
+        from exitbench.results.views import read_packs, run_identity
+
+        m = self.read_manifest(run_id) or {}
+        ident = run_identity(m.get("started_at"), m.get("finished_at"))
+        for p in read_packs(self.root):
+            if p.runs.get(run_id) == ident and table in p.files:
+                import pyarrow.compute as pc
+
+                t = pq.ParquetFile(self.root / p.files[table]).read()
+                t = t.filter(pc.equal(t.column("run"), run_id))
+                return t.drop_columns(["run"])
+        if path.exists():
+            return pq.read_table(path)
+        return None
+
     def is_complete(self, run_id: str) -> bool:
         """True when the run finished and its tables were compacted."""
         m = self.read_manifest(run_id)
@@ -292,8 +310,8 @@ class ResultStore:
         """
         import pyarrow.compute as pc
 
-        published = {name: pq.read_table(self.table_dir(name, run_id) / "part-0.parquet")
-                     for name in SHARD_TABLES}
+        published = {name: self.read_published(run_id, name) for name in SHARD_TABLES}
+        published = {name: (t if t is not None else TABLES[name].empty_table()) for name, t in published.items()}
         for index, ids in enumerate(shards):
             if index in redo:
                 continue

@@ -102,3 +102,29 @@ def repair(run: str = typer.Argument(..., help="run id (or a unique prefix) in t
     report_outcome(outcome, quiet)
     if outcome.num_errors:
         raise typer.Exit(1)
+
+
+@app.command(help="Merge the published runs' small files into large ones (one file per table, row groups of"
+                  " about 123k rows), so that a root of thousands of runs reads fast. Every query answers"
+                  " exactly as before.\n\n"
+                  "Each run's blocks, utterances, levels and errors files are copied into"
+                  " <table>/_pack/<gen>.parquet (fsynced, renamed into place), then _packs/packs.json switches"
+                  " readers over, then the runs' own files are removed. An interrupted pack changes no answer;"
+                  " run it again to finish. Manifests, replays and sweeps stay per run; a run recorded again"
+                  " later (--force, repair) is read from its new files, and the next pack packs it again.\n\n"
+                  + exit_codes_help())
+def pack(results: Path = ReadResultsOpt,
+         quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing on success")) -> None:
+    from exitbench.results.pack import pack as run_pack
+
+    outcome = guarded(lambda: run_pack(readable_root(results)), results)
+    if outcome.cleaned:
+        console.print(f"finished an interrupted pack: {len(outcome.cleaned)} leftover(s) removed", highlight=False)
+    if quiet:
+        return
+    if not outcome.packed_runs:
+        console.print(f"nothing to pack in {results}: every complete run is packed already", highlight=False)
+        return
+    rows = ", ".join(f"{t} {n:,}" for t, n in outcome.rows.items())
+    console.print(f"packed {outcome.packed_runs} run(s) into {len(outcome.pack_files)} file(s) ({rows} rows);"
+                  f" removed {outcome.files_removed} per-run folder(s)", highlight=False, soft_wrap=True)

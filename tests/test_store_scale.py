@@ -1,0 +1,151 @@
+"""Results roots at scale: one connection per command, views over the runs read, and ``exitbench pack``."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from conftest import record_local
+
+from exitbench.harness.local import LocalExecutor
+from exitbench.harness.runner import execute, prepare
+from exitbench.harness.spec import RecordSettings, RunSpec
+from exitbench.results import views
+from exitbench.results.pack import PackInterrupted, pack
+from exitbench.results.replays import load_block_arrays, replay_run, store_replay
+from exitbench.results.store import ResultStore
+
+VIEWS = ("runs", "blocks", "utterances", "levels", "errors", "replays", "replay_blocks")
+
+
+def dump(root) -> dict[str, pd.DataFrame]:
+    """Every view's rows, sorted (an order-insensitive comparison), columns in name order."""
+    con = views.connect(root)
+    have = {r[0] for r in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    out = {}
+    for name in VIEWS:
+        if name not in have:
+            continue
+        df = con.execute(f"SELECT * FROM {name}").df()
+        cols = sorted(df.columns)
+        out[name] = df[cols].astype(str).sort_values(cols).reset_index(drop=True)
+    con.close()
+    return out
+
+
+def assert_same(a: dict[str, pd.DataFrame], b: dict[str, pd.DataFrame]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        pd.testing.assert_frame_equal(a[name], b[name], obj=name)
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scale")
+    a = record_local(root, options=(("num_utterances", "3"),), metrics=())
+    b = record_local(root, options=(("num_utterances", "2"), ("seed", "7")), metrics=())
+    store_replay(root, replay_run(root, a.run_id, "oracle:t=10"))
+    return root, a.run_id, b.run_id
+
+
+def copy_of(src, tmp_path):
+    dst = tmp_path / "root"
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_packing_changes_no_view(two_runs, tmp_path):
+    root = copy_of(two_runs[0], tmp_path)
+    before = dump(root)
+    outcome = pack(root)
+    assert outcome.packed_runs == 2 and outcome.rows["blocks"] == len(before["blocks"])
+    assert not list((root / "blocks").glob("run=*")), "the runs' own files are gone"
+    assert_same(before, dump(root))
+    assert pack(root).packed_runs == 0  # nothing left to pack
+    assert_same(before, dump(root))
+
+
+@pytest.mark.parametrize("step", ["written", "switched"])
+def test_an_interrupted_pack_changes_nothing_and_a_rerun_completes_it(two_runs, tmp_path, step):
+    root = copy_of(two_runs[0], tmp_path)
+    before = dump(root)
+    with pytest.raises(PackInterrupted):
+        pack(root, fail_at=step)
+    assert_same(before, dump(root))
+    outcome = pack(root)
+    assert outcome.cleaned, "the rerun removes what the interrupted one left"
+    assert not list((root / "blocks").glob("run=*"))
+    assert len(list((root / "blocks" / "_pack").iterdir())) == 1
+    assert_same(before, dump(root))
+
+
+def test_a_pack_killed_midway_changes_nothing(two_runs, tmp_path):
+    root = copy_of(two_runs[0], tmp_path)
+    before = dump(root)
+    code = ("import sys, exitbench.results.pack as p; orig = p._write_packs\n"
+            "def die(*a):\n    import os; os._exit(9)\n"
+            "p._write_packs = die; p.pack(sys.argv[1])")
+    killed = subprocess.run([sys.executable, "-c", code, str(root)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == 9
+    assert list((root / "blocks" / "_pack").iterdir()), "it died with its pack files written, not listed"
+    assert_same(before, dump(root))
+    pack(root)
+    assert_same(before, dump(root))
+
+
+def test_a_run_recorded_again_into_a_packed_root_replaces_its_packed_rows(two_runs, tmp_path):
+    root, a, _ = two_runs
+    root = copy_of(root, tmp_path)
+    before = dump(root)
+    pack(root)
+    spec = RunSpec("press-s", "synthetic", (("num_utterances", "3"),), RecordSettings(metrics=()))
+    again = execute(prepare(spec), root, LocalExecutor(), force=True)
+    assert again.run_id == a
+    after = dump(root)
+    for name in ("blocks", "utterances", "levels"):
+        assert len(after[name]) == len(before[name]), name  # the packed rows of the old recording are not read
+    assert (root / "blocks" / f"run={a}" / "part-0.parquet").exists()
+    assert ResultStore(root).read_published(a, "errors") is not None
+    pack(root)
+    assert_same(after, dump(root))
+    assert len(list((root / "blocks" / "_pack").iterdir())) == 2
+
+
+def test_a_corrupt_pack_marks_its_runs_corrupt(two_runs, tmp_path):
+    root = copy_of(two_runs[0], tmp_path)
+    pack(root)
+    (f,) = (root / "utterances" / "_pack").iterdir()
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    con = views.connect(root)
+    assert {s for (s,) in con.execute("SELECT status FROM runs").fetchall()} == {"corrupt"}
+    assert str(f) in con.execute("SELECT any_value(problem) FROM runs").fetchone()[0]
+
+
+def test_one_connection_per_command_and_views_over_the_runs_read(two_runs):
+    root, a, b = two_runs
+    with views.sessions() as opened:
+        arrays = load_block_arrays(root, a)
+        replay_run(root, a, "oracle:t=10", arrays=arrays)
+        views.connect(root, runs=[a]).execute("SELECT count(*) FROM utterances WHERE run = ?", [a]).fetchone()
+        (shared,) = opened.values()
+        assert shared.connections == 1
+        con = views.connect(root, runs=[a])
+        sql = " ".join(r[0] for r in con.execute("SELECT sql FROM duckdb_views() WHERE view_name IN"
+                                                  " ('blocks', 'utterances')").fetchall())
+        assert f"run={b}" not in sql, "a query of one run reads only that run's files"
+    con = views.connect(root, runs=[b], tables=("utterances",))
+    assert con.execute("SELECT DISTINCT run FROM utterances").fetchall() == [(b,)]
+
+
+def test_pack_from_the_command_line(two_runs, tmp_path):
+    root = copy_of(two_runs[0], tmp_path)
+    done = subprocess.run([sys.executable, "-m", "exitbench", "pack", "-r", str(root)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "packed 2 run(s)" in done.stderr, done.stderr
+    missing = subprocess.run([sys.executable, "-m", "exitbench", "pack", "-r", str(tmp_path / "nope")],
+                             capture_output=True, text=True, timeout=120)
+    assert missing.returncode == 3 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
