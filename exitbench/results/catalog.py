@@ -40,7 +40,9 @@ def all_runs(root: str | os.PathLike) -> pd.DataFrame:
     check_root(root)
     con = connect(root, tables=())  # the catalogue only: no table views
     try:
-        df = con.execute("SELECT * EXCLUDE (run) FROM runs ORDER BY started_at, run_id").df()
+        have = {r[0] for r in con.execute("SELECT column_name FROM (DESCRIBE runs)").fetchall()}
+        cols = ", ".join(f'"{c}"' for c in COLUMNS if c in have)  # not the large JSON columns nobody lists
+        df = con.execute(f"SELECT {cols} FROM runs ORDER BY started_at, run_id").df()
     finally:
         con.close()
     for c in COLUMNS:
