@@ -37,7 +37,15 @@ def _db(x: np.ndarray) -> np.ndarray:
 
 
 def block_features(arrays: BlockArrays, t: float) -> tuple[np.ndarray, list[str]]:
-    """The feature matrix [K, F] of a recording and the features' names (see the module docstring)."""
+    """The feature matrix [K, F] of a recording and the features' names (see the module docstring);
+    cached on the arrays, since a policy call checks them and then applies them."""
+    key = ("router_features", float(t))
+    if key not in arrays._cache:
+        arrays._cache[key] = _block_features(arrays, t)
+    return arrays._cache[key]
+
+
+def _block_features(arrays: BlockArrays, t: float) -> tuple[np.ndarray, list[str]]:
     from exitbench.policies.budget import predicted_exit_snr_db
     from exitbench.policies.probability import level_probabilities
 

@@ -131,12 +131,12 @@ def parse_tolerance(text: str | float | dict[str, float], metrics: Sequence[str]
 # -- per-utterance values ------------------------------------------------------------------------
 def level_values(root: str | os.PathLike, run_id: str, metrics: Sequence[str]) -> pd.DataFrame:
     """Long frame (kind='level', name, metric, utt_id, value): per utterance and level, the source mean."""
-    return level_values_of_runs(root, [run_id], metrics)[run_id]
+    return level_values_long(root, [run_id], metrics).drop(columns="run")
 
 
-def level_values_of_runs(root: str | os.PathLike, run_ids: Sequence[str], metrics: Sequence[str]
-                         ) -> dict[str, pd.DataFrame]:
-    """``level_values`` of many runs from one connection and one query (history: not one connection per run)."""
+def level_values_long(root: str | os.PathLike, run_ids: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
+    """``level_values`` of many runs as one long frame with a ``run`` column, from one connection and one
+    query (history: not one connection per run); run order as given, per run the rows of ``level_values``."""
     cols = ", ".join(f"avg({m}) AS {m}" for m in metrics)
     con = connect(root, runs=list(run_ids), tables=("utterances",))  # those runs' files only
     try:
@@ -145,13 +145,11 @@ def level_values_of_runs(root: str | os.PathLike, run_ids: Sequence[str], metric
                            f" ORDER BY run, level, utt_id", [list(run_ids)]).df()
     finally:
         con.close()
-    out = {}
-    for run_id in run_ids:
-        part = wide[wide["run"] == run_id].drop(columns="run")
-        long = part.melt(id_vars=["utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
-                         value_name="value")
-        out[run_id] = long.assign(kind="level").reset_index(drop=True)
-    return out
+    long = wide.melt(id_vars=["run", "utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
+                     value_name="value")
+    order = {r: i for i, r in enumerate(run_ids)}
+    long = long.assign(_o=long["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
+    return long.assign(kind="level").reset_index(drop=True)
 
 
 def policy_values(root: str | os.PathLike, run_id: str, specs: Sequence[str], metrics: Sequence[str],

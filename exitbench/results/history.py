@@ -19,10 +19,9 @@ import pandas as pd
 
 from exitbench.errors import UsageError
 from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, DEFAULT_TOLERANCE, IncompatibleRuns,
-                                       SimultaneousBounds, check_alpha, gate_verdicts, parse_metrics, parse_tolerance, policy_values,
-                                       simultaneous_bounds)
+                                       SimultaneousBounds, check_alpha, gate_verdicts, level_values_long,
+                                       parse_metrics, parse_tolerance, policy_values, simultaneous_bounds)
 from exitbench.results.catalog import list_runs
-from exitbench.results.views import connect
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
            "regression")
@@ -121,24 +120,6 @@ def history(root: str | os.PathLike, model_glob: str | None = None, group: str |
     table["regression"] = table["verdict"] == "worse"
     return History(str(runs["dataset"].iloc[0]), str(runs["dataset_fingerprint"].iloc[0]), runs,
                    table[list(COLUMNS)].reset_index(drop=True), notes)
-
-
-def level_values_long(root: str | os.PathLike, run_ids: Sequence[str], metrics: Sequence[str]) -> pd.DataFrame:
-    """``level_values`` of many runs as one long frame with a ``run`` column (run order as given; per run,
-    the rows in the order ``level_values`` gives them)."""
-    cols = ", ".join(f"avg({m}) AS {m}" for m in metrics)
-    con = connect(root, runs=list(run_ids), tables=("utterances",))  # those runs' files only
-    try:
-        wide = con.execute(f"SELECT run, utt_id, level, level_name AS name, {cols} FROM utterances"
-                           f" WHERE run IN (SELECT unnest(?)) GROUP BY run, utt_id, level, level_name"
-                           f" ORDER BY run, level, utt_id", [list(run_ids)]).df()
-    finally:
-        con.close()
-    long = wide.melt(id_vars=["run", "utt_id", "level", "name"], value_vars=list(metrics), var_name="metric",
-                     value_name="value")
-    order = {r: i for i, r in enumerate(run_ids)}
-    long = long.assign(_o=long["run"].map(order)).sort_values("_o", kind="stable").drop(columns="_o")
-    return long.assign(kind="level").reset_index(drop=True)
 
 
 def _step_gates(values: pd.DataFrame, num_runs: int, tol: dict[str, float], alpha: float, resamples: int,

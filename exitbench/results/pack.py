@@ -57,16 +57,6 @@ class PackOutcome:
     cleaned: list[str] = field(default_factory=list)  # leftovers of an interrupted pack, removed
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _write_packs(root: Path, packs: list[Pack]) -> None:
     """Replace the pack manifest atomically (temporary name, fsync, rename, fsync of the folder)."""
     path = root / PACKS_FILE
@@ -79,7 +69,7 @@ def _write_packs(root: Path, packs: list[Pack]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync(path.parent)
+        _store.fsync_path(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -134,7 +124,7 @@ def pack(root: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE, fail_at:
         todo = [r for r in found.complete() if r not in found.packed and not is_locked(root, r)
                 and any(t in found.run_files.get(r, {}) for t in DATA_TABLES)]
         if not todo:
-            _store._wrote()
+            _store.note_write()
             return outcome
         ident = dict(zip(found.runs.column("run").to_pylist(),
                          (run_identity(a, b) for a, b in zip(found.runs.column("started_at").to_pylist(),
@@ -162,9 +152,9 @@ def pack(root: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE, fail_at:
                     if got != want:
                         tmp.unlink(missing_ok=True)
                         raise ResultsRootError(f"pack of {table}: wrote {got} rows, expected {want}; nothing changed")
-                    _fsync(tmp)
+                    _store.fsync_path(tmp)
                     os.replace(tmp, final)
-                    _fsync(final.parent)
+                    _store.fsync_path(final.parent)
                 files[table] = rel
                 outcome.rows[table] = int(got)
                 outcome.pack_files.append(str(final))
@@ -175,11 +165,11 @@ def pack(root: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE, fail_at:
         new = Pack(gen, files, {r: ident[r] for r in todo})
         with _store.root_errors(root / PACKS_FILE):
             _write_packs(root, read_packs(root) + [new])
-        _store._wrote()
+        _store.note_write()
         if fail_at == "switched":
             raise PackInterrupted("after switching the pack manifest")
         outcome.packed_runs = len(todo)
         for r in todo:
             _remove_run_files(root, r, new, outcome)
-        _store._wrote()
+        _store.note_write()
     return outcome

@@ -38,12 +38,14 @@ ROW_GROUP_SIZE = 1_000_000  # large row groups: DuckDB slows down a lot on many 
 GENERATION = 0
 
 
-def _wrote() -> None:
+def note_write() -> None:
+    """Count a write to a results root (an open ``views.Root`` scans again after one)."""
     global GENERATION
     GENERATION += 1
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_path(path: Path) -> None:
+    """fsync a file or a folder (so a rename in it is durable); a file system that cannot is let be."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
@@ -106,8 +108,8 @@ def write_parquet_atomic(table: pa.Table, path: str | os.PathLike) -> None:
             path.parent.mkdir(parents=True, exist_ok=True)
             _write_table(table, tmp)
             os.replace(tmp, path)
-            _fsync_dir(path.parent)
-            _wrote()
+            fsync_path(path.parent)
+            note_write()
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -182,10 +184,8 @@ class ResultStore:
         ident = run_identity(m.get("started_at"), m.get("finished_at"))
         for p in read_packs(self.root):
             if p.runs.get(run_id) == ident and table in p.files:
-                import pyarrow.compute as pc
-
-                t = pq.ParquetFile(self.root / p.files[table]).read()
-                t = t.filter(pc.equal(t.column("run"), run_id))
+                # only the row groups whose statistics can hold the run: not the whole pack
+                t = pq.read_table(self.root / p.files[table], filters=[("run", "==", run_id)])
                 return t.drop_columns(["run"])
         if path.exists():
             return pq.read_table(path)
@@ -233,7 +233,7 @@ class ResultStore:
                 except OSError:
                     shutil.rmtree(tmp, ignore_errors=True)
                     return False
-                _fsync_dir(final.parent)
+                fsync_path(final.parent)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -280,14 +280,14 @@ class ResultStore:
             with root_errors(d):
                 d.mkdir(parents=True, exist_ok=True)
                 os.replace(pub / f"{name}.parquet", d / "part-0.parquet")
-                _fsync_dir(d)
+                fsync_path(d)
             # stale files from an older layout of the same run would double rows: remove them
             for p in d.glob("*.parquet"):
                 if p.name != "part-0.parquet":
                     p.unlink(missing_ok=True)
         self.write_manifest(manifest)
         self.drop_staging(run_id)
-        _wrote()
+        note_write()
         return {name: t.num_rows for name, t in tables.items()}
 
     def drop_staging(self, run_id: str) -> None:
@@ -300,7 +300,7 @@ class ResultStore:
         """Remove every table partition of a run (used by --force)."""
         for name in list(TABLES) + ["_staging"]:
             shutil.rmtree(self.root / name / f"run={run_id}", ignore_errors=True)
-        _wrote()
+        note_write()
 
     def restage(self, run_id: str, shards: list[list[str]], redo: set[int]) -> None:
         """Put a published run's rows back into staging as shards, all but ``redo`` (which run again).
