@@ -299,7 +299,7 @@ def sweep_generic(arrays: BlockArrays, cls: type[Policy], fixed: dict[str, Any],
 
 def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: Sequence[float] = DEFAULT_TARGETS,
           p_grid: Sequence[float] = DEFAULT_P_GRID, seed: int = 0, uniform_draws: int = 3,
-          budgets: Sequence[float] | None = None, matched_draws: int = 0) -> pd.DataFrame:
+          budgets: Sequence[float] | None = None, matched_draws: int = 0, also: Sequence[str] = ()) -> pd.DataFrame:
     """Every policy over its parameters, as a tidy frame with columns policy, params, t, p, gmacs, regret, si_snri, snri.
 
     ``policies`` are names or specs (``probabilistic:condition=snr`` holds condition and sweeps t, p;
@@ -308,11 +308,12 @@ def sweep(arrays: BlockArrays, policies: Sequence[str] | None = None, targets: S
     raises PolicyError. gmacs, si_snri, snri are means over utterances; regret the mean over blocks.
     ``budgets``: the mean GMAC/s a budget sweep hits (default ``budget_grid``). ``matched_draws`` > 0 adds
     the cost-matched random baseline of every dynamic row (``MATCHED_COLUMNS``, see ``with_matched``).
+    ``also``: specs swept beside the defaults when ``policies`` is None (e.g. learned routers).
     """
     explicit = policies is not None
     # the threshold policy needs a recorded exit score: by default, one sweep per score the model has
     specs = list(policies) if explicit else [p for p in BUILTIN_POLICIES if p != "threshold"] + \
-        [f"threshold:score={name}" for name in sorted(arrays.scores)]
+        [f"threshold:score={name}" for name in sorted(arrays.scores)] + list(also)
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
     for spec in specs:

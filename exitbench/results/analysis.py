@@ -125,15 +125,10 @@ def regret_curves(root: Root, run_id: str, targets: Sequence[float] = DEFAULT_TA
     (``policies.sweep.MATCHED_COLUMNS``). Strategies the recording cannot support are listed in
     ``attrs['skipped']``.
     """
-    from exitbench.policies.base import BUILTIN_POLICIES
-
     arrays = arrays if arrays is not None else load_block_arrays(root, run_id)
     routers = routers_for(root, run_id, arrays) if routers is None else list(routers)
-    specs = None if not routers else [p for p in BUILTIN_POLICIES if p != "threshold"] + \
-        [f"threshold:score={name}" for name in sorted(arrays.scores)]
-    if specs is not None:  # named explicitly, so drop those this recording cannot run (as the default does)
-        specs = [s for s in specs if parse_policy(s).supports(arrays)] + [f"learned:router={r}" for r in routers]
-    frame = sweep(arrays, specs, targets=tuple(float(t) for t in targets), matched_draws=matched_draws)
+    frame = sweep(arrays, None, targets=tuple(float(t) for t in targets), matched_draws=matched_draws,
+                  also=[f"learned:router={r}" for r in routers])
     names = _level_names(root, run_id)
     frame.insert(0, "strategy", frame["policy"].map(STRATEGIES).fillna(frame["policy"]))
     frame.insert(0, "run", run_id)
