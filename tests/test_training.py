@@ -229,13 +229,15 @@ def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
     from exitbench.harness.cli import app
     from exitbench.models.registry import resolve_model
 
-    common = ["--device", "cpu", "--max-minutes", "0.05", "--corpus", str(tmp_path / "no-corpus"),
+    # bounded by steps, not by a few seconds of wall clock (under load a 3-s budget left no step at all)
+    common = ["--device", "cpu", "--max-minutes", "5", "--corpus", str(tmp_path / "no-corpus"),
               "--set", "train.batch_size=2", "--set", "data.valid_items=2"]
-    first = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "a"), *common])
+    first = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "a"), *common,
+                                     "--set", "train.max_steps=6"])
     assert first.exit_code == 0, first.output
     start = resolve_model(str(tmp_path / "a" / "tiny-press.pt")).checkpoint
     again = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "b"), "--init", start.path,
-                                     *common])
+                                     *common, "--set", "train.max_steps=12"])
     assert again.exit_code == 0, again.output
     cont = resolve_model(str(tmp_path / "b" / "tiny-press.pt")).checkpoint
     assert cont.step > start.step  # the step count goes on from the checkpoint's
@@ -248,7 +250,7 @@ def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
     stale = torch.load(tmp_path / "a" / "tiny-press.opt.pt", weights_only=True)
     torch.save({**stale, "checkpoint_sha256": "0" * 64}, tmp_path / "a" / "tiny-press.opt.pt")
     fresh = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "d"), "--init", start.path,
-                                     *common])
+                                     *common, "--set", "train.max_steps=12"])
     assert fresh.exit_code == 0, fresh.output
     assert resolve_model(str(tmp_path / "d" / "tiny-press.pt")).checkpoint.metadata["data"]["init"]["optimizer"] is False
     bad = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "nope.pt"])
