@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 
 from exitbench.errors import UsageError
@@ -82,6 +83,50 @@ class LevelOutputs:
             check("dynamic.macs", self.dynamic.macs, (num_blocks,))
 
 
+class OnlineUnsupported(UsageError):
+    """A model without an incremental pass (``ExitModel.start``): it cannot run a policy online."""
+
+
+@dataclass
+class LevelStep:
+    """One level of an incremental pass: the variance outputs ``[S, B]`` (blocks that stopped hold stale values)."""
+
+    alpha: torch.Tensor | None = None
+    beta: torch.Tensor | None = None
+    sigma2: torch.Tensor | None = None
+
+
+class ExitState(abc.ABC):
+    """An incremental pass over one mixture (online execution): levels computed one at a time.
+
+    ``forward_until(l)`` computes up to level l for the running blocks and returns level l's variance
+    outputs; ``estimate(blocks)`` decodes the current level's waveform for those blocks; ``stop(blocks)``
+    marks blocks as exited at the current level. A chunk-safe model stops computing them; a
+    whole-utterance model goes on while any block runs. ``macs`` counts what was executed.
+    """
+
+    level: int = -1  # the last level computed
+    macs: float = 0.0  # multiply-accumulates executed so far
+
+    @property
+    @abc.abstractmethod
+    def num_blocks(self) -> int:
+        """Blocks of the mixture."""
+
+    @abc.abstractmethod
+    def forward_until(self, level: int) -> LevelStep:
+        """Compute levels up to ``level`` (≥ the current one) for the running blocks; that level's outputs."""
+
+    @abc.abstractmethod
+    def estimate(self, blocks: "np.ndarray | None" = None) -> torch.Tensor:
+        """The current level's waveforms ``[S, N]`` for ``blocks`` (bool ``[B]``; default: the running ones);
+        samples of other blocks are zero."""
+
+    @abc.abstractmethod
+    def stop(self, blocks: "np.ndarray") -> None:
+        """Blocks (bool ``[B]``) that exit at the current level."""
+
+
 class ExitModel(abc.ABC):
     """A dynamic-compute model wrapped for evaluation.
 
@@ -95,6 +140,13 @@ class ExitModel(abc.ABC):
     num_sources: int = 2
     block_size: int = 2000
     module: torch.nn.Module
+    #: each block's outputs depend on its own samples only (forward_all of a mixture equals forward_all of
+    #: each block on its own; the contract check verifies it), so online execution stops a block's compute
+    #: when it exits; otherwise the pass goes on for the whole utterance while any block runs
+    chunk_safe: bool = False
+    #: options a checkpoint's model takes at run time (``--model-arg``): name -> type; they change how the
+    #: model executes, not its weights, and enter the run's identity
+    execution_options: dict[str, type] = {}
 
     @abc.abstractmethod
     def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
@@ -103,6 +155,15 @@ class ExitModel(abc.ABC):
     @abc.abstractmethod
     def macs_per_sample(self, level: int | str) -> float:
         """Cumulative multiply-accumulates per input sample to produce ``level``'s output."""
+
+    def start(self, mixture: torch.Tensor) -> ExitState:
+        """Begin an incremental pass over a mono mixture ``[N]`` for online execution (override to support it)."""
+        raise OnlineUnsupported(f"{type(self).__name__} has no incremental pass (ExitModel.start); online"
+                                f" execution needs one")
+
+    def set_execution_option(self, name: str, value: Any) -> None:
+        """Set one of ``execution_options`` (override with the model's own handling)."""
+        raise UsageError(f"{type(self).__name__} takes no execution option {name!r}")
 
     # -- conveniences shared by every model -------------------------------------------------
     @property

@@ -109,6 +109,77 @@ def _dry_run(model: ExitModel, name: str) -> None:
         out.validate(L, S, n, B)
     except ValueError as exc:
         raise _fail(name, str(exc)) from None
+    if model.chunk_safe:
+        _check_chunk_safe(model, name, mixture, out)
+    if type(model).start is not ExitModel.start:
+        _check_incremental(model, name, mixture, out)
+
+
+def _close(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    """Largest difference of two outputs relative to their scale (0 when both are absent)."""
+    if a is None or b is None:
+        return 0.0 if a is None and b is None else math.inf
+    if a.shape != b.shape:
+        return math.inf
+    scale = float(b.abs().max()) + 1e-12
+    return float((a.double() - b.double()).abs().max()) / scale
+
+
+#: relative tolerance of the chunk-safety and incremental-pass checks: batched and unbatched GEMMs on the
+#: CPU round differently (about 1e-7 relative), nothing more is allowed
+_TOL = 1e-4
+
+
+def _check_chunk_safe(model: ExitModel, name: str, mixture: torch.Tensor, out: LevelOutputs) -> None:
+    """A chunk-safe model: each block's outputs equal those of forward_all on that block alone."""
+    t = model.block_size
+    with torch.inference_mode():
+        for b in range(model.num_blocks(mixture.shape[0])):
+            part = model.forward_all(mixture[b * t:(b + 1) * t])
+            worst = max(_close(part.estimates, out.estimates[..., b * t:b * t + part.estimates.shape[-1]]),
+                        _close(part.alpha, None if out.alpha is None else out.alpha[..., b:b + 1]),
+                        _close(part.beta, None if out.beta is None else out.beta[..., b:b + 1]),
+                        _close(part.sigma2, None if out.sigma2 is None else out.sigma2[..., b:b + 1]))
+            if worst > _TOL:
+                raise _fail(name, f"declares chunk_safe, but block {b}'s outputs on its own differ from those"
+                                  f" within the mixture (relative difference {worst:.2g}): its outputs depend"
+                                  f" on other blocks; set chunk_safe = False")
+
+
+def _check_incremental(model: ExitModel, name: str, mixture: torch.Tensor, out: LevelOutputs) -> None:
+    """An incremental pass (``start``): level by level the same outputs as forward_all; stopping a block works."""
+    import numpy as np
+
+    try:
+        with torch.inference_mode():
+            state = model.start(mixture)
+            for level in range(model.num_levels):
+                step = state.forward_until(level)
+                est = state.estimate()
+                worst = max(_close(est, out.estimates[level]),
+                            _close(step.alpha, None if out.alpha is None else out.alpha[level]),
+                            _close(step.beta, None if out.beta is None else out.beta[level]),
+                            _close(step.sigma2, None if out.sigma2 is None else out.sigma2[level]))
+                if worst > _TOL:
+                    raise _fail(name, f"its incremental pass (start/forward_until) differs from forward_all at"
+                                      f" level {model.levels[level]!r} (relative difference {worst:.2g})")
+            state = model.start(mixture)
+            state.forward_until(0)
+            stop = np.zeros(state.num_blocks, dtype=bool)
+            stop[0] = True
+            state.stop(stop)
+            state.forward_until(model.num_levels - 1)
+            est = state.estimate()
+    except ContractError:
+        raise
+    except Exception as exc:
+        raise _fail(name, f"its incremental pass (start/forward_until/estimate/stop) raised"
+                          f" {type(exc).__name__}: {exc}") from None
+    want = (model.num_sources, mixture.shape[0])
+    if tuple(est.shape) != want:
+        raise _fail(name, f"estimate() after a stop has shape {list(est.shape)}; expected {list(want)}")
+    if not bool((est[:, :model.block_size] == 0).all()):
+        raise _fail(name, "estimate() returned samples of a block that had stopped; they must be zero")
 
 
 def check_model(model: Any, name: str = "") -> None:

@@ -166,20 +166,50 @@ def accumulate_inverse_gamma(raw: list[torch.Tensor], ref_power: torch.Tensor, a
     Returns ``alpha, beta`` of shape ``[..., L, B]``.
     """
     alphas, betas = [], []
-    alpha = mean = None
+    prev = None
     for level, r in enumerate(raw):
-        a, c = r.float().unbind(-2)
-        if level == 0:
-            alpha = alpha_min + F.softplus(a)
-            log_mean = torch.log(ref_power.float() + eps) + c.clamp(-30.0, 30.0)
-        else:
-            alpha = alpha + F.softplus(a)
-            log_mean = log_mean - F.softplus(c)
-        # floor keeps beta a normal float32 in silent blocks; the sequence stays non-increasing
-        mean = torch.exp(log_mean.clamp(min=-80.0))
+        alpha, log_mean, beta = inverse_gamma_step(level, r, ref_power, alpha_min, prev, eps)
+        prev = (alpha, log_mean)
         alphas.append(alpha)
-        betas.append(mean * (alpha - 1.0))
+        betas.append(beta)
     return torch.stack(alphas, -2), torch.stack(betas, -2)
+
+
+def inverse_gamma_step(level: int, raw: torch.Tensor, ref_power: torch.Tensor, alpha_min: float,
+                       prev: tuple[torch.Tensor, torch.Tensor] | None, eps: float = 1e-8
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One exit of ``accumulate_inverse_gamma``: ``(alpha, log_mean, beta)`` of exit ``level`` from its raw
+    head output ``[..., 2, B]`` and the previous exit's ``(alpha, log_mean)`` (None at exit 0).
+
+    The same arithmetic in the same order as the whole-pass form, so an incremental (online) pass
+    gives bit-identical variances.
+    """
+    a, c = raw.float().unbind(-2)
+    if level == 0:
+        alpha = alpha_min + F.softplus(a)
+        log_mean = torch.log(ref_power.float() + eps) + c.clamp(-30.0, 30.0)
+    else:
+        alpha = prev[0] + F.softplus(a)
+        log_mean = prev[1] - F.softplus(c)
+    # floor keeps beta a normal float32 in silent blocks; the sequence stays non-increasing
+    mean = torch.exp(log_mean.clamp(min=-80.0))
+    return alpha, log_mean, mean * (alpha - 1.0)
+
+
+def recalibrate_step(level: int, alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,
+                     monotone: bool, prev_mean: torch.Tensor | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``recalibrate`` for one level ``[S, B]`` given the previous level's recalibrated mean variance
+    (None at level 0): ``(alpha', beta', mean')``, bit-identical to the whole-pass form."""
+    if not calibration:
+        return alpha, beta, beta / (alpha - 1.0)
+    shape = torch.as_tensor(calibration["shape"], dtype=alpha.dtype, device=alpha.device)[level]
+    scale = torch.as_tensor(calibration["scale"], dtype=alpha.dtype, device=alpha.device)[level]
+    mean = beta / (alpha - 1.0) * scale
+    if monotone and prev_mean is not None:
+        mean = torch.minimum(prev_mean, mean)
+    alpha = 1.0 + shape * (alpha - 1.0)
+    return alpha, mean * (alpha - 1.0), mean
 
 
 def recalibrate(alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,

@@ -23,15 +23,17 @@ exactly that so a test can check the declared MACs against FlopCounterMode.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from exitbench.errors import UsageError
-from exitbench.models.base import ExitModel, LevelOutputs
-from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, pointwise_conv1d, recalibrate, InvGammaHead, accumulate_inverse_gamma, block_mean,
+from exitbench.models.base import ExitModel, ExitState, LevelOutputs, LevelStep
+from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, pointwise_conv1d, recalibrate, recalibrate_step, InvGammaHead, inverse_gamma_step, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
     "var_hidden": 32,
     "alpha_min": 2.0,
     "calibration": None,  # {"shape": [...], "scale": [...]} per level, fitted post hoc
+    "chunked": False,  # each block separated on its own (chunk-safe: online execution stops per block)
 }
 
 
@@ -126,6 +129,23 @@ class PressNet(nn.Module):
         at exit l, the variance heads of exits 0..l run and only exit l is decoded (L' = 1 for the
         estimates, l + 1 for alpha/beta): the cost of a real early exit at l.
         """
+        last = self.cfg["num_exits"] - 1 if upto is None else int(upto)
+        if not 0 <= last < self.cfg["num_exits"]:
+            raise ValueError(f"upto={upto} out of range 0..{self.cfg['num_exits'] - 1}")
+        state = self.begin(mixture)
+        alphas, betas, estimates = [], [], []
+        for level in range(last + 1):
+            alpha, beta = self.step(state)
+            alphas.append(alpha)
+            betas.append(beta)
+            if upto is None or level == last:
+                estimates.append(self.decode(state))
+        return {"estimates": torch.stack(estimates, 1), "alpha": torch.stack(alphas, 1),
+                "beta": torch.stack(betas, 1)}
+
+    # -- the pass in stages: what forward runs, and what online execution resumes exit by exit ----
+    def begin(self, mixture: torch.Tensor) -> "PressPass":
+        """Encoder, bottleneck and split of ``mixture [batch, N]``: the state before exit 0."""
         cfg = self.cfg
         k, s, S, T = cfg["enc_kernel"], cfg["enc_stride"], cfg["num_sources"], cfg["block_size"]
         batch, n = mixture.shape
@@ -137,32 +157,71 @@ class PressNet(nn.Module):
         m = w.shape[-1]
         norm, bottleneck = self.bottleneck
         z = pointwise_conv1d(pointwise_conv1d(norm(w), bottleneck), self.split)  # [batch, S*H, M]
-        z = z.reshape(batch * S, -1, m)
-        w_s = w.repeat_interleave(S, dim=0)
-
         b = num_blocks(n, T)
-        index = frame_block_index(m, s, T, n, device=mixture.device)
-        last = cfg["num_exits"] - 1 if upto is None else int(upto)
-        if not 0 <= last < cfg["num_exits"]:
-            raise ValueError(f"upto={upto} out of range 0..{cfg['num_exits'] - 1}")
-        raw, estimates = [], []
-        for level in range(last + 1):
-            z = self.groups[level](z)
-            raw.append(self.var_heads[level](block_mean(z, index, b)).reshape(batch, S, 2, b))
-            if upto is None or level == last:
-                y = self.decoders[level](z, w_s)[:, lead:lead + n]
-                estimates.append(y.reshape(batch, S, n))
-        ref = block_power(mixture, T)[:, None, :].expand(batch, S, b)
-        alpha, beta = accumulate_inverse_gamma(raw, ref, cfg["alpha_min"])  # [batch, S, L', B]
-        return {
-            "estimates": torch.stack(estimates, 1),
-            "alpha": alpha.transpose(1, 2),
-            "beta": beta.transpose(1, 2),
-        }
+        return PressPass(
+            z=z.reshape(batch * S, -1, m), w_s=w.repeat_interleave(S, dim=0),
+            index=frame_block_index(m, s, T, n, device=mixture.device), num_blocks=b, lead=lead, n=n,
+            ref=block_power(mixture, T)[:, None, :].expand(batch, S, b),
+            rows=torch.arange(batch, device=mixture.device))
+
+    def step(self, state: "PressPass") -> tuple[torch.Tensor, torch.Tensor]:
+        """The next exit's trunk group and variance head on the running rows: ``alpha, beta [rows, S, B]``."""
+        level = state.level + 1
+        if level >= self.cfg["num_exits"]:
+            raise ValueError(f"the pass is already at the last exit ({level - 1})")
+        state.z = self.groups[level](state.z)
+        rows = state.z.shape[0] // self.cfg["num_sources"]
+        raw = self.var_heads[level](block_mean(state.z, state.index, state.num_blocks))
+        raw = raw.reshape(rows, self.cfg["num_sources"], 2, state.num_blocks)
+        alpha, log_mean, beta = inverse_gamma_step(level, raw, state.ref, self.cfg["alpha_min"], state.prev)
+        state.prev, state.level = (alpha, log_mean), level
+        return alpha, beta
+
+    def decode(self, state: "PressPass", rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The current exit's waveforms of the running rows (or of ``rows``, positions among them): ``[r, S, N]``."""
+        S, n, lead = self.cfg["num_sources"], state.n, state.lead
+        z, w_s = state.z, state.w_s
+        if rows is not None:
+            sel = (rows[:, None] * S + torch.arange(S, device=rows.device)).reshape(-1)
+            z, w_s = z.index_select(0, sel), w_s.index_select(0, sel)
+        y = self.decoders[state.level](z, w_s)[:, lead:lead + n]
+        return y.reshape(-1, S, n)
+
+    def keep(self, state: "PressPass", mask: torch.Tensor) -> None:
+        """Drop the running rows where ``mask [rows]`` is False: later exits compute only the others."""
+        S = self.cfg["num_sources"]
+        sel = torch.nonzero(mask.repeat_interleave(S)).squeeze(1)
+        state.z, state.w_s = state.z.index_select(0, sel), state.w_s.index_select(0, sel)
+        state.ref, state.rows = state.ref[mask], state.rows[mask]
+        state.prev = (state.prev[0][mask], state.prev[1][mask]) if state.prev is not None else None
+
+
+@dataclass
+class PressPass:
+    """A pass between exits: the running rows' stream features after exit ``level`` and their variance so far."""
+
+    z: torch.Tensor  # [rows*S, H, M]
+    w_s: torch.Tensor  # [rows*S, F, M] encoder output, one copy per source stream
+    index: torch.Tensor  # [M] block of each frame
+    num_blocks: int
+    lead: int
+    n: int
+    ref: torch.Tensor  # [rows, S, B] mixture power per block
+    rows: torch.Tensor  # [rows] the batch rows still running
+    level: int = -1
+    prev: tuple[torch.Tensor, torch.Tensor] | None = None  # (alpha, log_mean) of exit `level`
 
 
 class PressModel(ExitModel):
-    """ExitModel wrapper: levels ``exit1..exitL``, cumulative MACs, per-level parameter counts."""
+    """ExitModel wrapper: levels ``exit1..exitL``, cumulative MACs, per-level parameter counts.
+
+    ``chunked=True`` (a config key, or ``--model-arg chunked=true`` on a checkpoint) separates every block
+    of T samples on its own (a batch of blocks, the last zero-padded to T): the model is then chunk-safe,
+    so online execution stops each block's compute at its exit. Without it the receptive field spans
+    blocks and an online pass runs the whole utterance while any block is still running.
+    """
+
+    execution_options = {"chunked": bool}
 
     def __init__(self, config: dict[str, Any] | None = None):
         self.config = resolve_config(config)
@@ -171,33 +230,72 @@ class PressModel(ExitModel):
         self.sample_rate = int(self.config["sample_rate"])
         self.num_sources = int(self.config["num_sources"])
         self.block_size = int(self.config["block_size"])
+        self.chunk_safe = bool(self.config["chunked"])
+
+    def set_execution_option(self, name: str, value: Any) -> None:
+        """``chunked``: separate each block on its own (see the class docstring)."""
+        if name != "chunked":
+            super().set_execution_option(name, value)
+        self.config["chunked"] = self.module.cfg["chunked"] = self.chunk_safe = bool(value)
+
+    @property
+    def chunked(self) -> bool:
+        """Whether each block is separated on its own (what makes the model chunk-safe)."""
+        return bool(self.config["chunked"])
 
     def set_block_size(self, block_size: int) -> None:
         """Blocks must be a whole number of the encoder stride (enc_stride)."""
         set_config_block_size(self, block_size, "enc_stride", "the encoder stride")
 
-    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
-        """Every exit on a mono mixture ``[N]``."""
+    def describe(self) -> dict[str, Any]:
+        """The base description, plus ``chunked`` when set (it changes every output)."""
+        out = super().describe()
+        if self.chunked:
+            out["chunked"] = True
+        return out
+
+    def _input(self, mixture: torch.Tensor) -> torch.Tensor:
+        """The module's batch: the mixture ``[1, N]``, or chunked its blocks ``[B, T]`` (the last zero-padded)."""
         if mixture.dim() != 1:
             raise ValueError(f"forward_all takes a mono mixture [N], got shape {tuple(mixture.shape)}")
+        x = mixture.to(self.device, torch.float32)
+        if not self.chunked:
+            return x[None]
+        b, t = self.num_blocks(x.shape[0]), self.block_size
+        return F.pad(x, (0, b * t - x.shape[0])).reshape(b, t)
+
+    def forward_all(self, mixture: torch.Tensor) -> LevelOutputs:
+        """Every exit on a mono mixture ``[N]``."""
         with torch.no_grad():
-            out = self.module(mixture.to(self.device, torch.float32)[None])
-        alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], self.config["calibration"], monotone=True)
-        return LevelOutputs(estimates=out["estimates"][0], alpha=alpha, beta=beta)
+            out = self.module(self._input(mixture))
+        est, alpha, beta = out["estimates"], out["alpha"], out["beta"]  # [batch, L, S, N'], [batch, L, S, B']
+        if self.chunked:  # blocks back in a row: [L, S, B*T] trimmed to N; one variance per block
+            n = mixture.shape[0]
+            est = est.permute(1, 2, 0, 3).reshape(est.shape[1], est.shape[2], -1)[None, ..., :n]
+            alpha, beta = alpha[..., 0].permute(1, 2, 0)[None], beta[..., 0].permute(1, 2, 0)[None]
+        alpha, beta = recalibrate(alpha[0], beta[0], self.config["calibration"], monotone=True)
+        return LevelOutputs(estimates=est[0], alpha=alpha, beta=beta)
+
+    def start(self, mixture: torch.Tensor) -> "PressState":
+        """An incremental pass (online execution): exit by exit, per block when chunked."""
+        return PressState(self, mixture)
+
+    def cost_parts(self) -> dict[str, float]:
+        """MACs of each part: per frame ``front`` (encoder, bottleneck, split), ``group`` (one exit's trunk,
+        all sources) and ``decoder`` (one exit, all sources); per block ``head`` (one exit's variance heads)."""
+        c = self.config
+        fc, h, p, k, S = c["enc_channels"], c["hidden"], c["block_hidden"], c["enc_kernel"], c["num_sources"]
+        # channel norms take their statistics with two GEMVs of C MACs each (layers.ChannelNorm)
+        block = h * p + 2 * (2 * p) + p * c["kernel_size"] + p * h
+        return {"front": fc * k + 2 * fc + fc * h + h * S * h, "group": S * c["blocks_per_exit"] * block,
+                "decoder": S * (h * fc + fc * k), "head": S * self.module.var_heads[0].macs_per_block()}
 
     def macs_per_sample(self, level: int | str) -> float:
         """Trunk to exit l + variance heads 0..l + decoder of exit l, per input sample (long-input limit)."""
         l = self.level_index(level)
-        c = self.config
-        fc, h, p, k, s, S = (c["enc_channels"], c["hidden"], c["block_hidden"], c["enc_kernel"],
-                             c["enc_stride"], c["num_sources"])
-        # channel norms take their statistics with two GEMVs of C MACs each (layers.ChannelNorm)
-        per_frame = fc * k + 2 * fc + fc * h + h * S * h  # encoder, bottleneck (norm + 1x1), split
-        block = h * p + 2 * (2 * p) + p * c["kernel_size"] + p * h
-        per_frame += S * (l + 1) * c["blocks_per_exit"] * block
-        per_frame += S * (h * fc + fc * k)  # mask and transposed-conv decoder of exit l
-        per_block = S * (l + 1) * self.module.var_heads[0].macs_per_block()
-        return per_frame / s + per_block / self.block_size
+        c, s = self.cost_parts(), self.config["enc_stride"]
+        per_frame = c["front"] + (l + 1) * c["group"] + c["decoder"]
+        return per_frame / s + (l + 1) * c["head"] / self.block_size
 
     def num_parameters(self, level: int | str | None = None) -> int:
         """Parameters on the path to ``level`` (trunk, heads 0..l, decoder l); all when None."""
@@ -214,3 +312,76 @@ class PressModel(ExitModel):
 def build_press(config: dict[str, Any] | None = None) -> PressModel:
     """Registry factory: a freshly initialised PRESS-style model from a (partial) config."""
     return PressModel(config)
+
+
+class PressState(ExitState):
+    """Online execution of a PressModel: exit by exit; chunked, the exited blocks leave the batch."""
+
+    def __init__(self, model: PressModel, mixture: torch.Tensor):
+        self.model, self.net = model, model.module
+        self.n = int(mixture.shape[0])
+        self._blocks = model.num_blocks(self.n)
+        with torch.no_grad():
+            self.state = self.net.begin(model._input(mixture))
+        self.running = np.ones(self._blocks, dtype=bool)
+        self.parts = model.cost_parts()
+        self.frames = self.state.z.shape[-1]  # per batch row
+        self.macs = float(self.parts["front"] * self.frames * self.state.rows.numel())
+        self.level, self._mean = -1, None  # recalibrated mean variance of the current level [S, B]
+
+    @property
+    def num_blocks(self) -> int:
+        return self._blocks
+
+    def _rows_of(self, blocks: np.ndarray) -> torch.Tensor:
+        """Positions among the running rows of ``blocks`` (chunked: one row per block; else row 0)."""
+        if not self.model.chunked:
+            return torch.zeros(1, dtype=torch.long, device=self.state.z.device)
+        pos = np.cumsum(self.running) - 1
+        return torch.as_tensor(pos[blocks & self.running], device=self.state.z.device)
+
+    def forward_until(self, level: int) -> LevelStep:
+        if level < self.level or level >= self.model.num_levels:
+            raise ValueError(f"forward_until({level}) from level {self.level}")
+        alpha = beta = None
+        with torch.no_grad():
+            while self.level < level:
+                alpha, beta = self.net.step(self.state)
+                rows = self.state.rows.numel()
+                self.macs += self.parts["group"] * self.frames * rows + self.parts["head"] * self.state.num_blocks * rows
+                self.level += 1
+                # into [S, B] over every block (stopped blocks: NaN), then recalibrated like forward_all
+                if self.model.chunked:
+                    full = torch.full((2, self.model.num_sources, self._blocks), float("nan"), device=alpha.device)
+                    idx = torch.as_tensor(np.flatnonzero(self.running), device=alpha.device)
+                    full[0][:, idx] = alpha[..., 0].T
+                    full[1][:, idx] = beta[..., 0].T
+                    a, b = full[0], full[1]
+                else:
+                    a, b = alpha[0], beta[0]
+                self._a, self._b, self._mean = recalibrate_step(self.level, a, b, self.model.config["calibration"],
+                                                                True, self._mean)
+        return LevelStep(alpha=self._a, beta=self._b)
+
+    def estimate(self, blocks: np.ndarray | None = None) -> torch.Tensor:
+        blocks = self.running if blocks is None else np.asarray(blocks, dtype=bool) & self.running
+        S, t = self.model.num_sources, self.model.block_size
+        with torch.no_grad():
+            if self.model.chunked:
+                rows = self._rows_of(blocks)
+                y = self.net.decode(self.state, rows)  # [r, S, T]
+                self.macs += self.parts["decoder"] * self.frames * rows.numel()
+                out = torch.zeros(self._blocks, S, t, device=y.device)
+                out[torch.as_tensor(np.flatnonzero(blocks), device=y.device)] = y
+                return out.permute(1, 0, 2).reshape(S, -1)[:, :self.n]
+            y = self.net.decode(self.state)[0]  # the whole utterance
+            self.macs += self.parts["decoder"] * self.frames
+            mask = torch.as_tensor(np.repeat(blocks, t)[:self.n], device=y.device)
+            return y * mask
+
+    def stop(self, blocks: np.ndarray) -> None:
+        blocks = np.asarray(blocks, dtype=bool) & self.running
+        if self.model.chunked and blocks.any():
+            keep = ~blocks[self.running]
+            self.net.keep(self.state, torch.as_tensor(keep, device=self.state.z.device))
+        self.running = self.running & ~blocks

@@ -137,6 +137,24 @@ def _call(factory: Callable[..., Any], target: str, kwargs: dict[str, Any]) -> A
         raise
 
 
+def apply_execution_options(model: ExitModel, source: str, args: Mapping[str, str]) -> dict[str, Any]:
+    """Set a checkpoint model's ``execution_options`` from ``--model-arg`` text; returns them typed."""
+    allowed = getattr(model, "execution_options", {}) or {}
+    out: dict[str, Any] = {}
+    for key, text in args.items():
+        if key not in allowed:
+            known = ", ".join(sorted(allowed)) or "none"
+            raise CheckpointError(f"--model-arg applies to module:factory models and to a checkpoint's execution"
+                                  f" options; {source!r} is a checkpoint (its config is stored in it) and {key!r}"
+                                  f" is not one of its execution options ({known})")
+        try:
+            out[key] = _typed(str(text), allowed[key], None)
+        except ValueError as exc:
+            raise CheckpointError(f"--model-arg {key}={text}: {exc}") from None
+        model.set_execution_option(key, out[key])
+    return out
+
+
 def resolve_model(name_or_path: str, model_args: Mapping[str, str] | None = None, check: bool = True,
                   block_size: int | None = None) -> ResolvedModel:
     """Turn ``--model`` into an ExitModel: checkpoint file, bundled name, or ``module:factory``.
@@ -151,16 +169,17 @@ def resolve_model(name_or_path: str, model_args: Mapping[str, str] | None = None
     args = dict(model_args or {})
     path = resolve_checkpoint_path(name_or_path)
     if path is not None:
-        if args:
-            raise CheckpointError(f"--model-arg applies to module:factory models; {name_or_path!r} is a"
-                                  f" checkpoint (its config is stored in it)")
         ckpt = load_checkpoint(path)
         model = build_from_checkpoint(ckpt)
+        options = apply_execution_options(model, name_or_path, args)
         if block_size is not None:
             model.set_block_size(block_size)
         if check:
             check_model(model, name_or_path)
-        return ResolvedModel(model, ckpt.sha256, ckpt, name_or_path)
+        # options change what the model computes, so they enter the identity (and the run id)
+        ident = ckpt.sha256 if not options else hashlib.sha256(json.dumps(
+            {"checkpoint": ckpt.sha256, "options": options}, sort_keys=True).encode()).hexdigest()
+        return ResolvedModel(model, ident, ckpt, name_or_path)
     if ":" in name_or_path:
         factory = ARCHITECTURES.get(name_or_path)
         model = ARCHITECTURES.instance(name_or_path,

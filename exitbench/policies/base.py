@@ -193,6 +193,24 @@ class Policy(abc.ABC):
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         """Chosen level per block [K] (int64, 0..L-1, or L for the dynamic output)."""
 
+    # -- online execution (harness.online): the policy inside the model, between exits ----------------
+    #: whether the policy can decide between exits: its decision at level l reads only the model's outputs
+    #: at level l (never the reference, never a deeper level), so stopping there gives ``choose``'s choice
+    online: bool = False
+
+    def stops(self, step: BlockArrays, level: int, levels: Sequence[str]) -> np.ndarray:
+        """Online: whether each running block of ``step`` (one level: ``level`` of the model's ``levels``) exits now.
+
+        For every block, the first level where this is True must be ``choose``'s level on the whole
+        recording; the last level always stops (the runner sees to it).
+        """
+        raise PolicyError(f"{self.name} cannot run online: its choice reads more than the current level's"
+                          f" outputs (online policies: {', '.join(online_policy_names())})")
+
+    def reads_estimate(self) -> bool:
+        """Online: whether ``stops`` reads the current level's waveform (else it is decoded only where a block exits)."""
+        return True
+
     def __call__(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         """Check requirements, choose, and check the result's shape and range."""
         self.check_requirements(arrays)
@@ -291,6 +309,11 @@ def parse_policy(spec: str) -> Policy:
     """Build a policy from ``name[:k=v,...]``, e.g. ``probabilistic:t=20,p=0.9`` or ``pkg.mod:Cls:t=3``."""
     name, values = split_spec(spec)
     return get_policy_class(name)(**values)
+
+
+def online_policy_names() -> list[str]:
+    """The built-in policies that can run online (``Policy.online``)."""
+    return [n for n in BUILTIN_POLICIES if get_policy_class(n).online]
 
 
 def policy_names() -> Sequence[str]:

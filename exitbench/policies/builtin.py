@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from exitbench.policies.arrays import BlockArrays
@@ -50,8 +52,22 @@ class Static(Policy):
                     help="level index (0 = the cheapest) or level name as in the run's levels table; digits"
                          " are always an index (every level in a sweep)"),)
 
+    online = True
+
     def choose(self, arrays: BlockArrays, seed: int = 0) -> np.ndarray:
         return np.full(arrays.num_blocks, self.level_index("l", arrays), dtype=np.int64)
+
+    def stops(self, step: BlockArrays, level: int, levels: Sequence[str]) -> np.ndarray:
+        value = self.l  # type: ignore[attr-defined]
+        if isinstance(value, str) and value not in levels:
+            raise PolicyError(f"static: no level named {value!r}; the model's levels are {', '.join(levels)}")
+        target = levels.index(value) if isinstance(value, str) else int(value)
+        if not 0 <= target < len(levels):
+            raise PolicyError(f"static: level {target} out of range 0..{len(levels) - 1}")
+        return np.full(step.num_blocks, level >= target)
+
+    def reads_estimate(self) -> bool:
+        return False
 
 
 class Uniform(Policy):
@@ -139,6 +155,18 @@ class Probabilistic(Policy):
             probs = level_probabilities(ref, self.t, self.condition, per_source=True)  # type: ignore[attr-defined]
             return per_source_first(probs >= self.p)  # type: ignore[attr-defined]
         return first_true_or_last(self.probabilities(arrays) >= self.p)  # type: ignore[attr-defined]
+
+    @property
+    def online(self) -> bool:  # type: ignore[override]
+        return not self.per_source  # type: ignore[attr-defined]
+
+    def stops(self, step: BlockArrays, level: int, levels: Sequence[str]) -> np.ndarray:
+        if self.per_source:  # type: ignore[attr-defined]
+            raise PolicyError("probabilistic: per_source=1 cannot run online yet (sources share one pass)")
+        return self.probabilities(step)[:, 0] >= self.p  # type: ignore[attr-defined]
+
+    def reads_estimate(self) -> bool:
+        return self.condition != "snr_ref"  # type: ignore[attr-defined]  # SNR_ref reads β and P_ref only
 
 
 class Router(Policy):

@@ -1,0 +1,126 @@
+"""Online execution: measured wall-clock savings against the MAC savings the replay predicts (issue 17).
+
+Records the bundled demo set with the shipped separator twice (chunked, so chunk-safe; and whole,
+its receptive field across blocks), then executes each policy online on both (``exitbench online``'s
+code path): per utterance the policy and the static deepest level alternately, ``--repeats`` times,
+the fastest of each kept. Every figure is a ratio measured in this run:
+
+- MAC saving predicted by the replay: 1 − (replay's MACs of the policy's choices) / (deepest level's);
+- MAC saving executed: the same of the MACs the online pass ran (decoders of the levels it read included);
+- wall saving: 1 − (online wall, deciding included) / (online wall of the static deepest level);
+- the online machinery's own cost: the static deepest level online / a plain ``PressNet.forward(upto=L−1)``
+  (a floor: below 1 would be a bug in this benchmark).
+
+    python benchmarks/bench_online.py --root /tmp/bench-online [--device cuda] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+POLICIES = ("static:l=0", "static:l=1", "static:l=2",
+            "probabilistic:t=5,p=0.5", "probabilistic:t=8,p=0.5", "probabilistic:t=10,p=0.5",
+            "probabilistic:t=10,p=0.8", "probabilistic:t=5,p=0.5,condition=snr_ref")
+
+
+def record(root: Path, chunked: bool) -> str:
+    """The demo set recorded (no metrics: the blocks are what the replay needs); returns the run id."""
+    from exitbench.harness.local import LocalExecutor
+    from exitbench.harness.runner import execute, prepare
+    from exitbench.harness.spec import RecordSettings, RunSpec
+
+    spec = RunSpec("press-s", "demo", (), RecordSettings(metrics=()),
+                   model_args=(("chunked", "true"),) if chunked else ())
+    prepared = prepare(spec)
+    if not (root / "runs" / f"run={prepared.run_id}").exists():
+        execute(prepared, root, LocalExecutor())
+    return prepared.run_id
+
+
+def plain_forward_wall(run_id: str, root: Path, device: str, repeats: int) -> float:
+    """Σ over the demo set of the fastest plain forward to the deepest exit (no online machinery)."""
+    from exitbench.harness.runner import load_model, open_for_model
+    from exitbench.harness.spec import RunSpec
+    from exitbench.results.store import ResultStore
+
+    man = ResultStore(root).read_manifest(run_id)
+    spec = RunSpec.from_json(man["spec"])
+    model = load_model(spec).model.to(device).eval()
+    ts = open_for_model(spec, model)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    total = 0.0
+    for i, u in enumerate(ts.ids()):
+        x = torch.from_numpy(np.ascontiguousarray(ts.load(u).mixture, dtype=np.float32)).to(device)
+        best = np.inf
+        for r in range(repeats + (1 if i == 0 else 0)):  # one warm-up on the first
+            t0 = time.perf_counter()
+            with torch.inference_mode():
+                model.module(model._input(x), upto=model.num_levels - 1)
+            sync()
+            if not (i == 0 and r == 0):
+                best = min(best, time.perf_counter() - t0)
+        total += best
+    return total
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=Path("/tmp/bench-online"))
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared box)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--policies", default=";".join(POLICIES),
+                    help="';'-separated policy specs")
+    ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    import exitbench
+    from exitbench.harness.online import run_online
+
+    args.root.mkdir(parents=True, exist_ok=True)
+    runs = {"chunked": record(args.root, True), "whole": record(args.root, False)}
+    res = exitbench.open(args.root)
+    rows = []
+    print(f"device {args.device}, {torch.get_num_threads()} thread(s), repeats {args.repeats}", flush=True)
+    for mode, run_id in runs.items():
+        floor = plain_forward_wall(run_id, args.root, args.device, args.repeats)
+        base = None
+        for spec in args.policies.split(";"):
+            s = run_online(res, run_id, spec, device=args.device, repeats=args.repeats)
+            f = s.figures()
+            base = f["baseline_wall_s"] if base is None else min(base, f["baseline_wall_s"])
+            gap = abs(f["wall_saving"] - f["mac_saving_replay"]) / max(f["mac_saving_replay"], 1e-12)
+            rows.append({"mode": mode, "policy": s.policy, "device": s.device, **f, "gap": gap})
+            print(f"{mode:8s} {s.policy:48s} choices {f['choices_equal']}/{f['blocks']}  MAC saving replay"
+                  f" {100 * f['mac_saving_replay']:5.1f} % executed {100 * f['mac_saving_executed']:5.1f} %"
+                  f"  wall {100 * f['wall_saving']:5.1f} %  gap {100 * gap:5.1f} %", flush=True)
+        ratio = base / floor
+        flag = "  <-- below 1: a bug in this benchmark" if ratio < 1 else ""
+        print(f"{mode}: static deepest online {base:.3f} s / plain forward {floor:.3f} s = {ratio:.2f}x{flag}",
+              flush=True)
+        rows.append({"mode": mode, "policy": "(machinery)", "baseline_wall_s": base, "plain_forward_s": floor,
+                     "ratio": ratio})
+    print("\n| model | policy | choices = replay | MAC saving, replay | MAC saving, executed | wall saving |"
+          " gap (rel.) | ≤ 15 % |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        if r["policy"] == "(machinery)":
+            continue
+        ok = "✓" if r["gap"] <= 0.15 else "✗"
+        print(f"| {r['mode']} | `{r['policy']}` | {r['choices_equal']}/{r['blocks']} |"
+              f" {100 * r['mac_saving_replay']:.1f} % | {100 * r['mac_saving_executed']:.1f} % |"
+              f" {100 * r['wall_saving']:.1f} % | {100 * r['gap']:.0f} % | {ok} |")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
