@@ -149,3 +149,30 @@ def test_pack_from_the_command_line(two_runs, tmp_path):
     missing = subprocess.run([sys.executable, "-m", "exitbench", "pack", "-r", str(tmp_path / "nope")],
                              capture_output=True, text=True, timeout=120)
     assert missing.returncode == 3 and len(missing.stderr.strip().splitlines()) == 1, missing.stderr
+
+
+def test_the_catalogue_keeps_the_large_manifest_columns_out_of_memory(two_runs, tmp_path, monkeypatch):
+    """Warm, a scan holds no manifest row in memory: the runs view reads the cache file, model metadata
+    included, only when a query names it; where the cache cannot be written every view answers the same."""
+    root = copy_of(two_runs[0], tmp_path)
+    before = dump(root)  # the first scan writes _catalog/runs.parquet
+    found = views.scan(root)
+    assert found.catalog.extra is None and found.catalog.cache is not None, "warm: nothing but the cache file"
+    meta = {r["run_id"]: r["model_metadata"] for r in
+            (ResultStore(root).read_manifest(r) for r in (two_runs[1], two_runs[2]))}
+    got = dict(views.connect(root).execute("SELECT run_id, model_metadata FROM runs").fetchall())
+    assert got == meta and all(meta.values())
+    # a new run read while the cache cannot be written (a read-only root): rows in memory, same answers
+    monkeypatch.setattr(views, "_rewrite_cache", lambda *a, **k: False)
+    (root / views.CATALOG_DIR / "runs.parquet").unlink()
+    cold = views.scan(root)
+    assert cold.catalog.cache is None and cold.catalog.extra.num_rows == 2
+    assert_same(before, dump(root))
+    monkeypatch.undo()
+    # a corrupt manifest beside a cached catalogue: its row comes from memory, the rest from the file
+    dump(root)
+    m = root / "runs" / f"run={two_runs[2]}" / "manifest.parquet"
+    m.write_bytes(b"not parquet")
+    con = views.connect(root)
+    assert dict(con.execute("SELECT run_id, status FROM runs").fetchall()) == {two_runs[1]: "complete",
+                                                                            two_runs[2]: "corrupt"}

@@ -126,9 +126,7 @@ def pack(root: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE, fail_at:
         if not todo:
             _store.note_write()
             return outcome
-        ident = dict(zip(found.runs.column("run").to_pylist(),
-                         (run_identity(a, b) for a, b in zip(found.runs.column("started_at").to_pylist(),
-                                                             found.runs.column("finished_at").to_pylist()))))
+        ident = found.identity()
         gen = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8]
         files: dict[str, str] = {}
         con = duckdb.connect()

@@ -32,7 +32,6 @@ from typing import Iterable, Iterator, Sequence
 
 import duckdb
 import pyarrow as pa
-import pyarrow.compute  # noqa: F401  (pa.compute)
 import pyarrow.parquet as pq
 
 from exitbench.errors import ResultsRootError
@@ -49,7 +48,6 @@ PACKS_FILE = Path("_packs") / "packs.json"
 CATALOG_DIR = "_catalog"
 _RUNS_INDEX = "runs.parquet"
 _FILES_INDEX = "files.parquet"
-_STAT = pa.schema([("_ino", pa.int64()), ("_size", pa.int64()), ("_mtime_ns", pa.int64())])
 
 
 def check_root(root: str | os.PathLike) -> Path:
@@ -142,8 +140,109 @@ def _read_manifest_files(files: list[Path]) -> tuple[list[dict], dict[str, str]]
     return rows, corrupt
 
 
-def _read_manifests(root: Path) -> tuple[pa.Table, dict[str, str]]:
-    """Every manifest as the runs table (plus ``problem`` and ``run``), through the stat-validated cache."""
+#: the manifests' columns, in order (the ``runs`` view adds ``problem`` and ``run``)
+RUN_COLUMNS = tuple(f.name for f in RUNS)
+#: what the Python side of a scan reads of the catalogue (the rest, e.g. 19 KB of model metadata a run, only
+#: DuckDB reads, from the cache file, when a query names it)
+_SCAN_COLUMNS = ("run", "status", "started_at", "finished_at", "_ino", "_size", "_mtime_ns")
+_CACHE_COLUMNS = RUN_COLUMNS + ("problem", "run", "_ino", "_size", "_mtime_ns")
+_DUCK_TYPES = {pa.string(): "VARCHAR", pa.int16(): "SMALLINT", pa.int32(): "INTEGER", pa.int64(): "BIGINT",
+               pa.float64(): "DOUBLE", pa.bool_(): "BOOLEAN"}
+
+
+def _quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _ddl(schema: pa.Schema) -> str:
+    """The columns of ``schema`` as DuckDB DDL (no Arrow array is built: pyarrow would import pandas)."""
+    return ", ".join(f"{_quote(f.name)} {_DUCK_TYPES[f.type]}" for f in schema)
+
+
+_RUNS_VIEW_SCHEMA = pa.schema(list(RUNS) + [pa.field("problem", pa.string()), pa.field("run", pa.string())])
+_RUNS_SELECT = ", ".join(map(_quote, [f.name for f in _RUNS_VIEW_SCHEMA]))
+
+
+@dataclass
+class Catalog:
+    """The runs of a root as the scan sees them, and where the ``runs`` view reads its rows.
+
+    Every readable manifest is a row of the cache file ``_catalog/runs.parquet`` (``cache``), which the
+    view reads directly (DuckDB reads only the columns a query names); rows the cache does not hold
+    (unreadable manifests; every new one when the cache cannot be written) are ``extra`` (in memory).
+    """
+
+    status: dict[str, str | None]  # run -> manifest status, sorted by run
+    identity: dict[str, str]  # run -> run_identity
+    corrupt: dict[str, str]  # run -> problem (unreadable manifests)
+    cache: str | None = None  # the cache file the view reads
+    cache_runs: list[str] | None = None  # only these runs of it (None: all of its rows)
+    extra: pa.Table | None = None
+
+    def sql(self) -> str:
+        """The SELECT of the rows (columns of the runs view), from the cache file and the extra rows."""
+        parts = []
+        if self.cache is not None:
+            where = "" if self.cache_runs is None else f" WHERE run IN ({', '.join(map(_sql_str, self.cache_runs))})"
+            parts.append(f"SELECT {_RUNS_SELECT} FROM read_parquet({_sql_str(self.cache)}){where}")
+        if self.extra is not None and self.extra.num_rows:
+            parts.append(f"SELECT {_RUNS_SELECT} FROM _runs_extra")
+        if not parts:
+            parts.append(f"SELECT {_RUNS_SELECT} FROM _runs_empty")
+        return " UNION ALL ".join(parts)
+
+
+def _read_scan_columns(path: Path) -> dict[str, list] | None:
+    """The scan's columns of the cache file (None when it is missing, of another layout or unreadable)."""
+    try:
+        pf = pq.ParquetFile(path)
+        if not set(_CACHE_COLUMNS) <= set(pf.schema_arrow.names):
+            return None
+        t = pf.read(columns=list(_SCAN_COLUMNS))
+        return {c: t.column(c).to_pylist() for c in _SCAN_COLUMNS}
+    except Exception:  # missing, half-written by an older version, garbage: rebuilt from the manifests
+        return None
+
+
+def _rewrite_cache(path: Path, old: Path | None, keep: list[str], fresh: pa.Table | None, expect: int) -> bool:
+    """Write the cache file anew: ``keep``'s rows of the old file (copied by DuckDB, never held in Python) and
+    the ``fresh`` rows, sorted by run; False when it cannot be written (a read-only root)."""
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex[:8]}.tmp"
+    cols = ", ".join(map(_quote, _CACHE_COLUMNS))
+    con = duckdb.connect()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        parts, params = [], []
+        if old is not None and keep:
+            parts.append(f"SELECT {cols} FROM read_parquet({_sql_str(old)}) WHERE run IN (SELECT unnest(?))")
+            params.append(keep)
+        if fresh is not None and fresh.num_rows:
+            con.register("_fresh", fresh)
+            parts.append(f"SELECT {cols} FROM _fresh")
+        if not parts:
+            return False
+        con.execute(f"COPY (SELECT * FROM ({' UNION ALL '.join(parts)}) ORDER BY run) TO {_sql_str(tmp)}"
+                    f" (FORMAT parquet, COMPRESSION zstd, ROW_GROUP_SIZE 1024)", params or None)
+        got = con.execute(f"SELECT count(*) FROM read_parquet({_sql_str(tmp)})").fetchone()[0]
+        if got != expect:  # the old file changed under us: keep nothing half-right
+            raise OSError(f"catalogue cache: wrote {got} rows, expected {expect}")
+        os.replace(tmp, path)
+        return True
+    except (OSError, duckdb.Error):
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        return False
+    finally:
+        con.close()
+
+
+def _read_manifests(root: Path) -> Catalog:
+    """Every manifest of the root, through the stat-validated cache ``_catalog/runs.parquet``.
+
+    Warm (every manifest's stat matches its cached row), the scan reads only the cache's small columns
+    and the view reads the file itself; otherwise the changed and new manifests are read and the cache
+    is written again (DuckDB copies the kept rows), and where it cannot be written they stay in memory.
+    """
     runs_dir = root / "runs"
     found: dict[str, tuple[Path, tuple[int, int, int]]] = {}
     if runs_dir.is_dir():
@@ -154,41 +253,44 @@ def _read_manifests(root: Path) -> tuple[pa.Table, dict[str, str]]:
                     key = _stat_key(p)
                     if key is not None:
                         found[e.name.removeprefix("run=")] = (p, key)
-    fields = list(RUNS) + [pa.field("problem", pa.string()), pa.field("run", pa.string())]
     cache_path = root / CATALOG_DIR / _RUNS_INDEX
-    cached = _read_cache(cache_path) if found else None
-    keep: list[int] = []
-    stale = cached is None
-    if cached is not None and set(f.name for f in fields + list(_STAT)) <= set(cached.column_names):
-        runs_col = cached.column("run").to_pylist()
-        keys = zip(*(cached.column(c).to_pylist() for c in ("_ino", "_size", "_mtime_ns")))
-        for i, (run, key) in enumerate(zip(runs_col, keys)):
-            if run in found and found[run][1] == tuple(key):
-                keep.append(i)
-        stale = len(keep) != cached.num_rows
-        if stale:
-            cached = cached.take(pa.array(keep, pa.int64()))
-    else:
-        cached, stale = None, True
-    have = set(cached.column("run").to_pylist()) if cached is not None else set()
-    todo = sorted(r for r in found if r not in have)
+    cached = _read_scan_columns(cache_path) if found else None
+    info: dict[str, tuple[str | None, str]] = {}  # run -> (status, identity)
+    keep: list[str] = []
+    rows_in_cache = 0
+    if cached is not None:
+        rows_in_cache = len(cached["run"])
+        for run, st, a, b, i, s, m in zip(*(cached[c] for c in _SCAN_COLUMNS)):
+            if run in found and found[run][1] == (i, s, m) and run not in info:
+                info[run] = (st, run_identity(a, b))
+                keep.append(run)
+    todo = sorted(r for r in found if r not in info)
+    if not todo and cached is not None and len(keep) == rows_in_cache:  # warm: nothing read but the cache
+        return Catalog({r: info[r][0] for r in sorted(info)}, {r: info[r][1] for r in info}, {}, str(cache_path))
     rows, corrupt = _read_manifest_files([found[r][0] for r in todo])
-    cols: dict[str, list] = {f.name: [] for f in fields + list(_STAT)}
+    cols: dict[str, list] = {c: [] for c in _CACHE_COLUMNS}
     for r in rows:
         run = Path(r.pop("filename")).parent.name.removeprefix("run=")  # the partition, whatever the file says
-        for f in RUNS:
-            cols[f.name].append(r.get(f.name))
+        for c in RUN_COLUMNS:
+            cols[c].append(r.get(c))
         cols["problem"].append(corrupt.get(run))
         cols["run"].append(run)
         for name, v in zip(("_ino", "_size", "_mtime_ns"), found[run][1]):
             cols[name].append(v)
-    fresh = pa.Table.from_pydict(cols, schema=pa.schema(fields + list(_STAT)))
-    table = fresh if cached is None else pa.concat_tables([cached.select(fresh.column_names).cast(fresh.schema),
-                                                           fresh])
-    if found and (todo or stale):  # corrupt manifests stay out of the cache: read again each time
-        _write_cache(table.filter(pa.compute.is_null(table.column("problem"))), cache_path)
-    table = table.sort_by([("run", "ascending")]).select([f.name for f in fields])
-    return table, corrupt
+        info[run] = (r.get("status"), run_identity(r.get("started_at"), r.get("finished_at")))
+    fresh = pa.Table.from_pydict(cols, schema=_RUNS_VIEW_SCHEMA.append(pa.field("_ino", pa.int64()))
+                                 .append(pa.field("_size", pa.int64())).append(pa.field("_mtime_ns", pa.int64())))
+    bad = [p is not None for p in cols["problem"]]
+    good = fresh.filter(pa.array([not b for b in bad], pa.bool_()))
+    unreadable = fresh.filter(pa.array(bad, pa.bool_()))
+    status = {r: info[r][0] for r in sorted(info)}
+    identity = {r: info[r][1] for r in info}
+    old = cache_path if cached is not None else None
+    if _rewrite_cache(cache_path, old, keep, good, len(keep) + good.num_rows):  # corrupt manifests: never cached
+        return Catalog(status, identity, corrupt, str(cache_path), None, unreadable)
+    # the cache cannot be written: the kept rows from the old file (filtered), the rest in memory
+    return Catalog(status, identity, corrupt, str(old) if old is not None and keep else None,
+                   keep if old is not None and keep else None, pa.concat_tables([good, unreadable]))
 
 
 # -- packs -------------------------------------------------------------------------------------------
@@ -217,9 +319,9 @@ def read_packs(root: str | os.PathLike) -> list[Pack]:
 # -- what a root holds ---------------------------------------------------------------------------------
 @dataclass
 class RootScan:
-    """What a results root holds: every manifest (as the runs table) and the readable files of complete runs."""
+    """What a results root holds: every manifest (the catalogue) and the readable files of complete runs."""
 
-    runs: pa.Table
+    catalog: Catalog
     files: dict[str, list[str]] = field(default_factory=dict)  # table -> per-run files of complete, sound runs
     corrupt: dict[str, str] = field(default_factory=dict)  # run id -> problem
     packs: list[Pack] = field(default_factory=list)
@@ -229,8 +331,22 @@ class RootScan:
 
     def complete(self) -> list[str]:
         """Complete, sound runs (sorted)."""
-        return [r for r, s in zip(self.runs.column("run").to_pylist(), self.runs.column("status").to_pylist())
-                if s == "complete" and r not in self.corrupt]
+        return [r for r, s in self.catalog.status.items() if s == "complete" and r not in self.corrupt]
+
+    def identity(self) -> dict[str, str]:
+        """Run -> the identity of its manifest's recording (``run_identity``)."""
+        return self.catalog.identity
+
+    def runs_sql(self) -> str:
+        """The SELECT of the ``runs`` view: the catalogue's rows, runs with unreadable files marked corrupt."""
+        base = self.catalog.sql()
+        marks = {r: p for r, p in self.corrupt.items() if r not in self.catalog.corrupt}
+        if marks:
+            values = ", ".join(f"({_sql_str(r)}, {_sql_str(p)})" for r, p in sorted(marks.items()))
+            base = (f"SELECT c.* REPLACE (CASE WHEN m.run IS NULL THEN c.status ELSE 'corrupt' END AS status,"
+                    f" coalesce(m.problem, c.problem) AS problem) FROM ({base}) c"
+                    f" LEFT JOIN (VALUES {values}) m(run, problem) ON c.run = m.run")
+        return f"SELECT {_RUNS_SELECT} FROM ({base}) ORDER BY run"
 
 
 def _verify(root: Path, checks: list[tuple[str, str, str, tuple[int, int, int] | None]]
@@ -298,12 +414,11 @@ def _extra_files(root: Path, table: str, runs: set[str]) -> dict[str, list[str]]
 def scan(root: str | os.PathLike) -> RootScan:
     """Read the catalogue and locate (and check, once per file version) the files of every complete run."""
     root = Path(root)
-    runs, corrupt = _read_manifests(root)
+    catalog = _read_manifests(root)
+    corrupt = dict(catalog.corrupt)
     packs = read_packs(root)
-    run_col, status = runs.column("run").to_pylist(), runs.column("status").to_pylist()
-    started, finished = runs.column("started_at").to_pylist(), runs.column("finished_at").to_pylist()
-    complete = {r for r, s in zip(run_col, status) if s == "complete"}
-    ident = {r: run_identity(a, b) for r, a, b in zip(run_col, started, finished)}
+    complete = {r for r, s in catalog.status.items() if s == "complete"}
+    ident = catalog.identity
     packed: dict[str, Pack] = {}
     for p in packs:  # a later pack of the same recording wins (never happens: a packed run is not packed again)
         for r, i in p.runs.items():
@@ -333,15 +448,7 @@ def scan(root: str | os.PathLike) -> RootScan:
     corrupt.update(bad)
     files = {t: [f for r in sorted(run_files) if r not in corrupt for f in run_files[r].get(t, [])]
              for t in FILE_TABLES}
-    return RootScan(runs, files, corrupt, packs, packed, run_files, schema_of)
-
-
-def _mark_corrupt(runs: pa.Table, corrupt: dict[str, str]) -> pa.Table:
-    run_col = runs.column("run").to_pylist()
-    status = [("corrupt" if r in corrupt else s) for r, s in zip(run_col, runs.column("status").to_pylist())]
-    problem = [corrupt.get(r, p) for r, p in zip(run_col, runs.column("problem").to_pylist())]
-    runs = runs.set_column(runs.schema.get_field_index("status"), "status", pa.array(status, pa.string()))
-    return runs.set_column(runs.schema.get_field_index("problem"), "problem", pa.array(problem, pa.string()))
+    return RootScan(catalog, files, corrupt, packs, packed, run_files, schema_of)
 
 
 def _table_sql(root: Path, found: RootScan, table: str, focus: set[str] | None) -> str | None:
@@ -372,10 +479,8 @@ def _create_views(con: duckdb.DuckDBPyConnection, root: Path, found: RootScan, f
             con.execute(f"CREATE OR REPLACE VIEW {name} AS {sql}")
         elif name in TABLES:
             # an empty view with the right columns keeps queries valid on an empty root
-            empty = TABLES[name].empty_table().append_column("run", pa.array([], pa.string()))
-            con.register("_empty_arrow", empty)
-            con.execute(f"CREATE OR REPLACE TABLE _empty_{name} AS SELECT * FROM _empty_arrow")
-            con.unregister("_empty_arrow")
+            schema = TABLES[name].append(pa.field("run", pa.string()))
+            con.execute(f"CREATE OR REPLACE TABLE _empty_{name} ({_ddl(schema)})")
             con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM _empty_{name}")
         else:
             con.execute(f"DROP VIEW IF EXISTS {name}")
@@ -428,10 +533,13 @@ class Root(os.PathLike):
         assert found is not None and self._con is not None
         con = self._con
         _create_views(con, self.path, found, focus, sorted(tables, key=list(FILE_TABLES).index))
-        con.register("_runs_arrow", _mark_corrupt(found.runs, found.corrupt))
-        con.execute("CREATE OR REPLACE TABLE _runs AS SELECT * FROM _runs_arrow")
-        con.unregister("_runs_arrow")
-        con.execute("CREATE OR REPLACE VIEW runs AS SELECT * FROM _runs")
+        extra = found.catalog.extra
+        if extra is not None and extra.num_rows:  # rows the cache file does not hold (rare: see Catalog)
+            con.register("_runs_arrow", extra)
+            con.execute("CREATE OR REPLACE TABLE _runs_extra AS SELECT * FROM _runs_arrow")
+            con.unregister("_runs_arrow")
+        con.execute(f"CREATE TABLE IF NOT EXISTS _runs_empty ({_ddl(_RUNS_VIEW_SCHEMA)})")
+        con.execute(f"CREATE OR REPLACE VIEW runs AS {found.runs_sql()}")
 
     def connection(self, runs: Sequence[str] | None = None,
                    tables: Sequence[str] | None = None) -> duckdb.DuckDBPyConnection:
