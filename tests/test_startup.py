@@ -23,3 +23,56 @@ def test_runs_needs_no_torch(synthetic_run):
     assert "torch" not in proc.stdout + proc.stderr, (proc.stdout + proc.stderr)[-2000:]
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
     assert synthetic_run.run_id[:8] in proc.stdout
+
+
+def _modules_after(argv: list[str]) -> tuple[subprocess.CompletedProcess, set[str]]:
+    """Run ``python -m exitbench ARGV`` in a fresh interpreter; which of the heavy modules it imported."""
+    code = ("import runpy, sys\n"
+            f"sys.argv = ['exitbench', *{argv!r}]\n"
+            "try:\n    runpy.run_module('exitbench', run_name='__main__')\n"
+            "finally:\n    sys.stderr.write('\\nMODULES ' + ','.join(m for m in ('pandas', 'pydantic', 'scipy',"
+            " 'torch') if m in sys.modules) + '\\n')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    line = [x for x in proc.stderr.splitlines() if x.startswith("MODULES ")][-1]
+    return proc, set(filter(None, line.removeprefix("MODULES ").split(",")))
+
+
+def test_runs_and_query_import_no_pandas_pydantic_or_scipy(synthetic_run):
+    """The fast path of `runs` and `query` (no Typer app built, hence no pydantic; rows as tuples, the
+    catalogue read from its cache without building Arrow arrays, hence no pandas)."""
+    root = str(synthetic_run.root)
+    _modules_after(["runs", "-r", root])  # the first read of a root may write its catalogue cache
+    for argv in (["runs", "-r", root], ["runs", "--status", "complete", f"--results={root}"],
+                 ["query", "SELECT count(*) AS n FROM utterances", "-r", root, "--csv"],
+                 ["query", "SELECT level, avg(si_snri) FROM utterances GROUP BY level", "-r", root]):
+        proc, heavy = _modules_after(argv)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert heavy == set(), f"{argv[0]} imported {heavy}"
+    proc, _ = _modules_after(["query", "SELECT nope", "-r", root])
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and "nope" in proc.stderr
+
+
+def test_the_fast_path_takes_the_options_the_typer_commands_declare_and_answers_alike(synthetic_run):
+    import typer
+    from typer.testing import CliRunner
+
+    from exitbench.harness.cli import app
+    from exitbench.harness.cli.results import FAST_COMMANDS, fast_command
+
+    group = typer.main.get_command(app)
+    for name, (options, positional) in FAST_COMMANDS.items():
+        params = group.commands[name].params
+        declared = {o for p in params for o in (*p.opts, *p.secondary_opts) if o.startswith("-") and p.name != "help"}
+        assert set(options) == declared, name
+        assert {param for param, _ in options.values()} | set(positional) == {p.name for p in params}, name
+        assert tuple(p.name for p in params if p.param_type_name == "argument") == positional, name
+    assert fast_command(["runs", "--help"]) is None and fast_command(["runs", "-r"]) is None
+    assert fast_command(["query", "-r", "x"]) is None and fast_command(["replay", "x"]) is None
+    root = str(synthetic_run.root)
+    for argv in (["runs", "-r", root], ["query", "SELECT level, name, gmacs FROM levels ORDER BY level", "-r", root],
+                 ["query", "SELECT level, min(si_snri), NULL AS x FROM utterances GROUP BY level ORDER BY level",
+                  "--csv", "-r", root]):
+        typer_out = CliRunner().invoke(app, argv, terminal_width=160)
+        fast = subprocess.run([sys.executable, "-m", "exitbench", *argv], capture_output=True, text=True)
+        assert typer_out.exit_code == 0 == fast.returncode, fast.stderr
+        assert typer_out.stdout == fast.stdout, argv

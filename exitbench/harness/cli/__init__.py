@@ -7,14 +7,17 @@ importing this package registers the commands.
 from __future__ import annotations
 
 from exitbench.harness.cli.app import app
-from exitbench.harness.cli import policies, report, results, run, sweep, tables  # noqa: F401  (register commands)
+from exitbench.harness.cli import online, policies, report, results, run, sweep, tables  # noqa: F401  (register commands)
 
 __all__ = ["app", "main"]
 
 
 def main() -> None:
     """Console-script entry point: every results root a command reads is one DuckDB connection (views.sessions)."""
+    import sys
+
     from exitbench.results.views import sessions
 
     with sessions():
-        app()
+        if not results.run_fast(sys.argv[1:]):  # a plain `runs` or `query`: without building the Typer app
+            app()

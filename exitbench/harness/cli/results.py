@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import typer
 from rich.table import Table
 
 from exitbench.errors import UsageError, exit_codes_help
-from exitbench.harness.cli.app import (ReadResultsOpt, app, console, guarded, out, print_table, readable_root, record,
+from exitbench.harness.cli.app import (ReadResultsOpt, app, console, guarded, print_table, readable_root, record,
                                       report_outcome)
 
 
@@ -23,6 +23,11 @@ def runs(results: Path = ReadResultsOpt,
     A run whose files cannot be read is shown as `corrupt`, with the file and the fix; its tables
     are left out of every view, so the rest of the root stays usable.
     """
+    list_runs(results, status)
+
+
+def list_runs(results: Path, status: str | None) -> None:
+    """``exitbench runs``: also run by ``fast_command`` without the Typer app (it imports no pandas)."""
     from exitbench.results.views import connect
 
     def go() -> list:
@@ -49,28 +54,126 @@ def query(sql: str = typer.Argument(..., help="SQL over views blocks, utterances
                                               " replays, replay_blocks, sweeps"),
           results: Path = ReadResultsOpt,
           csv: bool = typer.Option(False, help="print CSV instead of a table")) -> None:
-    """Run SQL with DuckDB over a results root (each view has a `run` column; complete runs only)."""
+    """Run SQL with DuckDB over a results root (each view has a `run` column; complete runs only).
+
+    NULL prints as `NULL` in the table and as an empty field in CSV.
+    """
+    run_query(sql, results, csv)
+
+
+def _cell(value: Any, kind: str, csv: bool) -> str:
+    """One value as text: floats shortest round-trip (a FLOAT as float32), NULL empty in CSV and NaN too."""
+    if value is None:
+        return "" if csv else "NULL"
+    if isinstance(value, float):
+        if value != value:
+            return "" if csv else "nan"
+        if kind == "FLOAT":
+            return _float32(value)
+        return repr(value)
+    return str(value)
+
+
+def _float32(value: float) -> str:
+    import struct
+
+    if value in (float("inf"), float("-inf")):
+        return repr(value)
+    for digits in range(6, 10):
+        text = f"{value:.{digits}g}"
+        if struct.unpack("f", struct.pack("f", float(text)))[0] == value:
+            break
+    return text if any(ch in text for ch in ".en") else text + ".0"
+
+
+def run_query(sql: str, results: Path, csv: bool) -> None:
+    """``exitbench query``: also run by ``fast_command`` (rows fetched as tuples: no pandas)."""
     import duckdb
 
     from exitbench.results.views import connect, tables_named
 
-    def go() -> Any:
+    def go() -> tuple[list[str], list[str], list[tuple]]:
         con = connect(readable_root(results), tables=tables_named(sql))  # only the views the SQL names
         try:
-            return con.execute(sql).df()
+            cur = con.execute(sql)
+            desc = cur.description or []
+            return [str(d[0]) for d in desc], [str(d[1]) for d in desc], cur.fetchall() if desc else []
         except duckdb.Error as exc:
             raise UsageError(str(exc).splitlines()[0]) from None
 
-    df = guarded(go, results)
+    names, kinds, rows = guarded(go, results)
     if csv:
-        sys.stdout.write(df.to_csv(index=False))
+        import csv as _csv
+
+        writer = _csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(names)
+        writer.writerows([_cell(v, k, True) for v, k in zip(r, kinds)] for r in rows)
         return
     t = Table()
-    for c in df.columns:
-        t.add_column(str(c))
-    for row in df.itertuples(index=False):
-        t.add_row(*[str(v) for v in row])
-    out.print(t)
+    for c in names:
+        t.add_column(c)
+    print_table(t, [[_cell(v, k, False) for v, k in zip(r, kinds)] for r in rows])
+
+
+# -- the fast path: `runs` and `query` without the Typer app ----------------------------------------------
+#: per fast command: option -> (parameter, takes a value), and its positional parameters, as the Typer
+#: commands above declare them (tests/test_startup.py checks the two agree)
+FAST_COMMANDS: dict[str, tuple[dict[str, tuple[str, bool]], tuple[str, ...]]] = {
+    "runs": ({"-r": ("results", True), "--results": ("results", True), "--status": ("status", True)}, ()),
+    "query": ({"-r": ("results", True), "--results": ("results", True), "--csv": ("csv", False),
+               "--no-csv": ("csv", False)}, ("sql",)),
+}
+
+
+def fast_command(argv: list[str]) -> Callable[[], None] | None:
+    """A plain `runs` or `query` command line as a call, or None: then the Typer app parses it (help, errors).
+
+    Building the Typer app's commands and its parameter coercion (which imports pydantic) costs more than
+    either command's work; these two are what scripts call in loops.
+    """
+    if not argv or argv[0] not in FAST_COMMANDS:
+        return None
+    options, positional = FAST_COMMANDS[argv[0]]
+    values: dict[str, Any] = {"results": Path("results"), "status": None, "csv": False}
+    given: list[str] = []
+    args = iter(argv[1:])
+    for arg in args:
+        if arg.startswith("-"):
+            name, eq, value = arg.partition("=")
+            if name not in options:
+                return None  # --help, a typo, -rPATH, "--": Typer's own answer
+            param, takes = options[name]
+            if not takes:
+                if eq:
+                    return None
+                values[param] = name == "--csv"
+                continue
+            if not eq:
+                value = next(args, None)
+                if value is None or value.startswith("-"):
+                    return None
+            values[param] = Path(value) if param == "results" else value
+        else:
+            given.append(arg)
+    if len(given) != len(positional):
+        return None
+    values.update(zip(positional, given))
+    if argv[0] == "runs":
+        return lambda: list_runs(values["results"], values["status"])
+    return lambda: run_query(values["sql"], values["results"], values["csv"])
+
+
+def run_fast(argv: list[str]) -> bool:
+    """Run ``argv`` by the fast path if it is a plain `runs` or `query`; False when it is not (nothing run)."""
+    call = fast_command(argv)
+    if call is None:
+        return False
+    try:
+        call()
+    except typer.Exit as exc:
+        if exc.exit_code:
+            raise SystemExit(exc.exit_code) from None
+    return True
 
 
 @app.command(help="Record a damaged run again from its manifest's spec (same run id), e.g. after"
