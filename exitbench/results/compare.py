@@ -59,7 +59,6 @@ from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats as sps
 
 from exitbench.errors import UsageError
 from exitbench.policies import PolicyError, parse_policy
@@ -367,15 +366,18 @@ def simultaneous_bounds(deltas: np.ndarray, tolerance: float | np.ndarray = 0.0,
     crit_hi, crit_lo = np.full(m, np.nan), np.full(m, np.nan)
     crit_hi[constant] = crit_lo[constant] = 0.0
     critical = float("nan")
+    # scipy.stats' t.isf and norm.ppf are these two functions (scipy.special imports in 0.4 s, scipy.stats in 1.3 s)
+    from scipy.special import ndtri, stdtrit
+
     if varies.any():
         t = _bootstrap_t(xc[varies], w[varies], resamples, seed)
-        ref = _HEAVY * sps.t.isf(alpha / 2, n[varies] - 1)
+        ref = _HEAVY * -stdtrit(n[varies] - 1, alpha / 2)  # t.isf(alpha / 2, df)
         crit_hi[varies], critical = _family_critical(t, alpha, ref)
         crit_lo[varies], _ = _family_critical(-t, alpha, ref)
     with np.errstate(invalid="ignore"):
         high = np.where(constant, mean, mean + crit_hi * se)
         low = np.where(constant, mean, mean - crit_lo * se)
-        mdd = np.where(constant, tol, tol + (crit_hi + sps.norm.ppf(power)) * se)
+        mdd = np.where(constant, tol, tol + (crit_hi + ndtri(power)) * se)  # norm.ppf(power)
     return SimultaneousBounds(n=n.astype(int), mean=mean, se=se, low=low, high=high, crit_low=crit_lo,
                               crit_high=crit_hi, mdd=mdd, tested=tested, critical=critical, alpha=float(alpha),
                               power=float(power))
