@@ -44,8 +44,9 @@ def record(root: Path, chunked: bool) -> str:
     return prepared.run_id
 
 
-def plain_forward_wall(run_id: str, root: Path, device: str, repeats: int) -> float:
-    """Σ over the demo set of the fastest plain forward to the deepest exit (no online machinery)."""
+def plain_forward_wall(run_id: str, root: Path, device: str, repeats: int, batch: int = 1) -> float:
+    """Σ over the demo set of the fastest plain forward to the deepest exit (no online machinery); with
+    ``batch`` > 1 (chunk-safe) that many utterances in one pass, as the online runner batches them."""
     from exitbench.harness.runner import load_model, open_for_model
     from exitbench.harness.spec import RunSpec
     from exitbench.results.store import ResultStore
@@ -55,16 +56,21 @@ def plain_forward_wall(run_id: str, root: Path, device: str, repeats: int) -> fl
     model = load_model(spec).model.to(device).eval()
     ts = open_for_model(spec, model)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    t = model.block_size
+    ids = ts.ids()
     total = 0.0
-    for i, u in enumerate(ts.ids()):
-        x = torch.from_numpy(np.ascontiguousarray(ts.load(u).mixture, dtype=np.float32)).to(device)
+    for g in range(0, len(ids), batch):
+        mixes = [np.asarray(ts.load(u).mixture, dtype=np.float32) for u in ids[g:g + batch]]
+        if len(mixes) > 1:  # whole blocks in a row, as harness.online lays a batch out
+            mixes = [np.concatenate([np.pad(m, (0, -m.shape[0] % t)) for m in mixes])]
+        x = torch.from_numpy(mixes[0]).to(device)
         best = np.inf
-        for r in range(repeats + (1 if i == 0 else 0)):  # one warm-up on the first
+        for r in range(repeats + (1 if g == 0 else 0)):  # one warm-up on the first
             t0 = time.perf_counter()
             with torch.inference_mode():
                 model.module(model._input(x), upto=model.num_levels - 1)
             sync()
-            if not (i == 0 and r == 0):
+            if not (g == 0 and r == 0):
                 best = min(best, time.perf_counter() - t0)
         total += best
     return total
@@ -76,6 +82,7 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: steadier on a shared box)")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch", type=int, default=1, help="utterances per pass for the chunk-safe model (a GPU wants many)")
     ap.add_argument("--policies", default=";".join(POLICIES),
                     help="';'-separated policy specs")
     ap.add_argument("--json", type=Path, default=None, help="also write the rows as JSON here")
@@ -88,12 +95,15 @@ def main() -> int:
     runs = {"chunked": record(args.root, True), "whole": record(args.root, False)}
     res = exitbench.open(args.root)
     rows = []
-    print(f"device {args.device}, {torch.get_num_threads()} thread(s), repeats {args.repeats}", flush=True)
+    print(f"device {args.device}, {torch.get_num_threads()} thread(s), repeats {args.repeats},"
+          f" chunked batch {args.batch}", flush=True)
     for mode, run_id in runs.items():
-        floor = plain_forward_wall(run_id, args.root, args.device, args.repeats)
+        floor = plain_forward_wall(run_id, args.root, args.device, args.repeats,
+                                   args.batch if mode == "chunked" else 1)
         base = None
         for spec in args.policies.split(";"):
-            s = run_online(res, run_id, spec, device=args.device, repeats=args.repeats)
+            s = run_online(res, run_id, spec, device=args.device, repeats=args.repeats,
+                           batch=args.batch if mode == "chunked" else 1)
             f = s.figures()
             base = f["baseline_wall_s"] if base is None else min(base, f["baseline_wall_s"])
             gap = abs(f["wall_saving"] - f["mac_saving_replay"]) / max(f["mac_saving_replay"], 1e-12)

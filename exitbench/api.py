@@ -127,6 +127,14 @@ class Results:
                             info={k: man.get(k) for k in ("model", "checkpoint_sha256", "dataset")})
         return router.save(path or Path(self.root) / "routers" / f"{run_id}-t{t:g}.json")
 
+    def online(self, run: str, policy: str, *, device: str | None = None, limit: int | None = None,
+               repeats: int = 1) -> Any:
+        """Execute ``policy`` inside the run's model (as ``exitbench online``, not stored): an OnlineSummary
+        whose ``table`` has a row per utterance and ``figures()`` the savings against the replay's."""
+        from exitbench.harness.online import run_online
+
+        return run_online(self, run, policy, device=device, limit=limit, repeats=repeats)
+
     # -- comparisons -------------------------------------------------------------------------------
     def compare(self, base: str, candidate: str, *, candidate_root: str | os.PathLike | Results | None = None,
                 metrics: str | Sequence[str] = ("si_snri",), tolerance: float | str | dict[str, float] = 0.1,

@@ -4,7 +4,8 @@
 # its table to $OUT as soon as it ends, so a step that overruns costs only itself.
 #   OUT=/tmp/out bash scripts/gpu_bench.sh
 # Environment: N (default 3000), N_OVERHEAD (default 1000), SECONDS_PER_UTT (5), LOOP (20), STEPS
-# (default "demo gpu overhead").
+# (default "demo gpu overhead"; "online": benchmarks/bench_online.py on the GPU, issue 17, with
+# ONLINE_BATCH utterances per pass for the chunk-safe model, default 1).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 N=${N:-3000}
@@ -32,6 +33,8 @@ for s in $STEPS; do
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
     gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
+    online) step online 400 python3 benchmarks/bench_online.py --root /tmp/bench-online --device cuda \
+              --repeats 3 --batch "${ONLINE_BATCH:-1}" --json "$OUT/online.json" ;;
     overhead) step overhead 210 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
   esac
 done

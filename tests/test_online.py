@@ -18,6 +18,7 @@ from exitbench.harness.local import LocalExecutor
 from exitbench.harness.online import execute, run_online, stitch
 from exitbench.harness.runner import execute as record, prepare
 from exitbench.harness.spec import RecordSettings, RunSpec
+from exitbench.errors import UsageError
 from exitbench.models.adapters import count_macs
 from exitbench.models.base import LevelStep
 from exitbench.models.checkpoint import CheckpointError
@@ -186,7 +187,7 @@ def test_online_choices_equal_the_replay_chunked(chunked_run):
     root, run_id = chunked_run
     res = exitbench.open(root)
     for spec in ONLINE[:3]:
-        f = run_online(res, run_id, spec).figures()
+        f = (res.online(run_id, spec) if spec == ONLINE[0] else run_online(res, run_id, spec)).figures()
         assert f["choices_equal"] == f["blocks"] > 0
         # per block, what ran is what the replay charges, plus the decoders of earlier exits
         assert f["mac_saving_executed"] == pytest.approx(f["mac_saving_replay"], abs=0.05)
@@ -230,3 +231,25 @@ def test_cli_online_stores_its_table_and_refuses_offline_policies(chunked_run):
     assert table.num_rows == 2 and table.schema.metadata[b"policy"] == b"static:l=1"
     r = runner.invoke(app, ["online", run_id[:8], "-r", str(root), "-p", "oracle:t=10"])
     assert r.exit_code == 2 and "cannot run online" in r.output and "Traceback" not in r.output
+
+
+def test_a_batch_of_utterances_in_one_pass_changes_nothing_but_the_batch(chunked, whole):
+    from exitbench.datasets.registry import open_testset
+
+    ts = open_testset("demo", sample_rate=8000)
+    mixes = [ts.load(u).mixture for u in ts.ids()[:4]]
+    pol = parse_policy("probabilistic:t=8,p=0.5")
+    together = execute(chunked, mixes, pol)
+    for mix, one in zip(mixes, together):
+        alone = execute(chunked, mix, pol)
+        assert np.array_equal(one.choices, alone.choices)
+        torch.testing.assert_close(one.output, alone.output, rtol=0, atol=1e-5)
+    assert sum(p.macs for p in together) == pytest.approx(sum(execute(chunked, m, pol).macs for m in mixes))
+    with pytest.raises(UsageError, match="not chunk-safe"):
+        execute(whole, mixes, pol)
+
+
+def test_online_in_batches_gives_the_replays_choices(chunked_run):
+    root, run_id = chunked_run
+    f = run_online(exitbench.open(root), run_id, "probabilistic:t=8,p=0.5", batch=3).figures()
+    assert f["choices_equal"] == f["blocks"] and f["utterances"] == 5

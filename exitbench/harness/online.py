@@ -20,7 +20,7 @@ import pyarrow as pa
 import torch
 
 from exitbench.errors import UsageError
-from exitbench.metrics.blockstats import block_starts, block_stats
+from exitbench.metrics.blockstats import block_stats
 from exitbench.models.base import ExitModel
 from exitbench.policies.arrays import STAT_COLUMNS, BlockArrays
 from exitbench.policies.base import Policy, parse_policy
@@ -46,55 +46,125 @@ class OnlinePass:
 
 
 def _step_arrays(stats: dict[str, np.ndarray], alpha: np.ndarray | None, beta: np.ndarray | None,
-                 sigma2: np.ndarray | None, idx: np.ndarray, starts: np.ndarray, macs: float | np.ndarray,
+                 sigma2: np.ndarray | None, idx: np.ndarray, blocks: "_Blocks", macs: float,
                  sample_rate: int, p_ref: np.ndarray | None) -> BlockArrays:
     """One level of the blocks ``idx`` as BlockArrays (the reference sums zero: online never reads them)."""
     pick = lambda a: None if a is None else np.ascontiguousarray(a.T[idx][:, None, :], dtype=np.float64)  # noqa: E731
     st = {c: np.ascontiguousarray(stats[c][0].T[idx][:, None, :]) for c in STAT_COLUMNS}
-    n = stats["n"][0, 0, idx].astype(np.int64)
-    return BlockArrays(utt=np.zeros(idx.size, dtype=np.int64), utt_ids=["u"], block=idx.astype(np.int32),
-                       start=starts[idx], n=n, stats=st, macs=(np.asarray(macs, dtype=np.float64) * n)[:, None],
-                       sample_rate=sample_rate, alpha=pick(alpha), beta=pick(beta), sigma2=pick(sigma2),
+    n = blocks.n[idx]
+    return BlockArrays(utt=blocks.utt[idx], utt_ids=blocks.utt_ids, block=blocks.block[idx], start=blocks.start[idx],
+                       n=n, stats=st, macs=(float(macs) * n)[:, None], sample_rate=sample_rate,
+                       alpha=pick(alpha), beta=pick(beta), sigma2=pick(sigma2),
                        p_ref=None if p_ref is None else p_ref[idx])
 
 
-def execute(model: ExitModel, mixture: np.ndarray, policy: Policy,
-            sync: Callable[[], None] | None = None) -> OnlinePass:
-    """Run ``policy`` inside ``model``'s incremental pass over one mixture ``[N]`` (the clock includes deciding)."""
-    levels, lv = list(model.levels), model.num_levels
-    mix64 = np.asarray(mixture, dtype=np.float64)
-    zeros_ref = np.zeros((model.num_sources, mix64.shape[0]))
-    starts = block_starts(mix64.shape[0], model.block_size)
+@dataclass
+class _Blocks:
+    """The blocks of one pass: several utterances' blocks in a row for a chunk-safe model."""
+
+    utt: np.ndarray  # [B] utterance index
+    utt_ids: list[str]
+    block: np.ndarray  # [B] block index within its utterance
+    start: np.ndarray  # [B] first sample within its utterance
+    n: np.ndarray  # [B] samples of the utterance in the block
+    offsets: np.ndarray  # [U + 1] first block of each utterance in the pass
+    lengths: np.ndarray  # [U] samples per utterance
+
+    @classmethod
+    def of(cls, lengths: Sequence[int], block_size: int) -> "_Blocks":
+        nbs = [-(-int(n) // block_size) for n in lengths]
+        utt = np.repeat(np.arange(len(lengths)), nbs)
+        block = np.concatenate([np.arange(k) for k in nbs]).astype(np.int32)
+        start = block.astype(np.int64) * block_size
+        n = np.minimum(block_size, np.asarray(lengths, dtype=np.int64)[utt] - start)
+        return cls(utt, [str(i) for i in range(len(lengths))], block, start, n,
+                   np.concatenate([[0], np.cumsum(nbs)]), np.asarray(lengths, dtype=np.int64))
+
+
+def _level_stats(est: torch.Tensor | None, idx: np.ndarray, fixed: dict[str, np.ndarray], nb: int, t: int,
+                 real: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The block sums of one level's estimate ``[S, N]`` (None: not read, zeros) for the running blocks ``idx``.
+
+    Only those blocks leave the device, and their sums are taken as ``metrics.blockstats`` takes them
+    (float64, one block of T samples at a time, zero padding), so a decision sees a recording's numbers.
+    """
+    out = {k: v for k, v in fixed.items()}
+    if est is None:
+        return out
+    s_, n = est.shape
+    x = torch.nn.functional.pad(est, (0, nb * t - n)).reshape(s_, nb, t)
+    sel = torch.as_tensor(idx, device=est.device)
+    e = x.index_select(1, sel).float().cpu().numpy().astype(np.float64)  # [S, k, T]
+    m = fixed["_mix_blocks"][idx]  # [k, T]
+    if real is not None:
+        e = e * real.reshape(nb, t)[idx]
+    for name, val in (("sum_est", e.sum(-1)), ("e_est", np.einsum("sbt,sbt->sb", e, e)),
+                      ("dot_est_mix", np.einsum("sbt,bt->sb", e, m))):
+        full = np.zeros((1, s_, nb))
+        full[0][:, idx] = val
+        out[name] = full
+    return out
+
+
+def execute(model: ExitModel, mixture: np.ndarray | Sequence[np.ndarray], policy: Policy,
+            sync: Callable[[], None] | None = None) -> OnlinePass | list[OnlinePass]:
+    """Run ``policy`` inside ``model``'s incremental pass over one mixture ``[N]`` (the clock includes deciding).
+
+    A list of mixtures runs as one pass for a chunk-safe model: every utterance zero-padded to whole
+    blocks and put in a row (each block is separated on its own, so nothing changes but the batch);
+    the pass's wall-clock time and MACs are shared among its utterances by their blocks.
+    """
+    many = not (isinstance(mixture, np.ndarray) and mixture.ndim == 1)
+    mixes = [np.asarray(m) for m in mixture] if many else [np.asarray(mixture)]
+    if many and len(mixes) > 1 and not model.chunk_safe:
+        raise UsageError(f"{type(model).__name__} is not chunk-safe: its utterances cannot share a pass")
+    levels, lv, t, S = list(model.levels), model.num_levels, model.block_size, model.num_sources
+    blocks = _Blocks.of([m.shape[-1] for m in mixes], t)
+    nb = blocks.n.size
+    joint = len(mixes) > 1  # one utterance runs as it is; several in a row of whole blocks
+    total = nb * t if joint else mixes[0].shape[-1]
+    mix64 = np.zeros(total)
+    for u, m in enumerate(mixes):
+        mix64[blocks.offsets[u] * t:blocks.offsets[u] * t + m.shape[-1]] = m
+    real = None  # the samples that belong to an utterance (the padding after each is not read)
+    if joint:
+        real = np.zeros(total, dtype=bool)
+        for u, m in enumerate(mixes):
+            real[blocks.offsets[u] * t:blocks.offsets[u] * t + m.shape[-1]] = True
+    zeros_ref = np.zeros((S, total))
     reads = policy.reads_estimate()
+    to_np = lambda x: None if x is None else x.detach().double().cpu().numpy()  # noqa: E731
     t0 = time.perf_counter()
     with torch.inference_mode():
-        x = torch.from_numpy(np.ascontiguousarray(mixture, dtype=np.float32)).to(model.device)
+        x = torch.from_numpy(mix64.astype(np.float32)).to(model.device)
         state = model.start(x)
-        nb = state.num_blocks
+        if state.num_blocks != nb:
+            raise UsageError(f"the model's pass has {state.num_blocks} blocks, expected {nb}")
         choices = np.full(nb, -1, dtype=np.int64)
         running = np.ones(nb, dtype=bool)
-        output = torch.zeros(model.num_sources, mix64.shape[0], device=model.device)
-        p_ref = None
+        output = torch.zeros(S, total, device=model.device)
+        # the mixture's sums once; each utterance's mixture power summed as a replay sums it
+        fixed = block_stats(np.zeros((1, S, total)), zeros_ref, mix64, t)
+        fixed["n"] = np.broadcast_to(blocks.n.astype(np.float64), fixed["n"].shape)
+        mix_blocks = np.zeros(nb * t)
+        mix_blocks[:total] = mix64
+        fixed["_mix_blocks"] = mix_blocks.reshape(nb, t)
+        p_ref = _step_arrays(fixed, None, None, None, np.arange(nb), blocks, 0.0, model.sample_rate, None).p_ref
         for level in range(lv):
             step = state.forward_until(level)
             est = state.estimate() if reads and level < lv - 1 else None
             if level == lv - 1:
                 stop = running.copy()
             else:
-                est_np = (est if est is not None else torch.zeros_like(output)).float().cpu().numpy()
-                stats = block_stats(est_np[None], zeros_ref, mix64, model.block_size)
-                to_np = lambda t: None if t is None else t.detach().double().cpu().numpy()  # noqa: E731
-                if p_ref is None:  # the utterance's mixture power, summed as a replay sums it
-                    p_ref = _step_arrays(stats, None, None, None, np.arange(nb), starts, 0.0,
-                                         model.sample_rate, None).p_ref
                 idx = np.flatnonzero(running)
-                arrays = _step_arrays(stats, to_np(step.alpha), to_np(step.beta), to_np(step.sigma2), idx, starts,
+                stats = _level_stats(est, idx, fixed, nb, t, real)
+                arrays = _step_arrays(stats, to_np(step.alpha), to_np(step.beta), to_np(step.sigma2), idx, blocks,
                                       model.macs_per_sample(level), model.sample_rate, p_ref)
                 stop = np.zeros(nb, dtype=bool)
                 stop[idx] = np.asarray(policy.stops(arrays, level, levels), dtype=bool)
             if stop.any():
                 out = est if est is not None else state.estimate(stop)
-                mask = torch.as_tensor(np.repeat(stop, model.block_size)[:mix64.shape[0]], device=output.device)
+                mask = torch.as_tensor(np.repeat(stop, t)[:total], device=output.device)
                 output = torch.where(mask, out.to(output.dtype), output)
                 choices[stop] = level
                 state.stop(stop)
@@ -103,7 +173,13 @@ def execute(model: ExitModel, mixture: np.ndarray, policy: Policy,
                 break
         if sync is not None:
             sync()
-    return OnlinePass(choices, output, float(state.macs), time.perf_counter() - t0)
+    wall, macs = time.perf_counter() - t0, float(state.macs)
+    passes = []
+    for u, m in enumerate(mixes):
+        a, z = blocks.offsets[u], blocks.offsets[u + 1]
+        share = (z - a) / nb
+        passes.append(OnlinePass(choices[a:z], output[:, a * t:a * t + m.shape[-1]], macs * share, wall * share))
+    return passes if many else passes[0]
 
 
 @dataclass
@@ -132,12 +208,14 @@ class OnlineSummary:
 
 
 def run_online(results: Any, run: str, policy_spec: str, *, device: str | None = None, limit: int | None = None,
-               repeats: int = 1, progress: Callable[[int, int], None] | None = None) -> OnlineSummary:
+               repeats: int = 1, batch: int = 1, progress: Callable[[int, int], None] | None = None
+               ) -> OnlineSummary:
     """Execute ``policy_spec`` online over run ``run``'s test set (``results``: an ``exitbench.Results``).
 
     The model and test set are rebuilt from the run's stored spec; the replay's choices come from its
     recording. Each utterance runs the policy and the static deepest level alternately ``repeats``
-    times; the fastest of each is kept (machines are noisy; both see the same noise).
+    times; the fastest of each is kept (machines are noisy; both see the same noise). ``batch`` > 1
+    (chunk-safe models only) runs that many utterances in one pass, their figures shared by blocks.
     """
     from exitbench.harness.devices import resolve_device
     from exitbench.harness.runner import load_model, open_for_model
@@ -173,39 +251,46 @@ def run_online(results: Any, run: str, policy_spec: str, *, device: str | None =
     if not ids:
         raise UsageError(f"run {run_id}: no utterance of its test set has blocks to compare with")
     rows: dict[str, list] = {f.name: [] for f in ONLINE_SCHEMA}
-    warm = testset.load(ids[0]).mixture
-    execute(model, warm, baseline, sync)  # warm-up (allocator, kernels) outside the clock
+    batch = max(1, int(batch))
+    if batch > 1 and not model.chunk_safe:
+        raise UsageError(f"--batch {batch}: {spec.model} is not chunk-safe, so its utterances cannot share a pass")
+    warm = [testset.load(u).mixture for u in ids[:batch]]
+    execute(model, warm if batch > 1 else warm[0], baseline, sync)  # warm-up (allocator, kernels) outside the clock
     if progress is not None:
         progress(0, len(ids))
-    for i, utt_id in enumerate(ids):
-        mix = testset.load(utt_id).mixture
+    for g in range(0, len(ids), batch):
+        group = ids[g:g + batch]
+        mixes = [testset.load(u).mixture for u in group]
+        arg = mixes if batch > 1 else mixes[0]
         best = best_base = None
         for _ in range(max(1, int(repeats))):
-            b = execute(model, mix, baseline, sync)
-            o = execute(model, mix, policy, sync)
-            best_base = b if best_base is None or b.wall_s < best_base.wall_s else best_base
-            best = o if best is None or o.wall_s < best.wall_s else best
-        a, z = where[utt_id]
-        rep = replay[a:z]
-        k = np.arange(a, z)
-        rows["utt_id"].append(utt_id)
-        rows["num_samples"].append(int(np.asarray(mix).shape[-1]))
-        rows["num_blocks"].append(z - a)
-        rows["wall_s"].append(best.wall_s)
-        rows["baseline_wall_s"].append(best_base.wall_s)
-        rows["macs_executed"].append(best.macs)
-        rows["baseline_macs_executed"].append(best_base.macs)
-        rows["macs_replay"].append(float(arrays.macs[k, rep].sum()))
-        rows["macs_deepest"].append(float(arrays.macs[k, -1].sum()))
-        rows["choices_equal"].append(int((best.choices == rep).sum()) if best.choices.shape == rep.shape else 0)
-        rows["choices"].append(best.choices.astype(np.int16).tolist())
-        rows["replay_choices"].append(rep.astype(np.int16).tolist())
+            b = execute(model, arg, baseline, sync)
+            o = execute(model, arg, policy, sync)
+            b, o = (b, o) if batch > 1 else ([b], [o])
+            best_base = b if best_base is None or sum(p.wall_s for p in b) < sum(p.wall_s for p in best_base) else best_base
+            best = o if best is None or sum(p.wall_s for p in o) < sum(p.wall_s for p in best) else best
+        for utt_id, mix, ran, base in zip(group, mixes, best, best_base):
+            a, z = where[utt_id]
+            rep = replay[a:z]
+            k = np.arange(a, z)
+            rows["utt_id"].append(utt_id)
+            rows["num_samples"].append(int(np.asarray(mix).shape[-1]))
+            rows["num_blocks"].append(z - a)
+            rows["wall_s"].append(ran.wall_s)
+            rows["baseline_wall_s"].append(base.wall_s)
+            rows["macs_executed"].append(ran.macs)
+            rows["baseline_macs_executed"].append(base.macs)
+            rows["macs_replay"].append(float(arrays.macs[k, rep].sum()))
+            rows["macs_deepest"].append(float(arrays.macs[k, -1].sum()))
+            rows["choices_equal"].append(int((ran.choices == rep).sum()) if ran.choices.shape == rep.shape else 0)
+            rows["choices"].append(ran.choices.astype(np.int16).tolist())
+            rows["replay_choices"].append(rep.astype(np.int16).tolist())
         if progress is not None:
-            progress(i + 1, len(ids))
+            progress(min(g + batch, len(ids)), len(ids))
     table = pa.table(rows, schema=ONLINE_SCHEMA)
     name = torch.cuda.get_device_name(dev) if sync is not None else "cpu"
     return OnlineSummary(run_id, policy.spec(), name, bool(model.chunk_safe), table,
-                         {"repeats": int(repeats), "threads": torch.get_num_threads(),
+                         {"repeats": int(repeats), "batch": batch, "threads": torch.get_num_threads(),
                           "model": spec.model, "model_args": dict(spec.model_args)})
 
 

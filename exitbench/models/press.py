@@ -328,6 +328,10 @@ class PressState(ExitState):
         self.frames = self.state.z.shape[-1]  # per batch row
         self.macs = float(self.parts["front"] * self.frames * self.state.rows.numel())
         self.level, self._mean = -1, None  # recalibrated mean variance of the current level [S, B]
+        cal = model.config["calibration"]  # on the device once, not copied there at every level
+        dev = self.state.z.device
+        self._cal = {k: torch.as_tensor(cal[k], dtype=torch.float32, device=dev) for k in ("shape", "scale")} \
+            if cal else None
 
     @property
     def num_blocks(self) -> int:
@@ -353,14 +357,13 @@ class PressState(ExitState):
                 # into [S, B] over every block (stopped blocks: NaN), then recalibrated like forward_all
                 if self.model.chunked:
                     full = torch.full((2, self.model.num_sources, self._blocks), float("nan"), device=alpha.device)
-                    idx = torch.as_tensor(np.flatnonzero(self.running), device=alpha.device)
+                    idx = self.state.rows  # the running blocks (one batch row each)
                     full[0][:, idx] = alpha[..., 0].T
                     full[1][:, idx] = beta[..., 0].T
                     a, b = full[0], full[1]
                 else:
                     a, b = alpha[0], beta[0]
-                self._a, self._b, self._mean = recalibrate_step(self.level, a, b, self.model.config["calibration"],
-                                                                True, self._mean)
+                self._a, self._b, self._mean = recalibrate_step(self.level, a, b, self._cal, True, self._mean)
         return LevelStep(alpha=self._a, beta=self._b)
 
     def estimate(self, blocks: np.ndarray | None = None) -> torch.Tensor:

@@ -27,6 +27,8 @@ def online(
     repeats: int = typer.Option(3, min=1, help="times each utterance runs (policy and static deepest"
                                                " alternately); the fastest of each is kept"),
     limit: Optional[int] = typer.Option(None, help="only the first N utterances"),
+    batch: int = typer.Option(1, min=1, help="utterances per pass (chunk-safe models only: their blocks in one"
+                                             " batch, as a GPU wants; time and MACs shared by blocks)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
     """Execute a policy online: stop each forward pass at the policy's exit, timing it and counting the MACs run.
@@ -54,7 +56,7 @@ def online(
 
         try:
             summary = run_online(res, run, policy, device=device, limit=positive_limit(limit), repeats=repeats,
-                                 progress=tick)
+                                 batch=batch, progress=tick)
         finally:
             prog.stop()
         meta = {"policy": summary.policy, "device": summary.device, "chunk_safe": str(summary.chunk_safe),
