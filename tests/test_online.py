@@ -253,3 +253,30 @@ def test_online_in_batches_gives_the_replays_choices(chunked_run):
     root, run_id = chunked_run
     f = run_online(exitbench.open(root), run_id, "probabilistic:t=8,p=0.5", batch=3).figures()
     assert f["choices_equal"] == f["blocks"] and f["utterances"] == 5
+
+
+def test_a_model_without_an_incremental_pass_says_so():
+    from exitbench.models.base import OnlineUnsupported
+
+    slim = resolve_model("slimdemucs-s").model
+    with pytest.raises(OnlineUnsupported, match="has no incremental pass"):
+        execute(slim, np.zeros(16000, dtype=np.float32), parse_policy("static:l=1"))
+
+
+def test_online_block_sums_are_a_recordings_bit_for_bit():
+    """A decision reads the sums a replay reads: the same float64 values, not merely close ones."""
+    from exitbench.harness.online import _level_stats
+    from exitbench.metrics.blockstats import block_stats
+
+    rng = np.random.default_rng(1)
+    n, t = 29441, 2000
+    mix = rng.standard_normal(n).astype(np.float32).astype(np.float64)
+    est = rng.standard_normal((2, n)).astype(np.float32)
+    ref = block_stats(est[None], np.zeros((2, n)), mix, t)
+    nb = -(-n // t)
+    mb = np.zeros(nb * t)
+    mb[:n] = mix
+    idx = np.array([0, 3, 7, 14])
+    got = _level_stats(torch.from_numpy(est), idx, {"_mix_blocks": mb.reshape(nb, t)}, nb, t, None)
+    for name in ("e_est", "dot_est_mix", "sum_est"):
+        assert np.array_equal(got[name][0][:, idx], ref[name][0][:, idx]), name

@@ -20,7 +20,6 @@ import pyarrow as pa
 import torch
 
 from exitbench.errors import UsageError
-from exitbench.metrics.blockstats import block_stats
 from exitbench.models.base import ExitModel
 from exitbench.policies.arrays import STAT_COLUMNS, BlockArrays
 from exitbench.policies.base import Policy, parse_policy
@@ -131,7 +130,6 @@ def execute(model: ExitModel, mixture: np.ndarray | Sequence[np.ndarray], policy
         real = np.zeros(total, dtype=bool)
         for u, m in enumerate(mixes):
             real[blocks.offsets[u] * t:blocks.offsets[u] * t + m.shape[-1]] = True
-    zeros_ref = np.zeros((S, total))
     reads = policy.reads_estimate()
     to_np = lambda x: None if x is None else x.detach().double().cpu().numpy()  # noqa: E731
     t0 = time.perf_counter()
@@ -143,12 +141,16 @@ def execute(model: ExitModel, mixture: np.ndarray | Sequence[np.ndarray], policy
         choices = np.full(nb, -1, dtype=np.int64)
         running = np.ones(nb, dtype=bool)
         output = torch.zeros(S, total, device=model.device)
-        # the mixture's sums once; each utterance's mixture power summed as a replay sums it
-        fixed = block_stats(np.zeros((1, S, total)), zeros_ref, mix64, t)
-        fixed["n"] = np.broadcast_to(blocks.n.astype(np.float64), fixed["n"].shape)
+        # the mixture's sums once, as metrics.blockstats takes them (the reference's are zero: never read);
+        # each utterance's mixture power then summed as a replay sums it
         mix_blocks = np.zeros(nb * t)
         mix_blocks[:total] = mix64
-        fixed["_mix_blocks"] = mix_blocks.reshape(nb, t)
+        mb = mix_blocks.reshape(nb, t)
+        fixed = {c: np.zeros((1, S, nb)) for c in STAT_COLUMNS}
+        fixed["e_mix"] = np.ascontiguousarray(np.broadcast_to(np.einsum("bt,bt->b", mb, mb), (1, S, nb)))
+        fixed["sum_mix"] = np.ascontiguousarray(np.broadcast_to(mb.sum(-1), (1, S, nb)))
+        fixed["n"] = np.broadcast_to(blocks.n.astype(np.float64), (1, S, nb))
+        fixed["_mix_blocks"] = mb
         p_ref = _step_arrays(fixed, None, None, None, np.arange(nb), blocks, 0.0, model.sample_rate, None).p_ref
         for level in range(lv):
             step = state.forward_until(level)
