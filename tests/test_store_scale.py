@@ -141,6 +141,47 @@ def test_one_connection_per_command_and_views_over_the_runs_read(two_runs):
     assert con.execute("SELECT DISTINCT run FROM utterances").fetchall() == [(b,)]
 
 
+def test_a_run_resolved_through_the_catalogue_is_read_alone(two_runs):
+    """replay and compare name their runs by id prefix, so they read the catalogue (every run) first: that read
+    must not widen the views to every run, or a replay of one run in a root of 1,000 reads 1,000 runs' files."""
+    from exitbench.results.catalog import resolve_run
+    from exitbench.results.compare import level_values
+    from exitbench.results.replays import resolve_run_id
+
+    root, a, b = two_runs
+
+    def view_sql(con):
+        return " ".join(r[0] for r in con.execute("SELECT sql FROM duckdb_views() WHERE view_name IN"
+                                                  " ('blocks', 'utterances', 'levels')").fetchall())
+
+    with views.sessions() as opened:
+        assert resolve_run_id(root, a[:6]) == a and resolve_run(root, a[:6])["run_id"] == a
+        replay_run(root, a, "oracle:t=10", arrays=load_block_arrays(root, a))
+        assert len(level_values(root, a, ["si_snri"]))
+        (shared,) = opened.values()
+        assert shared.connections == 1
+        con = views.connect(root, runs=[a], tables=())
+        assert f"run={a}" in view_sql(con) and f"run={b}" not in view_sql(con), \
+            "the catalogue read widened the views to every run"
+        assert con.execute("SELECT count(*) FROM runs").fetchone()[0] == 2, "the catalogue still lists every run"
+        # a reader of every run still gets every run, on the same connection
+        got = views.connect(root).execute("SELECT DISTINCT run FROM utterances ORDER BY run").fetchall()
+        assert got == sorted([(a,), (b,)]) and shared.connections == 1
+
+
+def test_many_runs_values_come_in_the_order_asked(two_runs):
+    """level_values_long (history's one query) orders runs as given, per run the rows of level_values."""
+    from exitbench.results.compare import level_values, level_values_long
+
+    root, a, b = two_runs
+    for metrics in (["si_snri"], ["si_snri", "snri"]):
+        for order in ([a, b], [b, a], [b, a, b]):
+            got = level_values_long(root, order, metrics)
+            runs = list(dict.fromkeys(reversed(order)))[::-1]  # a repeated run: at its last position
+            want = pd.concat([level_values(root, r, metrics).assign(run=r) for r in runs], ignore_index=True)
+            pd.testing.assert_frame_equal(got[want.columns], want)
+
+
 def test_pack_from_the_command_line(two_runs, tmp_path):
     root = copy_of(two_runs[0], tmp_path)
     done = subprocess.run([sys.executable, "-m", "exitbench", "pack", "-r", str(root)], capture_output=True,
