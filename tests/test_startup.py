@@ -76,3 +76,14 @@ def test_the_fast_path_takes_the_options_the_typer_commands_declare_and_answers_
         fast = subprocess.run([sys.executable, "-m", "exitbench", *argv], capture_output=True, text=True)
         assert typer_out.exit_code == 0 == fast.returncode, fast.stderr
         assert typer_out.stdout == fast.stdout, argv
+
+
+def test_the_gate_imports_scipy_only_when_a_row_varies():
+    """scipy.special (0.3-0.4 s to import) gives the t and normal quantiles of the bootstrap-t gate; rows whose
+    deltas are all equal have exact bounds without it (the same numbers either way)."""
+    code = ("import sys, numpy as np; from exitbench.results.compare import simultaneous_bounds as sb;"
+            " b = sb(np.full((3, 5), 0.5), 0.1); assert 'scipy.special' not in sys.modules;"
+            " assert (b.mdd == 0.1).all() and (b.high == 0.5).all();"
+            " v = sb(np.arange(15.0).reshape(3, 5), 0.1); assert 'scipy.special' in sys.modules;"
+            " assert np.isfinite(v.mdd).all()")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -106,8 +106,11 @@ def history(root: str | os.PathLike, model_glob: str | None = None, group: str |
             if len(pol):
                 frames.append(pol.assign(run=run_id))
         values = pd.concat(frames, ignore_index=True)
-    order = {r: i for i, r in enumerate(run_ids)}
-    values = values.assign(_r=values["run"].map(order)).sort_values("_r", kind="stable").reset_index(drop=True)
+    # the step index of each row (run ids are unique here: one run per step); categorical codes, not a per-row
+    # map over the string column (0.07 s at 1,000 runs)
+    step_of = pd.Categorical(values["run"], categories=run_ids).codes
+    values = values.iloc[np.argsort(step_of, kind="stable")].assign(_r=np.sort(step_of, kind="stable"))
+    values = values.reset_index(drop=True)
     values["value"] = values["value"].astype("float64")
     means = (values.groupby(["_r", "kind", "name", "metric"], sort=False)["value"]
              .agg(mean="mean", n="count").reset_index())
@@ -126,16 +129,20 @@ def _step_gates(values: pd.DataFrame, num_runs: int, tol: dict[str, float], alph
                 seed: int) -> pd.DataFrame:
     """``gate_table(previous step, step)`` for every step after the first, on arrays: _r, kind, name, metric,
     delta, ci_low, ci_high, verdict (the same numbers: same rows, same utterance columns, same resamples)."""
-    keys = pd.MultiIndex.from_frame(values[["kind", "name", "metric"]])
-    kcode, kuniq = pd.factorize(keys)
+    # the (kind, name, metric) rows in order of first appearance, as factorizing their MultiIndex gives (without
+    # building one: 0.07 s at 1,000 runs): each column's codes combined into one integer, factorized
+    parts = [pd.factorize(values[c], use_na_sentinel=False) for c in ("kind", "name", "metric")]
+    width = [len(u) for _, u in parts]
+    combined = (parts[0][0].astype(np.int64) * width[1] + parts[1][0]) * width[2] + parts[2][0]
+    kcode, kcomb = pd.factorize(combined)
+    kind_of = np.asarray(parts[0][1], dtype=object)[kcomb // (width[1] * width[2])]
+    name_of = np.asarray(parts[1][1], dtype=object)[(kcomb // width[2]) % width[1]]
+    metric_of = np.asarray(parts[2][1], dtype=object)[kcomb % width[2]]
     ucode, uuniq = pd.factorize(values["utt_id"].astype(str), sort=True)  # columns sorted, as unstack does
     r = values["_r"].to_numpy()
     v = values["value"].to_numpy(np.float64)
     bounds_at = np.searchsorted(r, np.arange(num_runs + 1))
-    k_all, u_all = len(kuniq), len(uuniq)
-    kind_of = np.asarray(kuniq.get_level_values(0), dtype=object)
-    name_of = np.asarray(kuniq.get_level_values(1), dtype=object)
-    metric_of = np.asarray(kuniq.get_level_values(2), dtype=object)
+    k_all, u_all = len(kcomb), len(uuniq)
     tol_of = np.asarray([tol.get(m, DEFAULT_TOLERANCE) for m in metric_of], dtype=np.float64)
 
     def grid(i: int) -> tuple[np.ndarray, np.ndarray]:
