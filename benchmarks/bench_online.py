@@ -117,7 +117,9 @@ def main() -> int:
                   f" {100 * f['mac_saving_replay']:5.1f} % executed {100 * f['mac_saving_executed']:5.1f} %"
                   f"  wall {100 * f['wall_saving']:5.1f} %  gap {100 * gap:5.1f} %", flush=True)
         ratio = on / floor
-        flag = "  <-- below 1: a bug in this benchmark" if ratio < 1 else ""
+        # the machinery runs the plain forward's computation and more, so below 1 beyond the timing noise
+        # of two alternating loops (a few per cent here) is a bug in this benchmark
+        flag = "  <-- below 1 beyond noise: a bug in this benchmark" if ratio < 0.97 else ""
         print(f"{mode}: static deepest online {on:.3f} s / plain forward {floor:.3f} s = {ratio:.2f}x{flag}",
               flush=True)
         rows.append({"mode": mode, "policy": "(machinery)", "baseline_wall_s": on, "plain_forward_s": floor,

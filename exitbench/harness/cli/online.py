@@ -14,7 +14,14 @@ from rich.table import Table
 from exitbench.harness.cli.app import DeviceOpt, ReadResultsOpt, app, console, guarded, out, positive_limit
 
 
-@app.command()
+_HELP = ("Execute a policy online: each forward pass stopped at the policy's exit, timed, its MACs counted. "
+         "Per block for a chunk-safe model (press-s with --model-arg chunked=true), else per utterance (the pass "
+         "goes on while any block runs). Every block's choice is checked against the replay of the same policy on "
+         "the run; savings are against the static deepest exit executed the same way, deciding included. "
+         "Stored under ROOT/online/run=<id>/.")
+
+
+@app.command(help=_HELP)
 def online(
     run: str = typer.Argument(..., help="recorded run id (or a unique prefix): its model and test set are"
                                         " rebuilt from its spec, its blocks give the replay to compare with"),
@@ -31,13 +38,7 @@ def online(
                                              " batch, as a GPU wants; time and MACs shared by blocks)"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar"),
 ) -> None:
-    """Execute a policy online: stop each forward pass at the policy's exit, timing it and counting the MACs run.
-
-    Per block (a chunk-safe model, e.g. press-s with --model-arg chunked=true) or per utterance
-    (otherwise: the pass goes on while any block runs). The choices are checked against the replay of
-    the same policy on the run; savings are against the static deepest level executed the same way.
-    Stored under ROOT/online/run=<id>/.
-    """
+    """Execute a policy online: each forward pass stopped at the policy's exit, timed, its MACs counted."""
     from exitbench.harness.online import run_online
     from exitbench.results.store import write_parquet_atomic
     import exitbench
