@@ -9,7 +9,8 @@ links fail) under ``run=<new id>`` and the manifest is rewritten with the new ru
 (1000 + 10 i), and start/finish times one minute apart. Each command then runs as a fresh process
 (``python -m exitbench ...``), start to finish, ``--repeat`` times; the table gives the median wall time
 and the largest peak RSS of the child (``os.wait4``). ``--pack`` also times every command on a copy of
-each root after ``exitbench pack``. The built roots are kept under ``--work`` (reused when present).
+each root after ``exitbench pack``. ``--interleave`` alternates the roots repetition by repetition (on a
+shared machine the sizes measured later otherwise meet a different load). The built roots are kept under ``--work`` (reused when present).
 """
 
 from __future__ import annotations
@@ -121,11 +122,17 @@ def main() -> None:
     p.add_argument("--commands", default=",".join(COMMANDS), help=f"comma list of {', '.join(COMMANDS)}")
     p.add_argument("--pack", action="store_true", help="also time every command on a packed copy of each root")
     p.add_argument("--no-unpacked", action="store_true", help="with --pack: time the packed roots only")
+    p.add_argument("--interleave", action="store_true",
+                   help="time each command on every root in turn, repetition by repetition (on a shared machine a"
+                        " change of load then hits every size alike, not the sizes measured later)")
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     commands = [c for c in a.commands.split(",") if c]
     print("| command | runs | layout | median s | min s | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- |")
+    if a.interleave:
+        interleaved(a, sizes, commands)
+        return
     for n in sizes:
         root = a.work / f"root-{n}"
         t0 = time.perf_counter()
@@ -144,6 +151,30 @@ def main() -> None:
                     rss.append(m)
                 print(f"| `{name}` | {n} | {layout} | {statistics.median(walls):.2f} | {min(walls):.2f} |"
                       f" {max(rss):.0f} |", flush=True)
+
+
+def interleaved(a: argparse.Namespace, sizes: list[int], commands: list[str]) -> None:
+    """``--interleave``: per command, repetition r runs on every (size, layout) before repetition r + 1."""
+    roots: list[tuple[int, str, Path]] = []
+    for n in sizes:
+        root = a.work / f"root-{n}"
+        build_root(a.seed, root, n)
+        if not a.no_unpacked:
+            roots.append((n, "files", root))
+        if a.pack:
+            pack_copy(root, a.work / f"packed-{n}")
+            roots.append((n, "packed", a.work / f"packed-{n}"))
+    for name in commands:
+        walls: dict[int, list[float]] = {i: [] for i in range(len(roots))}
+        rss: dict[int, list[float]] = {i: [] for i in range(len(roots))}
+        for _ in range(a.repeat):
+            for i, (n, _layout, r) in enumerate(roots):
+                w, m = child(command_args(name, r, n, a.work / "reports"))
+                walls[i].append(w)
+                rss[i].append(m)
+        for i, (n, layout, _r) in enumerate(roots):
+            print(f"| `{name}` | {n} | {layout} | {statistics.median(walls[i]):.2f} | {min(walls[i]):.2f} |"
+                  f" {max(rss[i]):.0f} |", flush=True)
 
 
 if __name__ == "__main__":
