@@ -265,7 +265,7 @@ def test_a_model_without_an_incremental_pass_says_so():
 
 def test_online_block_sums_are_a_recordings_bit_for_bit():
     """A decision reads the sums a replay reads: the same float64 values, not merely close ones."""
-    from exitbench.harness.online import _level_stats
+    from exitbench.harness.online import _Blocks, _level_stats
     from exitbench.metrics.blockstats import block_stats
 
     rng = np.random.default_rng(1)
@@ -277,6 +277,6 @@ def test_online_block_sums_are_a_recordings_bit_for_bit():
     mb = np.zeros(nb * t)
     mb[:n] = mix
     idx = np.array([0, 3, 7, 14])
-    got = _level_stats(torch.from_numpy(est), idx, {"_mix_blocks": mb.reshape(nb, t)}, nb, t, None)
+    got = _level_stats(torch.from_numpy(est), idx, {"_mix_blocks": mb.reshape(nb, t)}, _Blocks.of([n], t), t)
     for name in ("e_est", "dot_est_mix", "sum_est"):
         assert np.array_equal(got[name][0][:, idx], ref[name][0][:, idx]), name

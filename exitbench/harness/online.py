@@ -20,8 +20,9 @@ import pyarrow as pa
 import torch
 
 from exitbench.errors import UsageError
+from exitbench.metrics.blockstats import block_stats, num_blocks
 from exitbench.models.base import ExitModel
-from exitbench.policies.arrays import STAT_COLUMNS, BlockArrays
+from exitbench.policies.arrays import LEVEL_STATS, STAT_COLUMNS, BlockArrays
 from exitbench.policies.base import Policy, parse_policy
 
 #: the per-utterance table an online run writes
@@ -67,40 +68,37 @@ class _Blocks:
     start: np.ndarray  # [B] first sample within its utterance
     n: np.ndarray  # [B] samples of the utterance in the block
     offsets: np.ndarray  # [U + 1] first block of each utterance in the pass
-    lengths: np.ndarray  # [U] samples per utterance
 
     @classmethod
     def of(cls, lengths: Sequence[int], block_size: int) -> "_Blocks":
-        nbs = [-(-int(n) // block_size) for n in lengths]
+        nbs = [num_blocks(n, block_size) for n in lengths]
         utt = np.repeat(np.arange(len(lengths)), nbs)
         block = np.concatenate([np.arange(k) for k in nbs]).astype(np.int32)
         start = block.astype(np.int64) * block_size
         n = np.minimum(block_size, np.asarray(lengths, dtype=np.int64)[utt] - start)
-        return cls(utt, [str(i) for i in range(len(lengths))], block, start, n,
-                   np.concatenate([[0], np.cumsum(nbs)]), np.asarray(lengths, dtype=np.int64))
+        return cls(utt, [str(i) for i in range(len(lengths))], block, start, n, np.concatenate([[0], np.cumsum(nbs)]))
 
 
-def _level_stats(est: torch.Tensor | None, idx: np.ndarray, fixed: dict[str, np.ndarray], nb: int, t: int,
-                 real: np.ndarray | None) -> dict[str, np.ndarray]:
+def _level_stats(est: torch.Tensor | None, idx: np.ndarray, fixed: dict[str, np.ndarray], blocks: _Blocks,
+                 t: int) -> dict[str, np.ndarray]:
     """The block sums of one level's estimate ``[S, N]`` (None: not read, zeros) for the running blocks ``idx``.
 
-    Only those blocks leave the device, and their sums are taken as ``metrics.blockstats`` takes them
-    (float64, one block of T samples at a time, zero padding), so a decision sees a recording's numbers.
+    Only those blocks leave the device, laid in a row for ``metrics.blockstats.block_stats`` (float64, block by
+    block, the samples past an utterance's end zero), so a decision sees a recording's numbers.
     """
-    out = {k: v for k, v in fixed.items()}
+    out = dict(fixed)
     if est is None:
         return out
     s_, n = est.shape
+    nb = blocks.n.size
     x = torch.nn.functional.pad(est, (0, nb * t - n)).reshape(s_, nb, t)
-    sel = torch.as_tensor(idx, device=est.device)
-    e = x.index_select(1, sel).float().cpu().numpy().astype(np.float64)  # [S, k, T]
-    m = fixed["_mix_blocks"][idx]  # [k, T]
-    if real is not None:
-        e = e * real.reshape(nb, t)[idx]
-    for name, val in (("sum_est", e.sum(-1)), ("e_est", np.einsum("sbt,sbt->sb", e, e)),
-                      ("dot_est_mix", np.einsum("sbt,bt->sb", e, m))):
+    e = x.index_select(1, torch.as_tensor(idx, device=est.device)).float().cpu().numpy()  # [S, k, T]
+    e = e * (np.arange(t) < blocks.n[idx, None])  # a batch's padding between utterances is not read
+    k = idx.size
+    st = block_stats(e.reshape(1, s_, k * t), np.zeros((s_, k * t)), fixed["_mix_blocks"][idx].reshape(-1), t)
+    for name in LEVEL_STATS:
         full = np.zeros((1, s_, nb))
-        full[0][:, idx] = val
+        full[0][:, idx] = st[name][0]
         out[name] = full
     return out
 
@@ -125,11 +123,6 @@ def execute(model: ExitModel, mixture: np.ndarray | Sequence[np.ndarray], policy
     mix64 = np.zeros(total)
     for u, m in enumerate(mixes):
         mix64[blocks.offsets[u] * t:blocks.offsets[u] * t + m.shape[-1]] = m
-    real = None  # the samples that belong to an utterance (the padding after each is not read)
-    if joint:
-        real = np.zeros(total, dtype=bool)
-        for u, m in enumerate(mixes):
-            real[blocks.offsets[u] * t:blocks.offsets[u] * t + m.shape[-1]] = True
     reads = policy.reads_estimate()
     to_np = lambda x: None if x is None else x.detach().double().cpu().numpy()  # noqa: E731
     t0 = time.perf_counter()
@@ -159,7 +152,7 @@ def execute(model: ExitModel, mixture: np.ndarray | Sequence[np.ndarray], policy
                 stop = running.copy()
             else:
                 idx = np.flatnonzero(running)
-                stats = _level_stats(est, idx, fixed, nb, t, real)
+                stats = _level_stats(est, idx, fixed, blocks, t)
                 arrays = _step_arrays(stats, to_np(step.alpha), to_np(step.beta), to_np(step.sigma2), idx, blocks,
                                       model.macs_per_sample(level), model.sample_rate, p_ref)
                 stop = np.zeros(nb, dtype=bool)

@@ -337,10 +337,10 @@ class PressState(ExitState):
     def num_blocks(self) -> int:
         return self._blocks
 
-    def _rows_of(self, blocks: np.ndarray) -> torch.Tensor:
-        """Positions among the running rows of ``blocks`` (chunked: one row per block; else row 0)."""
-        if not self.model.chunked:
-            return torch.zeros(1, dtype=torch.long, device=self.state.z.device)
+    def _rows_of(self, blocks: np.ndarray) -> torch.Tensor | None:
+        """Chunked: positions among the running rows (one per block) of ``blocks``; None when that is every row."""
+        if np.array_equal(blocks, self.running):
+            return None  # decode them all as they are, without a gathered copy
         pos = np.cumsum(self.running) - 1
         return torch.as_tensor(pos[blocks & self.running], device=self.state.z.device)
 
@@ -371,9 +371,8 @@ class PressState(ExitState):
         S, t = self.model.num_sources, self.model.block_size
         with torch.no_grad():
             if self.model.chunked:
-                rows = self._rows_of(blocks)
-                y = self.net.decode(self.state, rows)  # [r, S, T]
-                self.macs += self.parts["decoder"] * self.frames * rows.numel()
+                y = self.net.decode(self.state, self._rows_of(blocks))  # [r, S, T]
+                self.macs += self.parts["decoder"] * self.frames * y.shape[0]
                 out = torch.zeros(self._blocks, S, t, device=y.device)
                 out[torch.as_tensor(np.flatnonzero(blocks), device=y.device)] = y
                 return out.permute(1, 0, 2).reshape(S, -1)[:, :self.n]
