@@ -19,7 +19,8 @@ from exitbench.models.checkpoint import save_checkpoint
 from exitbench.models.registry import resolve_model
 from exitbench.errors import UsageError
 from exitbench.results.compare import (MetricNotRecorded, bootstrap_mean_ci, compare_runs, front_area, gate_verdicts,
-                                       pareto_front, parse_tolerance, regret_at, simultaneous_bounds, verdict)
+                                       pareto_front, parse_tolerance, regret_at, simultaneous_bounds,
+                                       simultaneous_bounds_many, verdict)
 from exitbench.results.history import history
 from exitbench.results.catalog import SchemaMismatch, list_runs
 from exitbench.results.store import ResultStore
@@ -193,6 +194,31 @@ def test_history_shows_both_steps_and_marks_the_regression(runs):
     assert runner.invoke(app, ["history", "-r", str(runs["root"]), "--group", "nope"]).exit_code == 2
 
 
+def test_history_gives_each_step_the_numbers_of_compare(runs, tmp_path):
+    """Four steps of weights drifting by noise, so every level's deltas vary and each step's gate bootstraps:
+    history's batched bounds (every step's resamples in a few products) are those of `compare` of the two steps."""
+    ck = resolve_model("press-s").checkpoint
+    root = tmp_path / "drift"
+    gen = torch.Generator().manual_seed(1)
+    sd = dict(ck.state_dict)
+    ids = []
+    for step in (100, 200, 300, 400):
+        sd = {k: (v + 0.03 * v.float().std() * torch.randn(v.shape, generator=gen)
+                  if v.is_floating_point() and v.numel() > 1 else v) for k, v in sd.items()}
+        path = tmp_path / f"drift-{step}.pt"
+        save_checkpoint(path, ck.architecture, ck.config, sd, {**ck.metadata, "step": step})
+        ids.append(record_local(root, model=str(path), options=OPTIONS, metrics=(), shard_size=6).run_id)
+    hist = history(root, metrics=["si_snri", "snri"], tolerance=0.05)
+    assert list(hist.runs["run_id"]) == ids
+    for prev, cur, step in zip(ids, ids[1:], (200, 300, 400)):
+        rows = compare_runs(root, prev, cur, metrics=["si_snri", "snri"], tolerance=0.05, policies=[],
+                            curves=False).rows.set_index(["name", "metric"])
+        mine = hist.table[hist.table["step"] == step].set_index(["name", "metric"]).loc[rows.index]
+        assert (rows["se"] > 0).all()  # the bootstrap ran for every row
+        for col in ("delta", "ci_low", "ci_high", "verdict"):
+            assert list(mine[col]) == list(rows[col]), (step, col)
+
+
 def test_registry_filters(runs):
     root = runs["root"]
     assert list(list_runs(root, step="1500..")["run_id"]) == [runs["cand"]]
@@ -305,6 +331,31 @@ def test_gate_edge_rows_constant_missing_and_few_changed_utterances():
     assert b.n_tested == 4 and list(b.n) == [20, 20, 0, 20, 19]
     assert b.low[0] == b.high[0] == -0.5 and b.se[1] == 0 and np.isnan(b.high[2])
     assert b.high[3] == np.inf and b.crit_high[4] < 3  # the degenerate row keeps its own (infinite) bound only
+
+
+def test_many_comparisons_at_once_have_the_bounds_of_one_call_each():
+    """simultaneous_bounds_many (history's batched gate): each comparison its own family, the numbers of one call
+    each, bit for bit, over batches of several sizes of utterances and more rows than one batch holds."""
+    rng = np.random.default_rng(11)
+    deltas, tols = [], []
+    for i in range(1200):
+        u = (20, 20, 35, 8)[i % 4]
+        d = rng.normal(-0.1, 1.0, (int(rng.integers(1, 6)), u)) + rng.normal(0, 0.3, (1, u))
+        d[rng.random(d.shape) < 0.05] = np.nan
+        if i % 9 == 0:
+            d[0] = -0.4  # constant row: exact bounds
+        if i % 13 == 0:
+            d[-1] = np.r_[np.zeros(u - 1), 2.0]  # one changed utterance: a heavy-tailed row
+        deltas.append(d)
+        tols.append(rng.uniform(0, 0.2, d.shape[0]))
+    many = simultaneous_bounds_many(deltas, tols, resamples=2000, seed=4)
+    # the comparisons of 20 utterances hold more rows than one batch (_MAX_CELLS / (2 × 2000 resamples))
+    assert sum(d.shape[0] for d in deltas if d.shape[1] == 20) > (1 << 22) // 4000
+    for d, t, b in zip(deltas, tols, many):
+        one = simultaneous_bounds(d, t, resamples=2000, seed=4)
+        for f in ("n", "mean", "se", "low", "high", "crit_low", "crit_high", "mdd", "tested"):
+            np.testing.assert_array_equal(getattr(b, f), getattr(one, f), err_msg=f)
+        assert b.critical == one.critical or (np.isnan(b.critical) and np.isnan(one.critical))
 
 
 def test_bad_alpha_and_too_few_resamples_are_refused():

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from conftest import record_local
 
+from exitbench.errors import ResultsRootError
 from exitbench.harness.local import LocalExecutor
 from exitbench.harness.runner import execute, prepare
 from exitbench.harness.spec import RecordSettings, RunSpec
@@ -94,6 +95,42 @@ def test_a_pack_killed_midway_changes_nothing(two_runs, tmp_path):
     assert_same(before, dump(root))
     pack(root)
     assert_same(before, dump(root))
+
+
+def test_a_growing_root_packs_itself_and_a_held_pack_lock_only_defers_it(tmp_path, monkeypatch):
+    """EXITBENCH_AUTO_PACK=3: the third published run packs the three; the fourth and fifth stay as files while a
+    live pack elsewhere holds the lock (their runs complete all the same), and the sixth packs those three."""
+    from exitbench.results.locks import RunLock
+    from exitbench.results.pack import _PACK_LOCK, auto_pack
+
+    monkeypatch.setenv("EXITBENCH_AUTO_PACK", "3")
+    root = tmp_path / "grow"
+    ids = []
+    for seed in range(3):
+        ids.append(record_local(root, options=(("num_utterances", "2"), ("seed", str(seed))), metrics=()).run_id)
+    assert len(list((root / "blocks" / "_pack").iterdir())) == 1 and not list((root / "blocks").glob("run=*"))
+    assert set(views.scan(root).packed) == set(ids)
+    with RunLock(root, _PACK_LOCK):  # another process packing: a recording does not wait for it nor fail
+        for seed in (3, 4):
+            out = record_local(root, options=(("num_utterances", "2"), ("seed", str(seed))), metrics=())
+            assert ResultStore(root).is_complete(out.run_id)
+            ids.append(out.run_id)
+        assert len(list((root / "blocks").glob("run=*"))) == 2
+    before = dump(root)
+    ids.append(record_local(root, options=(("num_utterances", "2"), ("seed", "5")), metrics=()).run_id)
+    assert len(list((root / "blocks" / "_pack").iterdir())) == 2 and not list((root / "blocks").glob("run=*"))
+    after = dump(root)
+    for name, frame in before.items():  # the five earlier runs read as before; the sixth is there too
+        old = after[name][after[name]["run"] != ids[-1]] if "run" in frame else after[name]
+        if name == "runs":
+            old = after[name][after[name]["run_id"] != ids[-1]]
+        pd.testing.assert_frame_equal(frame, old.reset_index(drop=True), obj=name)
+    assert set(views.scan(root).packed) == set(ids)
+    monkeypatch.setenv("EXITBENCH_AUTO_PACK", "0")
+    assert auto_pack(root) is None
+    monkeypatch.setenv("EXITBENCH_AUTO_PACK", "many")
+    with pytest.raises(ResultsRootError, match="EXITBENCH_AUTO_PACK"):
+        auto_pack(root)
 
 
 def test_a_run_recorded_again_into_a_packed_root_replaces_its_packed_rows(two_runs, tmp_path):

@@ -15,7 +15,7 @@ import pyarrow as pa
 import exitbench
 from exitbench.datasets.base import TestSet
 from exitbench.datasets.registry import open_testset, parse_dataset_arg
-from exitbench.errors import UsageError, WorkersLostError
+from exitbench.errors import ResultsRootError, UsageError, WorkersLostError
 from exitbench.harness.spec import RunSpec, compute_run_id
 from exitbench.models.base import ExitModel
 from exitbench.models.registry import ResolvedModel, resolve_model
@@ -283,8 +283,25 @@ def execute(p: PreparedRun, root: str | os.PathLike, executor: ShardExecutor, fo
             manifest["execution"] = json_dumps(executor.describe())
         manifest.update(status="complete", finished_at=_now(), num_errors=tables["errors"].num_rows)
         rows = store.publish(manifest, tables)
+    _auto_pack(store.root, note)
     return RunOutcome(p.run_id, store.root, False, len(p.utt_ids), rows["errors"], len(todo),
                       len(shards) - len(todo), rows, _errors(store, p.run_id))
+
+
+def _auto_pack(root: Path, note: Callable[[str], None]) -> None:
+    """After a publication: pack the root when it holds many unpacked runs (``results.pack.auto_pack``); a failure
+    of that optional step is reported, never the run's."""
+    import duckdb
+
+    from exitbench.results.pack import auto_pack
+
+    try:
+        done = auto_pack(root)
+    except (ResultsRootError, OSError, duckdb.Error) as exc:
+        note(f"automatic packing of {root} skipped: {exc}")
+        return
+    if done is not None and done.packed_runs:
+        note(f"packed {done.packed_runs} runs of {root} into large files (EXITBENCH_AUTO_PACK=0 turns this off)")
 
 
 def _complete_and_sound(store: ResultStore, run_id: str) -> bool:

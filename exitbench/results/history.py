@@ -20,7 +20,8 @@ import pandas as pd
 from exitbench.errors import UsageError
 from exitbench.results.compare import (DEFAULT_ALPHA, DEFAULT_RESAMPLES, DEFAULT_TOLERANCE, IncompatibleRuns,
                                        SimultaneousBounds, check_alpha, gate_verdicts, level_values_long,
-                                       parse_metrics, parse_tolerance, policy_values, simultaneous_bounds)
+                                       parse_metrics, parse_tolerance, policy_values,
+                                       simultaneous_bounds_many)
 from exitbench.results.catalog import list_runs
 
 COLUMNS = ("step", "run_id", "kind", "name", "metric", "n", "mean", "delta", "ci_low", "ci_high", "verdict",
@@ -153,7 +154,9 @@ def _step_gates(values: pd.DataFrame, num_runs: int, tol: dict[str, float], alph
         have[kcode[a:b], ucode[a:b]] = True
         return val, have
 
-    out: list[tuple[int, np.ndarray, SimultaneousBounds, np.ndarray]] = []
+    # each step's paired deltas first, then every step's bootstrap in one batched call (steps with equally many
+    # utterances share the matrix products and quantiles; each step stays its own family)
+    steps: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []
     prev = grid(0) if num_runs else None
     for i in range(1, num_runs):
         cur = grid(i)
@@ -165,11 +168,15 @@ def _step_gates(values: pd.DataFrame, num_runs: int, tol: dict[str, float], alph
         fb, fc = np.isfinite(vb), np.isfinite(vc)
         d = np.where(both & fb & fc, vc - vb, np.nan)[np.ix_(rows, cols)]
         lost = (both & fb & ~fc).sum(axis=1)[rows]
-        bounds = simultaneous_bounds(d, tol_of[rows], alpha, resamples, seed)
+        steps.append((i, rows, d, lost))
+        prev = cur
+    all_bounds = simultaneous_bounds_many([st[2] for st in steps], [tol_of[st[1]] for st in steps], alpha,
+                                          resamples, seed)
+    out: list[tuple[int, np.ndarray, SimultaneousBounds, np.ndarray]] = []
+    for (i, rows, _d, lost), bounds in zip(steps, all_bounds):
         verdict = gate_verdicts(bounds, tol_of[rows]).astype(object)
         verdict[lost > 0] = "worse"  # as gate_table: a value the previous step had and this one lost
         out.append((i, rows, bounds, verdict))
-        prev = cur
     if not out:
         return pd.DataFrame({"_r": pd.Series(dtype=int), "kind": [], "name": [], "metric": [],
                              "delta": pd.Series(dtype=float), "ci_low": pd.Series(dtype=float),

@@ -17,6 +17,13 @@ An interruption before 2 leaves unlisted pack files (removed by the next pack); 
 per-run files of packed runs (removed by the next pack). Either way every query answers as before.
 Manifests are not packed: they stay the per-run record of publication. Replays and sweeps stay
 per run (they are rewritten by ``exitbench replay`` and ``sweep-policies``).
+
+**Automatic packing** (``auto_pack``): after a recording publishes its run, a root holding
+``AUTO_PACK_RUNS`` (64) or more complete runs not yet packed packs them into a new generation, so a
+root that grows run by run (a checkpoint per training step, a sweep) never holds more than 63 runs'
+small files beside a few large ones. ``EXITBENCH_AUTO_PACK=<runs>`` changes the threshold, ``0`` turns it
+off. It is best effort: a pack already running elsewhere, or one that fails, leaves the root as it was
+(packing is atomic) and the recorded run complete.
 """
 
 from __future__ import annotations
@@ -40,6 +47,8 @@ from exitbench.results.views import (DATA_TABLES, PACK_DIR, PACKS_FILE, Pack, _s
 #: rows per row group of a pack file (DuckDB's own row-group size; its guidance is 100k-1M)
 ROW_GROUP_SIZE = 122_880
 _PACK_LOCK = "_pack"  # the pack's own lock (a RunLock under a name no run id takes)
+#: unpacked complete runs that make a recording pack them (``auto_pack``; EXITBENCH_AUTO_PACK overrides, 0: never)
+AUTO_PACK_RUNS = 64
 
 
 class PackInterrupted(RuntimeError):
@@ -171,3 +180,36 @@ def pack(root: str | os.PathLike, row_group_size: int = ROW_GROUP_SIZE, fail_at:
             _remove_run_files(root, r, new, outcome)
         _store.note_write()
     return outcome
+
+
+def auto_pack_threshold() -> int:
+    """``AUTO_PACK_RUNS``, or EXITBENCH_AUTO_PACK when set (0: never pack automatically)."""
+    raw = os.environ.get("EXITBENCH_AUTO_PACK", "").strip()
+    if not raw:
+        return AUTO_PACK_RUNS
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ResultsRootError(f"EXITBENCH_AUTO_PACK={raw!r}: expected a number of runs (0: never)") from None
+    if value < 0:
+        raise ResultsRootError(f"EXITBENCH_AUTO_PACK={raw!r}: expected a number of runs (0: never)")
+    return value
+
+
+def auto_pack(root: str | os.PathLike, threshold: int | None = None) -> PackOutcome | None:
+    """Pack the root's unpacked complete runs when they are ``threshold`` or more; None when it did not pack.
+
+    A pack already running (its lock held) is left to finish the job; the caller's run is published either way.
+    """
+    threshold = auto_pack_threshold() if threshold is None else int(threshold)
+    if threshold <= 0:
+        return None
+    found = scan(root)
+    unpacked = [r for r in found.complete() if r not in found.packed
+                and any(t in found.run_files.get(r, {}) for t in DATA_TABLES)]
+    if len(unpacked) < threshold:
+        return None
+    try:
+        return pack(root)
+    except RunLockedError:
+        return None
