@@ -8,6 +8,7 @@ Every figure is a ratio against a baseline measured in the same script on the sa
     python benchmarks/bench_harness.py memory --n 300   # peak RSS of driver and workers (then --n 3000)
     python benchmarks/bench_harness.py gpu --n 3000 --seconds 5   # every metric, on a GPU machine (Ray bundle)
     python benchmarks/bench_harness.py floor --n 5 --seconds 5    # the gpu command's metric floor alone
+    python benchmarks/bench_harness.py batching --n 1000 --seconds 5 --batch 16   # --batch vs one per pass
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from exitbench.harness.spec import RecordSettings, RunSpec
 from exitbench.models.registry import resolve_model
 
 
-def spec(n: int, seconds: float, metrics: tuple[str, ...], shard: int = 8, files: bool = False) -> RunSpec:
+def spec(n: int, seconds: float, metrics: tuple[str, ...], shard: int = 8, files: bool = False,
+         model_args: tuple[tuple[str, str], ...] = ()) -> RunSpec:
     """press-s on n synthetic mixtures of ~seconds, generated on the fly or (files) read from WAV files."""
     dataset = f"wsj0-2mix:{wsj_folder(n, seconds)}" if files else "synthetic"
     opts = () if files else (("num_utterances", str(n)), ("seconds", str(seconds)))
-    return RunSpec("press-s", dataset, opts, RecordSettings(metrics=metrics, shard_size=shard))
+    return RunSpec("press-s", dataset, opts, RecordSettings(metrics=metrics, shard_size=shard), model_args)
 
 
 def _write_utterance(args: tuple[int, float, str]) -> None:
@@ -78,9 +80,10 @@ def testset(n: int, seconds: float, files: bool):
         SyntheticMixtures(num_utterances=n, seconds=seconds)
 
 
-def bare_loop(n: int, seconds: float, device: str = "cpu", files: bool = False) -> float:
+def bare_loop(n: int, seconds: float, device: str = "cpu", files: bool = False,
+              model_args: dict[str, str] | None = None) -> float:
     """Load each utterance and run every level on ``device``, estimates back on the host, nothing else."""
-    model = resolve_model("press-s").model.to(device)
+    model = resolve_model("press-s", model_args).model.to(device)
     ts = testset(n, seconds, files)
 
     def go() -> None:
@@ -125,6 +128,39 @@ def overhead(args: argparse.Namespace) -> None:
     print(f"| exitbench run --executor local | {local:.2f} | {local / base:.2f} |")
     for label, t in rows:
         print(f"| exitbench run --executor ray, {label} (Ray's start included) | {t:.2f} | {t / base:.2f} |")
+
+
+def batching(args: argparse.Namespace) -> None:
+    """Metrics off, the chunk-safe press-s (chunked=true) on WAV files of varied length: --batch B against
+    one utterance per pass, both executors, against the bare one-at-a-time forward loop; Ray's start included."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(1)  # the same thread count as one Ray model actor
+    n, sec, b = args.n, args.seconds, args.batch
+    chunked = (("chunked", "true"),)
+    wsj_folder(n, sec)  # written once, outside every timing
+    bare_loop(4, sec, device, model_args=dict(chunked))  # CUDA context and kernels warmed outside every timing
+    base = min(bare_loop(n, sec, device, files=True, model_args=dict(chunked)) for _ in range(args.repeat))
+    rows = []
+    for label, make in (("local", lambda k: LocalExecutor(device, batch=k)), ("ray", lambda k: RayExecutor(batch=k))):
+        for k in (1, b):
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                started = ensure_ray() if label == "ray" else False
+                execute(prepare(spec(n, sec, (), shard=max(8, b), files=True, model_args=chunked)),
+                        tempfile.mkdtemp(), make(k))
+                times.append(time.perf_counter() - t0)
+                if started:
+                    import ray
+
+                    ray.shutdown()
+            rows.append((f"exitbench run --executor {label} --batch {k}", min(times)))
+    print(f"| {n} utterances x ~{sec:g} s (WAV files), press-s chunked=true, metrics off, {device} | seconds |"
+          f" ratio to bare loop |")
+    print("| --- | --- | --- |")
+    print(f"| bare forward loop, one utterance per pass (1 thread) | {base:.2f} | 1.00 |")
+    for label, t in rows:
+        print(f"| {label} | {t:.2f} | {t / base:.2f} |")
 
 
 def asteroid_loop(n: int, seconds: float, device: str = "cpu", files: bool = False, total: int | None = None
@@ -331,15 +367,16 @@ def floor(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory", "gpu", "floor"])
+    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory", "gpu", "floor", "batching"])
     p.add_argument("--n", type=int, default=24, help="utterances")
     p.add_argument("--seconds", type=float, default=3.0, help="mean utterance length")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--loop", type=int, default=50, help="gpu: utterances of the sequential recipe loop")
     p.add_argument("--one-actor", action="store_true", help="overhead: also Ray with one actor per GPU")
+    p.add_argument("--batch", type=int, default=16, help="batching: utterances per model pass")
     args = p.parse_args()
     {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory, "gpu": gpu,
-     "floor": floor}[args.what](args)
+     "floor": floor, "batching": batching}[args.what](args)
 
 
 if __name__ == "__main__":

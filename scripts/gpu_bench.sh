@@ -5,7 +5,8 @@
 #   OUT=/tmp/out bash scripts/gpu_bench.sh
 # Environment: N (default 3000), N_OVERHEAD (default 1000), SECONDS_PER_UTT (5), LOOP (20), STEPS
 # (default "demo gpu overhead"; "online": benchmarks/bench_online.py on the GPU, issue 17, with
-# ONLINE_BATCH utterances per pass for the chunk-safe model, default 1).
+# ONLINE_BATCH utterances per pass for the chunk-safe model, default 1; "batching": recording with --batch
+# RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 N=${N:-3000}
@@ -35,6 +36,8 @@ for s in $STEPS; do
     gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
     online) step online 400 python3 benchmarks/bench_online.py --root /tmp/bench-online --device cuda \
               --repeats 3 --batch "${ONLINE_BATCH:-1}" --json "$OUT/online.json" ;;
+    batching) step batching 300 python3 benchmarks/bench_harness.py batching --n "$N_OVERHEAD" --seconds "$SEC" \
+              --repeat 1 --batch "${RECORD_BATCH:-16}" ;;
     overhead) step overhead 210 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
   esac
 done

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from exitbench.harness.devices import describe_device, resolve_device
-from exitbench.harness.record import record_shard
+from exitbench.harness.record import check_batch, record_shard
+from exitbench.models.contract import check_forward_many
 from exitbench.harness.runner import PreparedRun
 from exitbench.results.store import ResultStore
 
@@ -14,21 +15,30 @@ class LocalExecutor:
     """Run each shard with the already loaded model, publishing it as soon as it is done.
 
     ``device``: auto (cuda when this process sees a GPU), cpu, cuda or cuda:N; the model is moved there.
+    ``batch``: utterances per model pass (``ExitModel.forward_many``), checked to change no output first.
     """
 
     device: str = "cpu"  # for subclasses that do not call __init__
+    batch: int = 1
+    batch_difference: float | None = None  # what --batch changed of an output (relative; check_forward_many)
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", batch: int = 1):
         self.device = resolve_device(device)
+        self.batch = check_batch(batch)
 
     def describe(self) -> dict[str, Any]:
         """Where the model ran, for the run's manifest."""
-        return describe_device("local", self.device)
+        out = {**describe_device("local", self.device), "batch": self.batch}
+        if self.batch_difference is not None:
+            out["batch_difference"] = self.batch_difference
+        return out
 
     def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
             on_utterance: Callable[[int], None]) -> None:
         prepared.model.to(self.device)
+        if self.batch > 1:
+            self.batch_difference = check_forward_many(prepared.model, self.batch, prepared.spec.model)
         for index, ids in shards.items():
             tables = record_shard(prepared.model, prepared.testset, ids, prepared.spec.settings,
-                                  on_utterance=lambda _id: on_utterance(1), device=self.device)
+                                  on_utterance=lambda _id: on_utterance(1), device=self.device, batch=self.batch)
             store.write_shard(prepared.run_id, index, tables)

@@ -56,7 +56,7 @@ def ensure_ray(address: str | None = None, extra_pythonpath: list[str] | None = 
 class ModelWorker:
     """Holds the model and the test set; runs the forward half of the unit of work."""
 
-    def __init__(self, spec_json: str, threads: int, device: str):
+    def __init__(self, spec_json: str, threads: int, device: str, batch: int = 1):
         import torch
 
         from exitbench.harness.runner import load_model, open_for_model
@@ -68,10 +68,19 @@ class ModelWorker:
         self.model = self.resolved.model.to(device)
         self.device = device
         self.testset = open_for_model(self.spec, self.model)
+        self.batch_error, self.batch_difference = "", None
+        if batch > 1:  # on this worker's device: a batch that changed an output would change the recording
+            from exitbench.models.contract import check_forward_many
 
-    def identity(self) -> str:
-        """The checkpoint identity this worker loaded (checked against the driver's)."""
-        return self.resolved.identity
+            try:
+                self.batch_difference = check_forward_many(self.model, batch, self.spec.model)
+            except UsageError as exc:
+                self.batch_error = str(exc)
+
+    def identity(self) -> tuple[str, str, float | None]:
+        """The checkpoint identity this worker loaded (checked against the driver's), why its ``batch`` cannot be
+        used ('' when it can) and what it changes of an output (``check_forward_many``)."""
+        return self.resolved.identity, self.batch_error, self.batch_difference
 
     def forward(self, utt_id: str, with_metrics: bool) -> tuple[Any, Any]:
         """Forward half for one utterance: (result, error).
@@ -80,11 +89,23 @@ class ModelWorker:
         to the LevelRecord, put in the object store here, so that the waveforms go from this actor to a
         metric task without passing through the driver. On a GPU the torch metrics (SDR, STOI) are
         computed here first, next to the model."""
-        import ray
-
-        from exitbench.harness.record import forward_with_tensor_metrics, metrics_or_error
+        from exitbench.harness.record import forward_with_tensor_metrics
 
         rec, err = forward_with_tensor_metrics(self.model, self.testset, utt_id, self.spec.settings, self.device)
+        return self._result(rec, err, with_metrics)
+
+    def forward_many(self, utt_ids: list[str], with_metrics: bool) -> list[tuple[Any, Any]]:
+        """``forward`` of several utterances in one model pass (``--batch``), a result per utterance."""
+        from exitbench.harness.record import forward_many_with_tensor_metrics
+
+        recs = forward_many_with_tensor_metrics(self.model, self.testset, utt_ids, self.spec.settings, self.device)
+        return [self._result(rec, err, with_metrics) for rec, err in recs]
+
+    def _result(self, rec: Any, err: Any, with_metrics: bool) -> tuple[Any, Any]:
+        import ray
+
+        from exitbench.harness.record import metrics_or_error
+
         if rec is None:
             return None, err
         if with_metrics:
@@ -167,7 +188,11 @@ class RayExecutor:
                  cpus_per_metric_task: float = 1.0, address: str | None = None,
                  max_shards_in_flight: int | None = None, max_metric_tasks: int | None = None,
                  cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5,
-                 device: str = "auto"):
+                 device: str = "auto", batch: int = 1):
+        from exitbench.harness.record import check_batch
+
+        self.batch = check_batch(batch)
+        self.batch_difference: float | None = None  # the largest an actor measured (check_forward_many)
         device = (device or "auto").strip().lower()
         if device not in ("auto", "cpu", "cuda"):
             raise UsageError(f"--device for the ray executor must be auto, cpu or cuda (the actors pick their"
@@ -198,6 +223,9 @@ class RayExecutor:
 
         out = describe_device("ray", self.device or "unknown")
         out["gpus_per_worker"] = self.gpus_per_worker
+        out["batch"] = self.batch
+        if self.batch_difference is not None:
+            out["batch_difference"] = self.batch_difference
         return out
 
     def _plan(self) -> tuple[int, float, int, float]:
@@ -271,7 +299,7 @@ class RayExecutor:
         def start_actor() -> None:
             nonlocal starts_left
             starts_left -= 1
-            actor = Actor.remote(spec_json, threads, device)
+            actor = Actor.remote(spec_json, threads, device, self.batch)
             self.slots.append(_Slot(actor, actor.identity.remote()))
 
         def drop(slot: _Slot) -> None:
@@ -295,7 +323,7 @@ class RayExecutor:
         queue = deque(sorted(shards))
         state: dict[int, _Shard] = {}
         attempts: dict[int, int] = {i: 0 for i in shards}
-        forwards: dict[Any, tuple[_Slot, int, int, str]] = {}  # ref -> (slot, shard, attempt, utterance)
+        forwards: dict[Any, tuple[_Slot, int, int, list[str]]] = {}  # ref -> (slot, shard, attempt, utterances)
         metric_refs: dict[Any, tuple[int, int, str]] = {}  # ref -> (shard, attempt, utterance)
         waiting: deque = deque()  # (shard, attempt, utterance, record ref) not yet given to a metric task
         # utterances queued per actor: two shards' worth keeps it busy while results drain
@@ -326,11 +354,13 @@ class RayExecutor:
                     index = queue.popleft()
                     ids = shards[index]
                     state[index] = _Shard(index, ids, attempt=attempts[index], pending=len(ids))
-                    # one call per utterance (an actor runs them in order): its metric task can start
-                    # as soon as its own forward is done, not after the whole shard's
-                    for utt_id in ids:
-                        ref = slot.actor.forward.remote(utt_id, with_metrics_in_actor)
-                        forwards[ref] = (slot, index, attempts[index], utt_id)
+                    # one call per utterance, or per --batch of them (an actor runs them in order): its
+                    # metric tasks can start as soon as its own forward is done, not after the whole shard's
+                    for g in range(0, len(ids), self.batch):
+                        group = ids[g:g + self.batch]
+                        ref = (slot.actor.forward.remote(group[0], with_metrics_in_actor) if len(group) == 1
+                               else slot.actor.forward_many.remote(group, with_metrics_in_actor))
+                        forwards[ref] = (slot, index, attempts[index], group)
                     slot.in_flight += len(ids)
 
         def submit_metrics() -> None:
@@ -405,16 +435,21 @@ class RayExecutor:
                         raise
                     lose(slot, type(exc).__name__)
                     continue
+                identity, batch_error, difference = identity
+                if batch_error:
+                    raise UsageError(batch_error)
+                if difference is not None:
+                    self.batch_difference = max(self.batch_difference or 0.0, difference)
                 if identity != prepared.resolved.identity:
                     raise UsageError("workers loaded a different checkpoint than the driver (did a shared"
                                      " path change?)")
                 slot.ready = True
                 ever_ready = True
             elif ref in forwards:
-                slot, index, attempt, utt_id = forwards.pop(ref)
-                slot.in_flight -= 1
+                slot, index, attempt, group = forwards.pop(ref)
+                slot.in_flight -= len(group)
                 try:
-                    rec, err = ray.get(ref)
+                    got = ray.get(ref)
                 except ray.exceptions.RayError as exc:
                     if not _is_infrastructure(exc):
                         raise
@@ -425,10 +460,11 @@ class RayExecutor:
                 shard = state.get(index)
                 if shard is None or shard.attempt != attempt:
                     continue  # an abandoned attempt
-                if rec is None or with_metrics_in_actor:
-                    settle(shard, rec, err)
-                else:
-                    waiting.append((index, attempt, utt_id, rec))  # a reference owned by the actor
+                for utt_id, (rec, err) in zip(group, [got] if len(group) == 1 else got):
+                    if rec is None or with_metrics_in_actor:
+                        settle(shard, rec, err)
+                    else:
+                        waiting.append((index, attempt, utt_id, rec))  # a reference owned by the actor
             else:
                 index, attempt, utt_id = metric_refs.pop(ref)
                 try:

@@ -20,6 +20,7 @@ import pyarrow as pa
 import torch
 
 from exitbench.datasets.base import TestSet, Utterance, UtteranceError
+from exitbench.errors import UsageError
 from exitbench.harness.spec import RecordSettings
 from exitbench.metrics import (
     apply_permutation,
@@ -33,7 +34,7 @@ from exitbench.metrics import (
     stoi_score,
 )
 from exitbench.metrics.perceptual import PESQ_MIN_SECONDS, PESQ_MODES
-from exitbench.models.base import ExitModel
+from exitbench.models.base import ExitModel, LevelOutputs
 from exitbench.results.schema import BLOCKS, ERRORS, SCORE_PREFIX, STAT_COLUMNS, UTTERANCES
 
 
@@ -104,19 +105,36 @@ def check_metric_lengths(rec: LevelRecord, settings: RecordSettings) -> None:
 def forward_utterance(model: ExitModel, utt: Utterance) -> LevelRecord:
     """Run every level on one utterance; permutation by SI-SNR on the deepest level, shared by all."""
     check_compatible(model, utt)
-    n = utt.num_samples
-    nb = model.num_blocks(n)
-    mix_t = torch.from_numpy(np.ascontiguousarray(utt.mixture, dtype=np.float32)).to(model.device)
+    out = model_outputs(model, [utt])[0]
+    if isinstance(out, ModelOutputError):
+        raise out
+    return level_record(model, utt, out)
+
+
+def model_outputs(model: ExitModel, utts: list[Utterance]) -> list[LevelOutputs | ModelOutputError]:
+    """``forward_all`` of each utterance, several in one ``forward_many`` pass; per utterance its outputs or why
+    they break the contract. A batch that raises runs again one by one: an utterance's failure is its own."""
+    mixes = [torch.from_numpy(np.ascontiguousarray(u.mixture, dtype=np.float32)).to(model.device) for u in utts]
     try:
         with torch.inference_mode():
-            out = model.forward_all(mix_t)
+            outs = model.forward_many(mixes) if len(mixes) > 1 else [model.forward_all(mixes[0])]
     except Exception as exc:
-        raise ModelOutputError(f"model raised {type(exc).__name__}: {exc}") from exc
-    try:
-        out.validate(model.num_levels, model.num_sources, n, nb)
-    except ValueError as exc:
-        raise ModelOutputError(str(exc)) from exc
+        if len(utts) > 1:
+            return [model_outputs(model, [u])[0] for u in utts]
+        return [ModelOutputError(f"model raised {type(exc).__name__}: {exc}")]
+    checked: list[LevelOutputs | ModelOutputError] = []
+    for u, out in zip(utts, outs):
+        try:
+            out.validate(model.num_levels, model.num_sources, u.num_samples, model.num_blocks(u.num_samples))
+            checked.append(out)
+        except ValueError as exc:
+            checked.append(ModelOutputError(str(exc)))
+    return checked
 
+
+def level_record(model: ExitModel, utt: Utterance, out: LevelOutputs) -> LevelRecord:
+    """The record of one utterance from its model outputs: permuted estimates, the blocks table, the MACs."""
+    n = utt.num_samples
     est = out.estimates.detach().float().cpu().numpy()
     perm = list(best_permutation(est[-1], utt.sources))
     est = apply_permutation(est, perm)
@@ -352,21 +370,48 @@ def one_line(exc: BaseException) -> str:
 def load_and_forward(model: ExitModel, testset: TestSet, utt_id: str
                      ) -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
     """Load and run one utterance; an error becomes an (utt_id, stage, reason) triple."""
+    return load_and_forward_many(model, testset, [utt_id])[0]
+
+
+def load_and_forward_many(model: ExitModel, testset: TestSet, utt_ids: list[str]
+                          ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
+    """``load_and_forward`` of each utterance, the loaded ones in one ``model_outputs`` pass (``--batch``)."""
+    results: list[tuple[LevelRecord | None, tuple[str, str, str] | None]] = [(None, None)] * len(utt_ids)
+    ready: list[tuple[int, Utterance]] = []
+    for i, utt_id in enumerate(utt_ids):
+        try:
+            utt = testset.load(utt_id)
+        except UtteranceError as exc:
+            results[i] = (None, (utt_id, "load", exc.reason))
+            continue
+        except Exception as exc:
+            results[i] = (None, (utt_id, "load", one_line(exc)))
+            continue
+        try:
+            check_compatible(model, utt)
+        except UtteranceError as exc:
+            results[i] = (None, (utt_id, "validate", exc.reason))
+            continue
+        ready.append((i, utt))
+    if not ready:
+        return results
     try:
-        utt = testset.load(utt_id)
-    except UtteranceError as exc:
-        return None, (utt_id, "load", exc.reason)
-    except Exception as exc:
-        return None, (utt_id, "load", one_line(exc))
-    try:
-        return forward_utterance(model, utt), None
-    except UtteranceError as exc:
-        return None, (utt_id, "validate", exc.reason)
-    except ModelOutputError as exc:
-        return None, (utt_id, "model", one_line(exc))
-    except Exception as exc:  # a bug in the harness or model must not kill the run; keep a trace
+        outs = model_outputs(model, [u for _, u in ready])
+    except Exception as exc:  # a bug in the harness must not kill the run; keep a trace
         tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-        return None, (utt_id, "model", f"{one_line(exc)} [{tb}]")
+        outs = [ModelOutputError(f"{one_line(exc)} [{tb}]")] * len(ready)
+    for (i, utt), out in zip(ready, outs):
+        if isinstance(out, ModelOutputError):
+            results[i] = (None, (utt.id, "model", one_line(out)))
+            continue
+        try:
+            results[i] = (level_record(model, utt, out), None)
+        except UtteranceError as exc:
+            results[i] = (None, (utt.id, "validate", exc.reason))
+        except Exception as exc:  # a bug in the harness or model must not kill the run; keep a trace
+            tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
+            results[i] = (None, (utt.id, "model", f"{one_line(exc)} [{tb}]"))
+    return results
 
 
 def metrics_or_error(rec: LevelRecord, settings: RecordSettings
@@ -390,11 +435,20 @@ def precompute_or_error(rec: LevelRecord, settings: RecordSettings, device: str)
 def forward_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_id: str, settings: RecordSettings,
                                 device: str = "cpu") -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
     """``load_and_forward``, then on a GPU ``device`` the torch metrics there, next to the model."""
-    rec, err = load_and_forward(model, testset, utt_id)
-    if rec is not None and device != "cpu":
-        err = precompute_or_error(rec, settings, device)
-        rec = None if err else rec
-    return rec, err
+    return forward_many_with_tensor_metrics(model, testset, [utt_id], settings, device)[0]
+
+
+def forward_many_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_ids: list[str],
+                                     settings: RecordSettings, device: str = "cpu"
+                                     ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
+    """``forward_with_tensor_metrics`` of each utterance, the model run on them together (``--batch``)."""
+    out = []
+    for rec, err in load_and_forward_many(model, testset, utt_ids):
+        if rec is not None and device != "cpu":
+            err = precompute_or_error(rec, settings, device)
+            rec = None if err else rec
+        out.append((rec, err))
+    return out
 
 
 def host_metrics_needed(settings: RecordSettings) -> bool:
@@ -404,23 +458,35 @@ def host_metrics_needed(settings: RecordSettings) -> bool:
             or ("sdr" in m and settings.sdr_backend == "mir_eval"))
 
 
+def check_batch(batch: int) -> int:
+    """``--batch`` as an int of at least 1 (UsageError otherwise)."""
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise UsageError(f"--batch must be a whole number of utterances, at least 1, not {batch!r}")
+    return batch
+
+
 def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], settings: RecordSettings,
-                 on_utterance: Callable[[str], None] | None = None, device: str = "cpu") -> dict[str, pa.Table]:
+                 on_utterance: Callable[[str], None] | None = None, device: str = "cpu",
+                 batch: int = 1) -> dict[str, pa.Table]:
     """Record a shard in-process: blocks, utterances and errors tables for ``utt_ids``.
 
-    On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model."""
+    On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model; ``batch`` utterances
+    share a model pass (``ExitModel.forward_many``: the same outputs)."""
     blocks, utts, errors = [], [], []
-    for utt_id in utt_ids:
-        rec, err = forward_with_tensor_metrics(model, testset, utt_id, settings, device)
-        if rec is not None:
-            table, err = metrics_or_error(rec, settings)
-            if table is not None:
-                blocks.append(rec.blocks)
-                utts.append(table)
-        if err is not None:
-            errors.append(err)
-        if on_utterance is not None:
-            on_utterance(utt_id)
+    step = max(1, int(batch))
+    for g in range(0, len(utt_ids), step):
+        group = utt_ids[g:g + step]
+        for utt_id, (rec, err) in zip(group, forward_many_with_tensor_metrics(model, testset, group, settings,
+                                                                               device)):
+            if rec is not None:
+                table, err = metrics_or_error(rec, settings)
+                if table is not None:
+                    blocks.append(rec.blocks)
+                    utts.append(table)
+            if err is not None:
+                errors.append(err)
+            if on_utterance is not None:
+                on_utterance(utt_id)
     return assemble_shard(blocks, utts, errors)
 
 

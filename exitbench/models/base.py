@@ -7,7 +7,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -82,6 +82,20 @@ class LevelOutputs:
             check("dynamic.estimates", self.dynamic.estimates, (num_sources, num_samples))
             check("dynamic.macs", self.dynamic.macs, (num_blocks,))
 
+    def part(self, start: int, stop: int, first_block: int, last_block: int) -> "LevelOutputs":
+        """The outputs of samples [start, stop) and blocks [first_block, last_block): one utterance of a row."""
+        blk = lambda t: None if t is None else t[..., first_block:last_block]  # noqa: E731
+        dyn = None
+        if self.dynamic is not None:
+            share = self.dynamic.level_share
+            dyn = DynamicOutput(self.dynamic.estimates[..., start:stop], self.dynamic.macs[first_block:last_block],
+                                None if share is None else share[first_block:last_block])
+        return LevelOutputs(estimates=self.estimates[..., start:stop], alpha=blk(self.alpha), beta=blk(self.beta),
+                            router_logits=None if self.router_logits is None
+                            else self.router_logits[first_block:last_block],
+                            dynamic=dyn, sigma2=blk(self.sigma2), scores={k: blk(v) for k, v in self.scores.items()},
+                            extras=dict(self.extras))
+
 
 class OnlineUnsupported(UsageError):
     """A model without an incremental pass (``ExitModel.start``): it cannot run a policy online."""
@@ -155,6 +169,26 @@ class ExitModel(abc.ABC):
     @abc.abstractmethod
     def macs_per_sample(self, level: int | str) -> float:
         """Cumulative multiply-accumulates per input sample to produce ``level``'s output."""
+
+    def forward_many(self, mixtures: Sequence[torch.Tensor]) -> list[LevelOutputs]:
+        """``forward_all`` of each mono mixture ``[N_i]``, in as few passes as give the same outputs.
+
+        A chunk-safe model separates each block on its own, so the mixtures, each zero-padded to whole blocks
+        (as its last block is within ``forward_all``), run as one row; any other model runs one pass each,
+        unless it overrides this with an exact batch of its own (``PressModel`` stacks mixtures of equal
+        length). ``--batch`` recordings check the outputs against ``forward_all`` before they use it.
+        """
+        if len(mixtures) < 2 or not self.chunk_safe:
+            return [self.forward_all(m) for m in mixtures]
+        t = self.block_size
+        blocks = [self.num_blocks(int(m.shape[-1])) for m in mixtures]
+        row = torch.cat([torch.nn.functional.pad(m, (0, b * t - int(m.shape[-1]))) for m, b in zip(mixtures, blocks)])
+        out = self.forward_all(row)
+        parts, first = [], 0
+        for m, b in zip(mixtures, blocks):
+            parts.append(out.part(first * t, first * t + int(m.shape[-1]), first, first + b))
+            first += b
+        return parts
 
     def start(self, mixture: torch.Tensor) -> ExitState:
         """Begin an incremental pass over a mono mixture ``[N]`` for online execution (override to support it)."""

@@ -191,3 +191,53 @@ def check_model(model: Any, name: str = "") -> None:
     _declared(model, name)
     _macs(model, name)
     _dry_run(model, name)
+
+
+def _differences(a: LevelOutputs, b: LevelOutputs) -> dict[str, float]:
+    """Per output field, the largest relative difference between two outputs of one mixture (0: bit-equal)."""
+    pairs = {"estimates": (a.estimates, b.estimates), "alpha": (a.alpha, b.alpha), "beta": (a.beta, b.beta),
+             "sigma2": (a.sigma2, b.sigma2), "router_logits": (a.router_logits, b.router_logits)}
+    if a.dynamic is not None or b.dynamic is not None:
+        pairs["dynamic.estimates"] = (a.dynamic and a.dynamic.estimates, b.dynamic and b.dynamic.estimates)
+        pairs["dynamic.macs"] = (a.dynamic and a.dynamic.macs, b.dynamic and b.dynamic.macs)
+    for k in set(a.scores) | set(b.scores):
+        pairs[f"scores[{k}]"] = (a.scores.get(k), b.scores.get(k))
+    return {k: (0.0 if (x is None and y is None) or (x is not None and y is not None and x.shape == y.shape
+                                                        and torch.equal(x, y)) else _close(x, y))
+            for k, (x, y) in pairs.items()}
+
+
+#: relative difference ``--batch`` may make to an output: kernels chosen by batch size round differently (about
+#: 1e-6 of the output's scale on the CPU; the same order as recording on another device), nothing more
+BATCH_TOL = 1e-5
+
+
+def check_forward_many(model: ExitModel, batch: int, name: str = "") -> float:
+    """Raise UsageError (one line) unless ``forward_many`` of a few synthetic mixtures gives what ``forward_all``
+    gives each of them, to ``BATCH_TOL`` of each output's scale, on the model's device; return the largest
+    relative difference (0.0: bit for bit), which the run's manifest records."""
+    name = repr(name) if name else type(model).__name__
+    t = model.block_size
+    gen = torch.Generator().manual_seed(1)
+    lengths = [2 * t + t // 2, 2 * t + t // 2, 3 * t + t // 3][:max(2, min(int(batch), 3))]
+    mixes = [(0.1 * torch.randn(n, generator=gen)).to(model.device) for n in lengths]
+    try:
+        with torch.inference_mode():
+            together = model.forward_many(mixes)
+            alone = [model.forward_all(m) for m in mixes]
+    except Exception as exc:
+        raise UsageError(f"--batch {batch}: {name}.forward_many on {len(mixes)} synthetic mixtures raised"
+                         f" {type(exc).__name__}: {exc}") from None
+    if len(together) != len(mixes):
+        raise UsageError(f"--batch {batch}: {name}.forward_many returned {len(together)} outputs for {len(mixes)}"
+                         f" mixtures")
+    worst = 0.0
+    for i, (a, b) in enumerate(zip(together, alone)):
+        diffs = _differences(a, b)
+        field, diff = max(diffs.items(), key=lambda kv: kv[1])
+        if diff > BATCH_TOL:
+            raise UsageError(f"--batch {batch}: {name} gives other outputs in a batch than alone ({field} of a"
+                             f" {lengths[i]}-sample mixture, relative difference {diff:.2g} on {model.device},"
+                             f" more than {BATCH_TOL:g}); record with --batch 1")
+        worst = max(worst, diff)
+    return worst

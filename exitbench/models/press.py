@@ -24,7 +24,7 @@ exactly that so a test can check the declared MACs against FlopCounterMode.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -273,8 +273,32 @@ class PressModel(ExitModel):
             n = mixture.shape[0]
             est = est.permute(1, 2, 0, 3).reshape(est.shape[1], est.shape[2], -1)[None, ..., :n]
             alpha, beta = alpha[..., 0].permute(1, 2, 0)[None], beta[..., 0].permute(1, 2, 0)[None]
-        alpha, beta = recalibrate(alpha[0], beta[0], self.config["calibration"], monotone=True)
-        return LevelOutputs(estimates=est[0], alpha=alpha, beta=beta)
+        return self._outputs(est[0], alpha[0], beta[0])
+
+    def _outputs(self, est: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> LevelOutputs:
+        """One mixture's outputs from the module's: the variances recalibrated (``calibration``)."""
+        alpha, beta = recalibrate(alpha, beta, self.config["calibration"], monotone=True)
+        return LevelOutputs(estimates=est, alpha=alpha, beta=beta)
+
+    def forward_many(self, mixtures: Sequence[torch.Tensor]) -> list[LevelOutputs]:
+        """Chunked: one row of whole blocks (``ExitModel.forward_many``); whole-utterance: the mixtures of equal
+        length stacked into one batch of the module (its rows never meet: the norms are per row and time)."""
+        if self.chunked or len(mixtures) < 2:
+            return super().forward_many(mixtures)
+        outs: list[LevelOutputs | None] = [None] * len(mixtures)
+        by_length: dict[int, list[int]] = {}
+        for i, m in enumerate(mixtures):
+            by_length.setdefault(int(m.shape[-1]), []).append(i)
+        for idx in by_length.values():
+            if len(idx) == 1:
+                outs[idx[0]] = self.forward_all(mixtures[idx[0]])
+                continue
+            x = torch.stack([self._input(mixtures[i])[0] for i in idx])
+            with torch.no_grad():
+                out = self.module(x)
+            for row, i in enumerate(idx):
+                outs[i] = self._outputs(out["estimates"][row], out["alpha"][row], out["beta"][row])
+        return outs  # type: ignore[return-value]
 
     def start(self, mixture: torch.Tensor) -> "PressState":
         """An incremental pass (online execution): exit by exit, per block when chunked."""

@@ -204,3 +204,19 @@ class _SilentExit(Faulty):
 def silent_exit(level: int = 0) -> ExitModel:
     """press-s whose exit ``level`` outputs silence for both sources."""
     return _SilentExit(level)
+
+
+class _RaisesOnLongPass(Faulty):
+    """press-s separating each block on its own (chunk-safe); raises on any pass over more than 2.5 s at 8 kHz."""
+
+    chunk_safe = True
+
+    def __init__(self) -> None:
+        super().__init__("raise", 20000)
+        self.inner = resolve_model("press-s", {"chunked": "true"}).model
+        self.module = self.inner.module
+
+
+def raise_on_long_pass() -> ExitModel:
+    """Chunk-safe; a --batch row of short utterances fails as a whole, so only its long utterances may fail alone."""
+    return _RaisesOnLongPass()

@@ -181,6 +181,10 @@ MetricLevelsOpt = typer.Option([], "--metric-levels", help="compute a metric at 
                                                        " pesq=last; others get NaN (repeatable; part of the"
                                                        " run id)")
 
+BatchOpt = typer.Option(1, "--batch", help="utterances per model pass: a chunk-safe model runs them as one row of"
+                                            " blocks, press stacks equal lengths; first checked, on the device, to"
+                                            " give bit for bit the outputs of one pass each (else exit 2); not part"
+                                            " of the run id")
 DeviceOpt = typer.Option("auto", help="where the model runs: auto (cuda when a GPU is visible, else cpu), cpu,"
                                       " cuda (local: also cuda:N; ray: the actors take GPUs); the run's"
                                       " manifest records it (column execution)")
@@ -191,7 +195,7 @@ def make_executor(kind: str, **kwargs: Any) -> Any:
     if kind == "local":
         from exitbench.harness.local import LocalExecutor
 
-        return LocalExecutor(kwargs.get("device", "auto"))
+        return LocalExecutor(kwargs.get("device", "auto"), kwargs.get("batch", 1))
     if kind == "ray":
         from exitbench.harness.ray_executor import RayExecutor
 

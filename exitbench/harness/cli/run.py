@@ -9,6 +9,7 @@ import typer
 
 from exitbench.errors import EXIT_UTTERANCES_FAILED, UsageError, exit_codes_help
 from exitbench.harness.cli.app import (
+    BatchOpt,
     DeviceOpt,
     MetricLevelsOpt,
     ResultsOpt,
@@ -72,6 +73,7 @@ def run(
                                                  " stops (exit 4; finished shards are kept); at start-up, at"
                                                  " least 60 s for the first worker to load"),
     device: str = DeviceOpt,
+    batch: int = BatchOpt,
     force: bool = typer.Option(False, help="record again even if the run id is complete"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bar or table"),
 ) -> None:
@@ -86,7 +88,7 @@ def run(
                                       positive_limit(limit), block_size, stoi_backend,
                                       parse_metric_levels(metric_levels)),
                        parse_options(model_arg, "--model-arg"))
-        kw: dict[str, Any] = {"device": device}
+        kw: dict[str, Any] = {"device": device, "batch": batch}
         if executor == "ray":
             kw.update(workers=workers, gpus_per_worker=gpus_per_worker,
                       cpus_per_metric_task=cpus_per_metric_task, address=address, worker_wait_s=worker_wait)
@@ -131,6 +133,7 @@ def demo(
     metric_levels: list[str] = MetricLevelsOpt,
     report: bool = typer.Option(True, help="write the HTML report after recording"),
     device: str = DeviceOpt,
+    batch: int = BatchOpt,
 ) -> None:
     """Record the shipped model on the bundled real-speech demo set, print a table per level, write a report.
 
@@ -142,7 +145,7 @@ def demo(
     def go() -> Any:
         spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics), stoi_backend=stoi_backend,
                                                           metric_levels=parse_metric_levels(metric_levels)))
-        return record(spec, results, executor, device=device)
+        return record(spec, results, executor, device=device, batch=batch)
 
     outcome = guarded(go, results)
     report_outcome(outcome)

@@ -11,7 +11,7 @@ from rich.table import Table
 
 from exitbench.errors import EXIT_BAD_INPUT, EXIT_UTTERANCES_FAILED
 
-from exitbench.harness.cli.app import DeviceOpt, app, console, fail, guarded, out, print_table, record
+from exitbench.harness.cli.app import BatchOpt, DeviceOpt, app, console, fail, guarded, out, print_table, record
 
 _VERDICT_STYLE = {"worse": "bold red", "better": "green", "same": "", "n/a": "dim"}
 
@@ -49,6 +49,7 @@ def sweep(
     dry_run: bool = typer.Option(False, "--dry-run", help="print the plan (runs and policy configurations) only"),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="no progress bars"),
     device: str = DeviceOpt,
+    batch: int = BatchOpt,
 ) -> None:
     """Record every (checkpoint, test set) of a spec once, then replay every policy configuration.
 
@@ -80,7 +81,7 @@ def sweep(
                       f"{len(configs)}: " + ", ".join(configs[:6]) + (" ..." if len(configs) > 6 else ""))
         out.print(t)
         return
-    ex_kw = {**(sp.executor_options if sp.executor == "ray" else {}), "device": device}
+    ex_kw = {**(sp.executor_options if sp.executor == "ray" else {}), "device": device, "batch": batch}
 
     def record_fn(run_spec: Any) -> Any:
         return record(run_spec, root, sp.executor, quiet=quiet, **ex_kw)
