@@ -83,6 +83,9 @@ def testset(n: int, seconds: float, files: bool):
 def bare_loop(n: int, seconds: float, device: str = "cpu", files: bool = False,
               model_args: dict[str, str] | None = None) -> float:
     """Load each utterance and run every level on ``device``, estimates back on the host, nothing else."""
+    from exitbench.harness.devices import full_float32
+
+    full_float32(device)  # float32 convolutions, as exitbench records on a GPU
     model = resolve_model("press-s", model_args).model.to(device)
     ts = testset(n, seconds, files)
 

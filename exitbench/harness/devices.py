@@ -27,6 +27,17 @@ def resolve_device(device: str) -> str:
     raise UsageError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}")
 
 
+def full_float32(device: str) -> None:
+    """On a CUDA ``device``: convolutions and matrix products in float32, not TF32 (cuDNN's default is TF32 for
+    convolutions: a 10-bit mantissa, about 1e-3 of an output's scale, and a different error for each algorithm
+    a batch size picks). A recording's numbers are the model's float32 outputs, whatever the batch."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
 def describe_device(executor: str, device: str) -> dict[str, Any]:
     """What the manifest records of where a run's model ran."""
     import torch
@@ -35,4 +46,5 @@ def describe_device(executor: str, device: str) -> dict[str, Any]:
                            "cuda": torch.version.cuda, "gpu": None}
     if device.startswith("cuda") and torch.cuda.is_available():
         out["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        out["tf32"] = bool(torch.backends.cudnn.allow_tf32 or torch.backends.cuda.matmul.allow_tf32)
     return out

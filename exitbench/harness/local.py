@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from exitbench.harness.devices import describe_device, resolve_device
+from exitbench.harness.devices import describe_device, full_float32, resolve_device
 from exitbench.harness.record import check_batch, record_shard
 from exitbench.models.contract import check_forward_many
 from exitbench.harness.runner import PreparedRun
@@ -35,6 +35,7 @@ class LocalExecutor:
 
     def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
             on_utterance: Callable[[int], None]) -> None:
+        full_float32(self.device)
         prepared.model.to(self.device)
         if self.batch > 1:
             self.batch_difference = check_forward_many(prepared.model, self.batch, prepared.spec.model)

@@ -62,7 +62,10 @@ class ModelWorker:
         from exitbench.harness.runner import load_model, open_for_model
         from exitbench.harness.spec import RunSpec
 
+        from exitbench.harness.devices import full_float32
+
         torch.set_num_threads(max(1, threads))
+        full_float32(device)
         self.spec = RunSpec.from_json(spec_json)
         self.resolved = load_model(self.spec, check=False)  # the driver checked the contract
         self.model = self.resolved.model.to(device)
@@ -287,6 +290,9 @@ class RayExecutor:
         with_metrics_in_actor = (not settings.metrics or not tasks_for_metrics
                                  or (device == "cuda" and not host_metrics_needed(settings)))
         self.device = device
+        from exitbench.harness.devices import full_float32
+
+        full_float32(device)  # as the actors do (the manifest's description is this process's)
         # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
         # call to an actor that is gone fails at once instead of waiting on a restart that may never come
         Actor = ray.remote(ModelWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpw,

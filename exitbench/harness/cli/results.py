@@ -215,6 +215,8 @@ def repair(run: str = typer.Argument(..., help="run id (or a unique prefix) in t
                   " readers over, then the runs' own files are removed. An interrupted pack changes no answer;"
                   " run it again to finish. Manifests, replays and sweeps stay per run; a run recorded again"
                   " later (--force, repair) is read from its new files, and the next pack packs it again.\n\n"
+                  "Recordings do this by themselves: after publishing a run, a root with 64 or more unpacked"
+                  " runs is packed (EXITBENCH_AUTO_PACK=N sets the number, 0 turns it off).\n\n"
                   + exit_codes_help())
 def pack(results: Path = ReadResultsOpt,
          quiet: bool = typer.Option(False, "--quiet", "-q", help="print nothing on success")) -> None:
