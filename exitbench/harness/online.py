@@ -212,7 +212,7 @@ def run_online(results: Any, run: str, policy_spec: str, *, device: str | None =
     times; the fastest of each is kept (machines are noisy; both see the same noise). ``batch`` > 1
     (chunk-safe models only) runs that many utterances in one pass, their figures shared by blocks.
     """
-    from exitbench.harness.devices import resolve_device
+    from exitbench.harness.devices import full_float32, resolve_device
     from exitbench.harness.runner import load_model, open_for_model
     from exitbench.harness.spec import RunSpec
     from exitbench.results.store import ResultStore
@@ -228,6 +228,7 @@ def run_online(results: Any, run: str, policy_spec: str, *, device: str | None =
     resolved = load_model(spec)
     model = resolved.model
     dev = resolve_device(device or "auto")
+    full_float32(dev)  # the numbers its decisions read are those a recording on this device holds
     model.to(dev).eval()
     sync = torch.cuda.synchronize if str(dev).startswith("cuda") else None
     testset = open_for_model(spec, model)
