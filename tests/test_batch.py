@@ -24,7 +24,7 @@ from exitbench.models.registry import resolve_model
 
 runner = CliRunner()
 #: lengths vary by ±25 % around 1.5 s: every utterance's last block is partial, and no two are equal
-VARIED = (("num_utterances", "7"), ("seconds", "1.5"))
+VARIED = (("num_utterances", "5"), ("seconds", "1.5"))
 
 
 def tables(root, run_id):
@@ -60,7 +60,7 @@ def assert_identical(a, b):
 def test_a_batched_recording_is_the_one_by_one_recording(tmp_path, model_args, dataset):
     """press-s chunked (one row of whole blocks of utterances of different lengths) and press-s whole (equal
     lengths stacked: synthetic lengths vary, so the stack groups by length and runs the rest alone)."""
-    spec = RunSpec("press-s", "synthetic", dataset, RecordSettings(metrics=("stoi",), shard_size=7), model_args)
+    spec = RunSpec("press-s", "synthetic", dataset, RecordSettings(metrics=("stoi",), shard_size=5), model_args)
     one = record(tmp_path / "one", spec)
     many = record(tmp_path / "many", spec, batch=4)
     assert one.run_id == many.run_id and one.num_errors == many.num_errors == 0
@@ -91,13 +91,13 @@ def test_a_failing_batch_runs_again_one_by_one_and_only_its_own_failures_are_err
     """A pass over more than 2.5 s raises: every row of a batch does, each short utterance alone does not; the
     utterances longer than 2.5 s fail alone too, as they do without --batch."""
     spec = RunSpec("exitbench_testmodels:raise_on_long_pass", "synthetic",
-                   (("num_utterances", "8"), ("seconds", "2.2")), RecordSettings(metrics=(), shard_size=8))
+                   (("num_utterances", "4"), ("seconds", "2.2")), RecordSettings(metrics=(), shard_size=4))
     one = record(tmp_path / "one", spec)
-    many = record(tmp_path / "many", spec, batch=8)
+    many = record(tmp_path / "many", spec, batch=4)
     errors = pq.read_table(tmp_path / "many" / "errors" / f"run={many.run_id}" / "part-0.parquet").to_pylist()
     p = prepare(spec)
     long = {u for u in p.utt_ids if p.testset.load(u).num_samples > 20000}
-    assert 0 < many.num_errors == one.num_errors < 8
+    assert 0 < many.num_errors == one.num_errors < 4
     assert {e["utt_id"] for e in errors} == {e["utt_id"] for e in
                                              pq.read_table(tmp_path / "one" / "errors" / f"run={one.run_id}"
                                                            / "part-0.parquet").to_pylist()}
@@ -140,21 +140,16 @@ def test_batch_on_the_command_line(tmp_path):
     assert result.exit_code == 2 and "--batch must be" in result.output and "Traceback" not in result.output
 
 
-def test_ray_actors_run_batches_and_errors_stay_per_utterance(ray_session, tmp_path):
-    """On Ray: a --batch call per group of a shard, its records handed on per utterance; the same tables as the
-    in-process one-by-one recording, and the failing-pass model's errors the same too."""
+def test_ray_actors_run_batches(ray_session, tmp_path):
+    """On Ray: a --batch call per group of a shard (4 utterances, batch 3: a group of 3 and one alone), its
+    records handed on per utterance to the metric tasks; the same tables as the in-process one-by-one run."""
     from exitbench.harness.ray_executor import RayExecutor
 
-    spec = RunSpec("press-s", "synthetic", VARIED, RecordSettings(metrics=("stoi",), shard_size=4),
-                   (("chunked", "true"),))
+    spec = RunSpec("press-s", "synthetic", (("num_utterances", "4"), ("seconds", "1.5")),
+                   RecordSettings(metrics=("stoi",), shard_size=4), (("chunked", "true"),))
     ref = record(tmp_path / "one", spec)
     ex = RayExecutor(workers=1, max_metric_tasks=2, device="cpu", batch=3)
     got = execute(prepare(spec), tmp_path / "ray", ex)
     assert got.run_id == ref.run_id and got.num_errors == 0
     assert_identical(tables(tmp_path / "one", ref.run_id), tables(tmp_path / "ray", got.run_id))
     assert ex.describe()["batch"] == 3 and 0 <= ex.describe()["batch_difference"] < 1e-5
-    bad = RunSpec("exitbench_testmodels:raise_on_long_pass", "synthetic",
-                  (("num_utterances", "6"), ("seconds", "2.2")), RecordSettings(metrics=(), shard_size=6))
-    one = record(tmp_path / "bad-one", bad)
-    ray = execute(prepare(bad), tmp_path / "bad-ray", RayExecutor(workers=1, device="cpu", batch=6))
-    assert ray.num_errors == one.num_errors and {e["utt_id"] for e in ray.errors} == {e["utt_id"] for e in one.errors}
