@@ -9,6 +9,7 @@ Every figure is a ratio against a baseline measured in the same script on the sa
     python benchmarks/bench_harness.py gpu --n 3000 --seconds 5   # every metric, on a GPU machine (Ray bundle)
     python benchmarks/bench_harness.py floor --n 5 --seconds 5    # the gpu command's metric floor alone
     python benchmarks/bench_harness.py batching --n 1000 --seconds 5 --batch 16   # --batch vs one per pass
+    python benchmarks/bench_harness.py host --n 104 --seconds 5   # a model worker's time: model half vs host half
 """
 
 from __future__ import annotations
@@ -101,19 +102,24 @@ def overhead(args: argparse.Namespace) -> None:
     """Metrics off: exitbench's executors against a bare forward loop over the same WAV files.
 
     Ray's start is inside its timing (a fresh local cluster each repeat); every timing resolves and
-    loads the model itself."""
+    loads the model itself. Each executor runs with its default (overlap on a GPU) and with the host half
+    of the work in the model's own thread (overlap off), so the overlap's gain is measured in the same run."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     torch.set_num_threads(1)  # the same thread count as one Ray model actor
     n, sec = args.n, args.seconds
     wsj_folder(n, sec)  # written once, outside every timing
     bare_loop(4, sec, device)  # CUDA context and kernels warmed once, outside every timing
     base = min(bare_loop(n, sec, device, files=True) for _ in range(args.repeat))
-    local = min(timed(lambda: execute(prepare(spec(n, sec, (), files=True)), tempfile.mkdtemp(),
-                                      LocalExecutor(device)))[0] for _ in range(args.repeat))
     rows = []
-    for label, kw in (("defaults", {}), ("one actor per GPU", {"gpus_per_worker": 1.0})):
-        if kw and (device == "cpu" or not args.one_actor):
-            continue
+    for overlap in (None, False):
+        label = "default" if overlap is None else "overlap off"
+        t = min(timed(lambda: execute(prepare(spec(n, sec, (), files=True)), tempfile.mkdtemp(),
+                                      LocalExecutor(device, overlap=overlap)))[0] for _ in range(args.repeat))
+        rows.append((f"local, {label}", t))
+    ray_kw = [("defaults", {}), ("overlap off", {"overlap": False})]
+    if device != "cpu" and args.one_actor:
+        ray_kw.append(("one actor per GPU", {"gpus_per_worker": 1.0}))
+    for label, kw in ray_kw:
         ray_t = []
         for _ in range(args.repeat):
             t0 = time.perf_counter()
@@ -124,13 +130,50 @@ def overhead(args: argparse.Namespace) -> None:
                 import ray
 
                 ray.shutdown()
-        rows.append((label, min(ray_t)))
+        rows.append((f"ray, {label} (Ray's start included)", min(ray_t)))
     print(f"| {n} utterances x {sec:g} s (WAV files), metrics off, {device} | seconds | ratio to bare loop |")
     print("| --- | --- | --- |")
     print(f"| bare forward loop (1 thread) | {base:.2f} | 1.00 |")
-    print(f"| exitbench run --executor local | {local:.2f} | {local / base:.2f} |")
     for label, t in rows:
-        print(f"| exitbench run --executor ray, {label} (Ray's start included) | {t:.2f} | {t / base:.2f} |")
+        print(f"| exitbench run --executor {label} | {t:.2f} | {t / base:.2f} |")
+
+
+def host(args: argparse.Namespace) -> None:
+    """Where a model worker's time goes per utterance, in one thread: the model half (load, every level, the
+    copy to the host: ``record.forward_stage``) against the host half (permutation, block statistics, the torch
+    metrics on the GPU, SI-SNR and the tables: ``finish_stage`` and ``metrics_or_error``), WAV files, one
+    utterance at a time, the first 4 not timed. ``--metrics`` none: what a metrics-off run does."""
+    from exitbench.harness.record import finish_stage, forward_stage, metrics_or_error
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.set_num_threads(1)
+    from exitbench.harness.devices import full_float32
+
+    full_float32(device)
+    n, sec = args.n, args.seconds
+    ts = testset(n, sec, files=True)
+    model = resolve_model("press-s").model.to(device)
+    rows = []
+    for metrics in ((), ("sdr", "pesq", "stoi")):
+        settings = RecordSettings(metrics=tuple(m for m in metrics if m != "pesq"))  # PESQ: CPU tasks, not here
+        fwd = rest = 0.0
+        for i, utt_id in enumerate(ts.ids()):
+            t0 = time.perf_counter()
+            staged = forward_stage(model, ts, [utt_id])
+            t1 = time.perf_counter()
+            for rec, err in finish_stage(model, staged, settings, device):
+                assert rec is not None, err
+                if not metrics:
+                    metrics_or_error(rec, settings)
+            t2 = time.perf_counter()
+            if i >= 4:
+                fwd, rest = fwd + t1 - t0, rest + t2 - t1
+        k = max(1, n - 4)
+        rows.append(("metrics off" if not metrics else "SDR and STOI on the model's device", fwd / k, rest / k))
+    print(f"| {n} utterances x ~{sec:g} s, {device}, one thread | model half (ms) | host half (ms) | host / model |")
+    print("| --- | --- | --- | --- |")
+    for label, f, r in rows:
+        print(f"| {label} | {1000 * f:.2f} | {1000 * r:.2f} | {r / f:.2f} |")
 
 
 def batching(args: argparse.Namespace) -> None:
@@ -350,6 +393,8 @@ def gpu(args: argparse.Namespace) -> None:
                                  tempfile.mkdtemp(), RayExecutor()))[0]
     sampler.stop.set()
     util = float(np.mean(sampler.samples)) if sampler.samples else float("nan")
+    if args.timeline:
+        timeline_summary(args.timeline, wall)
     print(f"| {n} mixtures x ~{sec:g} s, every metric at every level | value |")
     print("| --- | --- |")
     print(f"| wall time (s) | {wall:.1f} |")
@@ -361,6 +406,30 @@ def gpu(args: argparse.Namespace) -> None:
     print(f"| mean GPU utilisation (%) | {util:.0f} |")
 
 
+def timeline_summary(path: str, wall: float) -> None:
+    """Ray's timeline of the run just measured (``ray.timeline``) written to ``path``, and per kind of task
+    its count, total and mean time and how busy the processes running it were over the run's wall time."""
+    import json
+
+    import ray
+
+    time.sleep(2.0)  # workers report task events about once a second
+    ray.timeline(filename=path)
+    # one span per task, its category 'task::<function or Actor.method>', its tid the worker process
+    events = [e for e in json.load(open(path)) if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::")]
+    kinds: dict[str, list] = {}
+    for e in events:
+        kinds.setdefault(e["cat"][len("task::"):], []).append((e["tid"], e["dur"] / 1e6))
+    print("| task (Ray timeline) | count | total (s) | mean (ms) | processes | busy per process (of the wall) |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, rows in sorted(kinds.items(), key=lambda kv: -sum(d for _, d in kv[1])):
+        total = sum(d for _, d in rows)
+        procs = len({p for p, _ in rows})
+        print(f"| {name} | {len(rows)} | {total:.1f} | {1000 * total / len(rows):.1f} | {procs} |"
+              f" {total / procs / wall:.0%} |")
+    print()
+
+
 def floor(args: argparse.Namespace) -> None:
     """The metric floor alone, on any device (a check of the probe on a CPU machine)."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -370,16 +439,17 @@ def floor(args: argparse.Namespace) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory", "gpu", "floor", "batching"])
+    p.add_argument("what", choices=["overhead", "asteroid", "scaling", "memory", "gpu", "floor", "batching", "host"])
     p.add_argument("--n", type=int, default=24, help="utterances")
     p.add_argument("--seconds", type=float, default=3.0, help="mean utterance length")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--loop", type=int, default=50, help="gpu: utterances of the sequential recipe loop")
     p.add_argument("--one-actor", action="store_true", help="overhead: also Ray with one actor per GPU")
     p.add_argument("--batch", type=int, default=16, help="batching: utterances per model pass")
+    p.add_argument("--timeline", help="gpu: write Ray's timeline of the run here and summarise it")
     args = p.parse_args()
     {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory, "gpu": gpu,
-     "floor": floor, "batching": batching}[args.what](args)
+     "floor": floor, "batching": batching, "host": host}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@
 # Environment: N (default 3000), N_OVERHEAD (default 1000), SECONDS_PER_UTT (5), LOOP (20), STEPS
 # (default "demo gpu overhead"; "online": benchmarks/bench_online.py on the GPU, issue 17, with
 # ONLINE_BATCH utterances per pass for the chunk-safe model, default 1; "batching": recording with --batch
-# RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances).
+# RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances; "host": a
+# model worker's time per utterance, model half against host half).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 N=${N:-3000}
@@ -33,12 +34,14 @@ for s in $STEPS; do
       step demo 120 bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
-    gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" ;;
+    gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" \
+           --timeline /tmp/timeline.json ;;
+    host) step host 120 python3 benchmarks/bench_harness.py host --n 104 --seconds "$SEC" ;;
     online) step online 400 python3 benchmarks/bench_online.py --root /tmp/bench-online --device cuda \
               --repeats 3 --batch "${ONLINE_BATCH:-1}" --json "$OUT/online.json" ;;
     batching) step batching 300 python3 benchmarks/bench_harness.py batching --n "$N_OVERHEAD" --seconds "$SEC" \
               --repeat 1 --batch "${RECORD_BATCH:-16}" ;;
-    overhead) step overhead 210 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
+    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
   esac
 done
 cat "$OUT"/*.md

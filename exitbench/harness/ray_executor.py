@@ -64,8 +64,11 @@ class ModelWorker:
 
         from exitbench.harness.devices import full_float32
 
+        import threading
+
         torch.set_num_threads(max(1, threads))
         full_float32(device)
+        self._model_lock = threading.Lock()
         self.spec = RunSpec.from_json(spec_json)
         self.resolved = load_model(self.spec, check=False)  # the driver checked the contract
         self.model = self.resolved.model.to(device)
@@ -92,16 +95,20 @@ class ModelWorker:
         to the LevelRecord, put in the object store here, so that the waveforms go from this actor to a
         metric task without passing through the driver. On a GPU the torch metrics (SDR, STOI) are
         computed here first, next to the model."""
-        from exitbench.harness.record import forward_with_tensor_metrics
-
-        rec, err = forward_with_tensor_metrics(self.model, self.testset, utt_id, self.spec.settings, self.device)
-        return self._result(rec, err, with_metrics)
+        return self._forward([utt_id], with_metrics)[0]
 
     def forward_many(self, utt_ids: list[str], with_metrics: bool) -> list[tuple[Any, Any]]:
         """``forward`` of several utterances in one model pass (``--batch``), a result per utterance."""
-        from exitbench.harness.record import forward_many_with_tensor_metrics
+        return self._forward(utt_ids, with_metrics)
 
-        recs = forward_many_with_tensor_metrics(self.model, self.testset, utt_ids, self.spec.settings, self.device)
+    def _forward(self, utt_ids: list[str], with_metrics: bool) -> list[tuple[Any, Any]]:
+        from exitbench.harness.record import finish_stage, forward_stage
+
+        # one model pass at a time; on a GPU actor (two calls at once) the host half of the other call
+        # (block statistics, the torch metrics, tables) runs meanwhile
+        with self._model_lock:
+            staged = forward_stage(self.model, self.testset, utt_ids)
+        recs = finish_stage(self.model, staged, self.spec.settings, self.device)
         return [self._result(rec, err, with_metrics) for rec, err in recs]
 
     def _result(self, rec: Any, err: Any, with_metrics: bool) -> tuple[Any, Any]:
@@ -191,7 +198,7 @@ class RayExecutor:
                  cpus_per_metric_task: float = 1.0, address: str | None = None,
                  max_shards_in_flight: int | None = None, max_metric_tasks: int | None = None,
                  cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5,
-                 device: str = "auto", batch: int = 1):
+                 device: str = "auto", batch: int = 1, overlap: bool | None = None):
         from exitbench.harness.record import check_batch
 
         self.batch = check_batch(batch)
@@ -205,6 +212,9 @@ class RayExecutor:
                 raise UsageError(f"--device cpu and --gpus-per-worker {gpus_per_worker} contradict each other")
             gpus_per_worker = 0.0
         self.device_request = device
+        # two calls at once per actor, so one's host half overlaps the other's model pass (None: on GPU
+        # actors; a CPU actor's one CPU is the model's)
+        self.overlap = overlap
         self.workers = workers
         self.gpus_per_worker = gpus_per_worker
         self.cpus_per_metric_task = cpus_per_metric_task
@@ -227,9 +237,13 @@ class RayExecutor:
         out = describe_device("ray", self.device or "unknown")
         out["gpus_per_worker"] = self.gpus_per_worker
         out["batch"] = self.batch
+        out["overlap"] = self._overlap(self.device or "cpu")
         if self.batch_difference is not None:
             out["batch_difference"] = self.batch_difference
         return out
+
+    def _overlap(self, device: str) -> bool:
+        return device == "cuda" if self.overlap is None else bool(self.overlap)
 
     def _plan(self) -> tuple[int, float, int, float]:
         import ray
@@ -296,7 +310,8 @@ class RayExecutor:
         # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
         # call to an actor that is gone fails at once instead of waiting on a restart that may never come
         Actor = ray.remote(ModelWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpw,
-                                                max_restarts=0, max_task_retries=0)
+                                                max_restarts=0, max_task_retries=0,
+                                                max_concurrency=2 if self._overlap(device) else 1)
         threads = max(1, int(self.cpus_per_worker))
         spec_json = prepared.spec.to_json()
         target = min(workers, len(shards))

@@ -376,41 +376,70 @@ def load_and_forward(model: ExitModel, testset: TestSet, utt_id: str
 def load_and_forward_many(model: ExitModel, testset: TestSet, utt_ids: list[str]
                           ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
     """``load_and_forward`` of each utterance, the loaded ones in one ``model_outputs`` pass (``--batch``)."""
-    results: list[tuple[LevelRecord | None, tuple[str, str, str] | None]] = [(None, None)] * len(utt_ids)
-    ready: list[tuple[int, Utterance]] = []
-    for i, utt_id in enumerate(utt_ids):
+    return record_stage(model, forward_stage(model, testset, utt_ids))
+
+
+@dataclass
+class Staged:
+    """One utterance after the model's half of the work: the loaded utterance and its outputs on the host, or
+    the error that stopped it (utt_id, stage, reason)."""
+
+    utt_id: str
+    utt: Utterance | None = None
+    out: LevelOutputs | None = None
+    error: tuple[str, str, str] | None = None
+
+
+def forward_stage(model: ExitModel, testset: TestSet, utt_ids: list[str]) -> list[Staged]:
+    """Load, check and run the utterances (one ``model_outputs`` pass) and copy the outputs to the host: all
+    that needs the model or its device. The rest (``record_stage``) can run in another thread meanwhile."""
+    staged = [Staged(utt_id) for utt_id in utt_ids]
+    ready: list[Staged] = []
+    for st in staged:
         try:
-            utt = testset.load(utt_id)
+            st.utt = testset.load(st.utt_id)
         except UtteranceError as exc:
-            results[i] = (None, (utt_id, "load", exc.reason))
+            st.error = (st.utt_id, "load", exc.reason)
             continue
         except Exception as exc:
-            results[i] = (None, (utt_id, "load", one_line(exc)))
+            st.error = (st.utt_id, "load", one_line(exc))
             continue
         try:
-            check_compatible(model, utt)
+            check_compatible(model, st.utt)
         except UtteranceError as exc:
-            results[i] = (None, (utt_id, "validate", exc.reason))
+            st.error = (st.utt_id, "validate", exc.reason)
             continue
-        ready.append((i, utt))
+        ready.append(st)
     if not ready:
-        return results
+        return staged
     try:
-        outs = model_outputs(model, [u for _, u in ready])
+        outs = model_outputs(model, [st.utt for st in ready])
     except Exception as exc:  # a bug in the harness must not kill the run; keep a trace
         tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
         outs = [ModelOutputError(f"{one_line(exc)} [{tb}]")] * len(ready)
-    for (i, utt), out in zip(ready, outs):
+    for st, out in zip(ready, outs):
         if isinstance(out, ModelOutputError):
-            results[i] = (None, (utt.id, "model", one_line(out)))
+            st.error = (st.utt_id, "model", one_line(out))
+        else:
+            st.out = out.cpu()  # the one wait for the device; nothing after this needs the model's
+    return staged
+
+
+def record_stage(model: ExitModel, staged: list[Staged]
+                 ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
+    """Each staged utterance's record (``level_record``: permutation, block statistics, tables) or its error."""
+    results: list[tuple[LevelRecord | None, tuple[str, str, str] | None]] = []
+    for st in staged:
+        if st.out is None:
+            results.append((None, st.error))
             continue
         try:
-            results[i] = (level_record(model, utt, out), None)
+            results.append((level_record(model, st.utt, st.out), None))
         except UtteranceError as exc:
-            results[i] = (None, (utt.id, "validate", exc.reason))
+            results.append((None, (st.utt_id, "validate", exc.reason)))
         except Exception as exc:  # a bug in the harness or model must not kill the run; keep a trace
             tb = traceback.format_exc(limit=3).strip().splitlines()[-1]
-            results[i] = (None, (utt.id, "model", f"{one_line(exc)} [{tb}]"))
+            results.append((None, (st.utt_id, "model", f"{one_line(exc)} [{tb}]")))
     return results
 
 
@@ -442,8 +471,15 @@ def forward_many_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_ids
                                      settings: RecordSettings, device: str = "cpu"
                                      ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
     """``forward_with_tensor_metrics`` of each utterance, the model run on them together (``--batch``)."""
+    return finish_stage(model, forward_stage(model, testset, utt_ids), settings, device)
+
+
+def finish_stage(model: ExitModel, staged: list[Staged], settings: RecordSettings, device: str = "cpu"
+                 ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
+    """``record_stage``, then on a GPU ``device`` the torch metrics there (safe beside another thread's
+    ``forward_stage``: it touches no model state)."""
     out = []
-    for rec, err in load_and_forward_many(model, testset, utt_ids):
+    for rec, err in record_stage(model, staged):
         if rec is not None and device != "cpu":
             err = precompute_or_error(rec, settings, device)
             rec = None if err else rec
@@ -472,22 +508,72 @@ def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], setting
 
     On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model; ``batch`` utterances
     share a model pass (``ExitModel.forward_many``: the same outputs)."""
-    blocks, utts, errors = [], [], []
+    written: dict[int, dict[str, pa.Table]] = {}
+    record_shards(model, testset, {0: utt_ids}, settings, written.__setitem__, on_utterance, device, batch)
+    return written[0]
+
+
+def _finished_group(model: ExitModel, staged: list[Staged], settings: RecordSettings, device: str
+                    ) -> list[tuple[str, pa.Table | None, pa.Table | None, tuple[str, str, str] | None]]:
+    """(utt_id, blocks, utterances, error) of each staged utterance: the host half of the unit of work."""
+    out = []
+    for st, (rec, err) in zip(staged, finish_stage(model, staged, settings, device)):
+        table = None
+        if rec is not None:
+            table, err = metrics_or_error(rec, settings)
+        out.append((st.utt_id, rec.blocks if table is not None else None, table, err))
+    return out
+
+
+def record_shards(model: ExitModel, testset: TestSet, shards: dict[int, list[str]], settings: RecordSettings,
+                  write: Callable[[int, dict[str, pa.Table]], None],
+                  on_utterance: Callable[[str], None] | None = None, device: str = "cpu", batch: int = 1,
+                  overlap: bool = False) -> None:
+    """Record ``shards`` in-process, handing each one's tables to ``write(index, tables)`` when it is done.
+
+    With ``overlap`` the host half of each group of utterances (permutation, block statistics, metrics,
+    tables, the shard's write) runs in a second thread while this one runs the model on the next group: on
+    a GPU the model's thread then does little but launch kernels. The same functions run either way, so
+    the tables are the same; only their work overlaps."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
     step = max(1, int(batch))
-    for g in range(0, len(utt_ids), step):
-        group = utt_ids[g:g + step]
-        for utt_id, (rec, err) in zip(group, forward_many_with_tensor_metrics(model, testset, group, settings,
-                                                                               device)):
-            if rec is not None:
-                table, err = metrics_or_error(rec, settings)
-                if table is not None:
-                    blocks.append(rec.blocks)
-                    utts.append(table)
+    parts: dict[int, tuple[list, list, list]] = {}
+
+    def finish(index: int, staged: list[Staged], last: bool) -> None:
+        blocks, utts, errors = parts.setdefault(index, ([], [], []))
+        for utt_id, b, u, err in _finished_group(model, staged, settings, device):
+            if u is not None:
+                blocks.append(b)
+                utts.append(u)
             if err is not None:
                 errors.append(err)
             if on_utterance is not None:
                 on_utterance(utt_id)
-    return assemble_shard(blocks, utts, errors)
+        if last:
+            write(index, assemble_shard(*parts.pop(index)))
+
+    groups = [(index, ids[g:g + step], g + step >= len(ids)) for index, ids in shards.items()
+              for g in range(0, max(len(ids), 1), step)]
+    if not overlap:
+        for index, group, last in groups:
+            finish(index, forward_stage(model, testset, group), last)
+        return
+    pending: deque = deque()
+    with ThreadPoolExecutor(1, thread_name_prefix="exitbench-host") as host:
+        try:
+            for index, group, last in groups:
+                staged = forward_stage(model, testset, group)
+                pending.append(host.submit(finish, index, staged, last))
+                while len(pending) > 1:  # one group's host half behind the model: memory stays flat
+                    pending.popleft().result()
+            while pending:
+                pending.popleft().result()
+        except BaseException:
+            for f in pending:
+                f.cancel()
+            raise
 
 
 def assemble_shard(blocks: list[pa.Table], utts: list[pa.Table], errors: list[tuple[str, str, str]]

@@ -82,6 +82,16 @@ class LevelOutputs:
             check("dynamic.estimates", self.dynamic.estimates, (num_sources, num_samples))
             check("dynamic.macs", self.dynamic.macs, (num_blocks,))
 
+    def cpu(self) -> "LevelOutputs":
+        """The same outputs on the CPU (tensors already there are kept; ``extras`` stays as it is)."""
+        host = lambda t: None if t is None else t.cpu()  # noqa: E731
+        dyn = self.dynamic
+        if dyn is not None:
+            dyn = DynamicOutput(host(dyn.estimates), host(dyn.macs), host(dyn.level_share))
+        return LevelOutputs(estimates=host(self.estimates), alpha=host(self.alpha), beta=host(self.beta),
+                            router_logits=host(self.router_logits), dynamic=dyn, sigma2=host(self.sigma2),
+                            scores={k: host(v) for k, v in self.scores.items()}, extras=self.extras)
+
     def part(self, start: int, stop: int, first_block: int, last_block: int) -> "LevelOutputs":
         """The outputs of samples [start, stop) and blocks [first_block, last_block): one utterance of a row."""
         blk = lambda t: None if t is None else t[..., first_block:last_block]  # noqa: E731
