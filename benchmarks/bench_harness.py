@@ -122,15 +122,20 @@ def overhead(args: argparse.Namespace) -> None:
     for label, kw in ray_kw:
         ray_t = []
         for _ in range(args.repeat):
+            first: dict[str, float] = {}
             t0 = time.perf_counter()
             started = ensure_ray()
-            execute(prepare(spec(n, sec, (), files=True)), tempfile.mkdtemp(), RayExecutor(**kw))
-            ray_t.append(time.perf_counter() - t0)
+            execute(prepare(spec(n, sec, (), files=True)), tempfile.mkdtemp(), RayExecutor(**kw),
+                    on_utterance=lambda k: first.setdefault("t", time.perf_counter()))
+            ray_t.append((time.perf_counter() - t0, first.get("t", t0) - t0))
             if started:
+                if args.timeline and not kw:
+                    timeline_summary(args.timeline, ray_t[-1][0])
                 import ray
 
                 ray.shutdown()
-        rows.append((f"ray, {label} (Ray's start included)", min(ray_t)))
+        t, to_first = min(ray_t)
+        rows.append((f"ray, {label} (Ray's start included; first utterance after {to_first:.1f} s)", t))
     print(f"| {n} utterances x {sec:g} s (WAV files), metrics off, {device} | seconds | ratio to bare loop |")
     print("| --- | --- | --- |")
     print(f"| bare forward loop (1 thread) | {base:.2f} | 1.00 |")
@@ -385,6 +390,7 @@ def gpu(args: argparse.Namespace) -> None:
     wsj_folder(n, sec)  # written once, outside every timing
     per_utt = metric_floor_per_utterance(sec, device)
     floor = per_utt * n / os.cpu_count()
+    alone, loaded = loaded_floor(sec, device)
     loop = asteroid_loop(args.loop, sec, device, files=True, total=n) / args.loop if args.loop else float("nan")
     ensure_ray()
     sampler = GpuSampler()
@@ -401,6 +407,10 @@ def gpu(args: argparse.Namespace) -> None:
     print(f"| CPU-task metric time per utterance, one thread (s; goal <= 0.45) | {per_utt:.3f} |")
     print(f"| floor: that x {n} / {os.cpu_count()} cores (s) | {floor:.1f} |")
     print(f"| wall / floor (goal <= 1.15) | {check_ratio('wall / floor', wall / floor)} |")
+    print(f"| the floor's work per utterance, one process alone / {os.cpu_count()} at once (s) | {alone:.3f} /"
+          f" {loaded:.3f} ({loaded / alone:.2f}x) |")
+    print(f"| wall / floor at the loaded rate ({loaded:.3f} s x {n} / {os.cpu_count()}) |"
+          f" {check_ratio('wall / loaded floor', wall / (loaded * n / os.cpu_count()))} |")
     print(f"| sequential recipe loop, s per utterance (first {args.loop}) | {loop:.3f} |")
     print(f"| speed-up over it (goal >= 50) | {loop / (wall / n):.1f} |")
     print(f"| mean GPU utilisation (%) | {util:.0f} |")
@@ -408,26 +418,87 @@ def gpu(args: argparse.Namespace) -> None:
 
 def timeline_summary(path: str, wall: float) -> None:
     """Ray's timeline of the run just measured (``ray.timeline``) written to ``path``, and per kind of task
-    its count, total and mean time and how busy the processes running it were over the run's wall time."""
+    its count, total and mean time, how busy the processes running it were over the run's wall time, and
+    how its time splits between fetching its arguments, running and storing its outputs."""
+    import bisect
     import json
 
     import ray
 
     time.sleep(2.0)  # workers report task events about once a second
     ray.timeline(filename=path)
-    # one span per task, its category 'task::<function or Actor.method>', its tid the worker process
-    events = [e for e in json.load(open(path)) if e.get("ph") == "X" and str(e.get("cat", "")).startswith("task::")]
+    spans = [e for e in json.load(open(path)) if e.get("ph") == "X"]
+    # one span per task, its category 'task::<function or Actor.method>', its tid the worker process; the
+    # phases ('task:deserialize_arguments', 'task:execute', 'task:store_outputs') lie inside it on that tid
+    tasks = sorted((e for e in spans if str(e.get("cat", "")).startswith("task::")), key=lambda e: e["ts"])
+    by_tid: dict[str, list] = {}
+    for e in tasks:
+        by_tid.setdefault(e["tid"], []).append(e)
+    phases = ("task:deserialize_arguments", "task:execute", "task:store_outputs")
+    split: dict[str, dict[str, float]] = {}
+    for e in spans:
+        if e.get("cat") in phases and e["tid"] in by_tid:
+            owners = by_tid[e["tid"]]
+            i = bisect.bisect_right([o["ts"] for o in owners], e["ts"]) - 1
+            if i >= 0 and e["ts"] <= owners[i]["ts"] + owners[i]["dur"]:
+                kind = owners[i]["cat"][len("task::"):]
+                split.setdefault(kind, {}).setdefault(e["cat"], 0.0)
+                split[kind][e["cat"]] += e["dur"] / 1e6
     kinds: dict[str, list] = {}
-    for e in events:
+    for e in tasks:
         kinds.setdefault(e["cat"][len("task::"):], []).append((e["tid"], e["dur"] / 1e6))
-    print("| task (Ray timeline) | count | total (s) | mean (ms) | processes | busy per process (of the wall) |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| task (Ray timeline) | count | total (s) | mean (ms) | processes | busy per process (of the wall) |"
+          " arguments / execute / outputs (ms per task) |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for name, rows in sorted(kinds.items(), key=lambda kv: -sum(d for _, d in kv[1])):
         total = sum(d for _, d in rows)
         procs = len({p for p, _ in rows})
+        parts = " / ".join(f"{1000 * split.get(name, {}).get(ph, 0.0) / len(rows):.1f}" for ph in phases)
         print(f"| {name} | {len(rows)} | {total:.1f} | {1000 * total / len(rows):.1f} | {procs} |"
-              f" {total / procs / wall:.0%} |")
+              f" {total / procs / wall:.0%} | {parts} |")
     print()
+
+
+def _loaded_probe(recs: list, settings: RecordSettings, barrier, results) -> None:
+    """One process of ``loaded_floor``: waits for the others, then times the metrics of every record."""
+    from exitbench.harness.record import utterance_metrics
+
+    torch.set_num_threads(1)
+    barrier.wait()
+    t0 = time.perf_counter()
+    for rec in recs:
+        utterance_metrics(rec, settings)
+    results.put((time.perf_counter() - t0) / len(recs))
+
+
+def loaded_floor(seconds: float, device: str, probe: int = 8) -> tuple[float, float]:
+    """The floor's work timed alone (one process) and with every core running it at once (one process per
+    core, forked, started together): (seconds per utterance alone, under full load). What a core does when all
+    are busy (shared caches, memory bandwidth, all-core clock, SMT siblings) bounds any executor on this box."""
+    import multiprocessing as mp
+    import os
+
+    from exitbench.harness.record import forward_utterance, tensor_metrics, utterance_metrics
+
+    settings = RecordSettings()
+    model = resolve_model("press-s").model.to(device)
+    recs = [forward_utterance(model, u) for u in SyntheticMixtures(num_utterances=probe, seconds=seconds)]
+    if device != "cpu":
+        for rec in recs:
+            rec.precomputed = tensor_metrics(rec, settings, device)
+    utterance_metrics(recs[0], settings)  # imports and first-call costs, inherited by every child
+    ctx = mp.get_context("fork")  # the children inherit the records (host arrays) and touch no CUDA
+    out = []
+    for procs in (1, os.cpu_count()):
+        barrier, results = ctx.Barrier(procs), ctx.Queue()
+        children = [ctx.Process(target=_loaded_probe, args=(recs, settings, barrier, results)) for _ in range(procs)]
+        for c in children:
+            c.start()
+        times = [results.get() for _ in children]
+        for c in children:
+            c.join()
+        out.append(float(np.mean(times)))
+    return out[0], out[1]
 
 
 def floor(args: argparse.Namespace) -> None:
@@ -446,7 +517,8 @@ def main() -> None:
     p.add_argument("--loop", type=int, default=50, help="gpu: utterances of the sequential recipe loop")
     p.add_argument("--one-actor", action="store_true", help="overhead: also Ray with one actor per GPU")
     p.add_argument("--batch", type=int, default=16, help="batching: utterances per model pass")
-    p.add_argument("--timeline", help="gpu: write Ray's timeline of the run here and summarise it")
+    p.add_argument("--timeline", help="gpu, overhead: write Ray's timeline of the (default) Ray run here and"
+                                      " summarise it")
     args = p.parse_args()
     {"overhead": overhead, "asteroid": asteroid, "scaling": scaling, "memory": memory, "gpu": gpu,
      "floor": floor, "batching": batching, "host": host}[args.what](args)

@@ -41,7 +41,8 @@ for s in $STEPS; do
               --repeats 3 --batch "${ONLINE_BATCH:-1}" --json "$OUT/online.json" ;;
     batching) step batching 300 python3 benchmarks/bench_harness.py batching --n "$N_OVERHEAD" --seconds "$SEC" \
               --repeat 1 --batch "${RECORD_BATCH:-16}" ;;
-    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 ;;
+    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 \
+              --timeline /tmp/timeline-overhead.json ;;
   esac
 done
 cat "$OUT"/*.md
