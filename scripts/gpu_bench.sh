@@ -34,7 +34,7 @@ for s in $STEPS; do
       step demo 120 bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
-    gpu) step gpu 290 python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" \
+    gpu) step gpu ${GPU_LIMIT:-290} python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" \
            --timeline /tmp/timeline.json ;;
     host) step host 120 python3 benchmarks/bench_harness.py host --n 104 --seconds "$SEC" ;;
     online) step online 400 python3 benchmarks/bench_online.py --root /tmp/bench-online --device cuda \

@@ -79,6 +79,9 @@ DEFAULT_TOLERANCE = 0.1
 _HEAVY = 2.0  # a row whose bootstrap-t quantile exceeds this many times Student's is scaled (module docstring)
 _MAX_CELLS = 1 << 22  # resamples × utterances per chunk of the bootstrap
 _STEP = 128  # resamples per step of the bootstrap-t statistics
+#: columns per matrix product of the bootstrap: every product has this width, so a row's sums do not depend on
+#: the other rows stacked beside it (BLAS picks its kernels, and their order of summation, by a product's shape)
+_PANEL = 64
 
 
 class IncompatibleRuns(UsageError):
@@ -314,6 +317,20 @@ def _resample_chunks(seed: int, resamples: int, u: int) -> tuple[np.ndarray, ...
     return chunks
 
 
+def _panel_product(counts: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """``counts @ cols`` [R, U] @ [U, C] as products of exactly ``_PANEL`` columns each (the last one zero-padded):
+    each column's sums are then the same whatever the others, as history's gate needs to give compare's numbers."""
+    r, c = counts.shape[0], cols.shape[1]
+    out = np.empty((r, c))
+    for a in range(0, c, _PANEL):
+        b = min(a + _PANEL, c)
+        panel = cols[:, a:b]
+        if b - a < _PANEL:
+            panel = np.concatenate([panel, np.zeros((cols.shape[0], _PANEL - (b - a)))], axis=1)
+        out[:, a:b] = (counts @ panel)[:, :b - a]
+    return out
+
+
 def _bootstrap_t(xc: np.ndarray, w: np.ndarray, resamples: int, seed: int) -> np.ndarray:
     """T[j, b] = (d̄_j − d̄*_bj) / se*_bj from centred deltas ``xc`` and pair weights ``w``, [rows, U] each.
 
@@ -332,7 +349,7 @@ def _bootstrap_t(xc: np.ndarray, w: np.ndarray, resamples: int, seed: int) -> np
     r0 = 0
     for counts in steps:
         r1 = r0 + counts.shape[0]
-        sums = counts @ cols
+        sums = _panel_product(counts, cols)
         s1, s2 = sums[:, p:p + m], sums[:, p + m:]
         n = np.full_like(s1, float(u))
         n[:, partial] = sums[:, :p]
