@@ -75,6 +75,21 @@ def test_press_forward_upto_matches_forward_all(press):
     torch.testing.assert_close(part["alpha"], full["alpha"][:, :2])
 
 
+@pytest.mark.parametrize("chunked", ["false", "true"])
+def test_press_inference_writes_in_place_and_gives_the_bits_of_the_autograd_form(chunked):
+    """Without autograd channel norm and residual reuse their buffers on the CPU (benchmarks/bench_cpu_forward.py):
+    every output equal, bit for bit, to the pass with autograd on, which takes the plain forms."""
+    model = resolve_model("press-s", {"chunked": chunked}).model
+    x = model._input(0.1 * torch.randn(13_000, generator=torch.Generator().manual_seed(5)))
+    with torch.inference_mode():
+        fast = model.module(x)
+    with torch.enable_grad():
+        plain = model.module(x)
+    assert plain["estimates"].requires_grad  # the autograd forms really ran
+    for key in ("estimates", "alpha", "beta"):
+        assert torch.equal(fast[key], plain[key].detach()), key
+
+
 def test_press_parameters_per_level(press):
     counts = [press.num_parameters(i) for i in range(4)]
     assert counts == sorted(counts) and counts[-1] < press.num_parameters()

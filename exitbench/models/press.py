@@ -87,7 +87,9 @@ class TCNBlock(nn.Module):
         up, act1, norm1, depthwise, act2, norm2, down = self.net
         h = norm1(act1(pointwise_conv1d(x, up)))
         h = norm2(act2(depthwise_conv1d(h, depthwise)))
-        return x + pointwise_conv1d(h, down)
+        out = pointwise_conv1d(h, down)
+        # without autograd the residual goes into the product's own buffer (x + y == y + x, bit for bit)
+        return x + out if torch.is_grad_enabled() else out.add_(x)
 
 
 class ExitDecoder(nn.Module):
