@@ -528,6 +528,24 @@ def test_audio_is_the_models_output_and_stitching_is_the_replay(runs):
     assert len(uri) < 40 * 1000 * rec.mixture.size / rec.sample_rate / 8 * 4 / 3  # under 40 kbit/s
 
 
+def test_clips_encoded_in_threads_are_the_clips_encoded_one_by_one(runs):
+    """The listening table's clips come back in their own places, whatever thread encoded them (decoded: Ogg
+    gives every stream a random serial number, so the bytes of two encodings of one clip differ)."""
+    import soundfile as sf
+
+    root, run = runs["press"]
+    decoded = {}
+    for workers in (1, 3):
+        rf = build.RunFigures(run, A.manifest(root, run))
+        build.listen(root, run, rf, Q.pick_utterances(root, run), load_block_arrays(root, run), TARGETS,
+                     workers=workers)
+        decoded[workers] = [None if u is None else sf.read(io.BytesIO(base64.b64decode(u.split(",", 1)[1])))[0]
+                            for item in rf.listening for clip in item.clips for u in clip.uris]
+    assert len(decoded[1]) == len(decoded[3]) > 10 and sum(d is not None for d in decoded[1]) > 10
+    for a, b in zip(decoded[1], decoded[3]):
+        assert (a is None and b is None) or np.array_equal(a, b)
+
+
 def test_utt_option_chooses_the_utterances_to_hear(runs):
     root, run = runs["slim"]
     ids = A.utterance_ids(root, run)

@@ -363,11 +363,24 @@ def audio_policies(arrays: Any, t: float, policy: str | None = None) -> list[str
 
 def listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataFrame, arrays: Any,
            targets: Sequence[float], policy: str | None = None, kbps: float = 16.0,
-           max_seconds: float = 12.0) -> None:
+           max_seconds: float = 12.0, workers: int | None = None) -> None:
     """Re-compute the picked utterances with the run's model and fill ``rf.listening`` (or ``audio_reason``).
 
     Clips longer than ``max_seconds`` are cut to their first ``max_seconds`` (the metrics shown are
-    still the whole utterance's), so that long test sets keep the report small."""
+    still the whole utterance's), so that long test sets keep the report small. The clips are encoded by
+    ``workers`` threads (default: up to 8, one per core; libsndfile and the resampler run outside the GIL)."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1), thread_name_prefix="exitbench-audio") as pool:
+        _listen(root, run_id, rf, picks, arrays, targets, policy, kbps, max_seconds, pool)
+    for item in rf.listening:  # each clip's encoding, in the order the table shows them
+        for clip in item.clips:
+            clip.uris = [u.result() if isinstance(u, Future) else u for u in clip.uris]
+
+
+def _listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataFrame, arrays: Any,
+            targets: Sequence[float], policy: str | None, kbps: float, max_seconds: float, pool: Any) -> None:
+    """``listen``'s work, each clip's encoding handed to ``pool`` (its future stands in the clip until then)."""
     from exitbench.policies import parse_policy
     from exitbench.policies.replay import replay
 
@@ -413,7 +426,7 @@ def listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataF
         cap = int(max_seconds * sr)
         if rec.mixture.size > cap:
             cut = True
-        enc = lambda x: AU.encode(x[..., :cap], sr, codec, gain)  # noqa: E731
+        enc = lambda x, sr=sr, gain=gain, cap=cap: pool.submit(AU.encode, x[..., :cap], sr, codec, gain)  # noqa: E731
         S = rec.sources.shape[0]
         lv = per_level[per_level["utt_id"] == item.utt_id]
         snrs = lv[lv["level"] == 0].sort_values("source")["input_snr"].tolist()
