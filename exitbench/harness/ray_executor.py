@@ -12,6 +12,7 @@ atomically, so a retry can neither duplicate nor lose rows.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -63,8 +64,6 @@ class ModelWorker:
         from exitbench.harness.spec import RunSpec
 
         from exitbench.harness.devices import full_float32
-
-        import threading
 
         torch.set_num_threads(max(1, threads))
         full_float32(device)

@@ -367,18 +367,6 @@ def one_line(exc: BaseException) -> str:
         else (exc.reason if isinstance(exc, UtteranceError) else msg)
 
 
-def load_and_forward(model: ExitModel, testset: TestSet, utt_id: str
-                     ) -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
-    """Load and run one utterance; an error becomes an (utt_id, stage, reason) triple."""
-    return load_and_forward_many(model, testset, [utt_id])[0]
-
-
-def load_and_forward_many(model: ExitModel, testset: TestSet, utt_ids: list[str]
-                          ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
-    """``load_and_forward`` of each utterance, the loaded ones in one ``model_outputs`` pass (``--batch``)."""
-    return record_stage(model, forward_stage(model, testset, utt_ids))
-
-
 @dataclass
 class Staged:
     """One utterance after the model's half of the work: the loaded utterance and its outputs on the host, or
@@ -461,19 +449,6 @@ def precompute_or_error(rec: LevelRecord, settings: RecordSettings, device: str)
         return (rec.utt_id, "metrics", one_line(exc))
 
 
-def forward_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_id: str, settings: RecordSettings,
-                                device: str = "cpu") -> tuple[LevelRecord | None, tuple[str, str, str] | None]:
-    """``load_and_forward``, then on a GPU ``device`` the torch metrics there, next to the model."""
-    return forward_many_with_tensor_metrics(model, testset, [utt_id], settings, device)[0]
-
-
-def forward_many_with_tensor_metrics(model: ExitModel, testset: TestSet, utt_ids: list[str],
-                                     settings: RecordSettings, device: str = "cpu"
-                                     ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
-    """``forward_with_tensor_metrics`` of each utterance, the model run on them together (``--batch``)."""
-    return finish_stage(model, forward_stage(model, testset, utt_ids), settings, device)
-
-
 def finish_stage(model: ExitModel, staged: list[Staged], settings: RecordSettings, device: str = "cpu"
                  ) -> list[tuple[LevelRecord | None, tuple[str, str, str] | None]]:
     """``record_stage``, then on a GPU ``device`` the torch metrics there (safe beside another thread's
@@ -499,18 +474,6 @@ def check_batch(batch: int) -> int:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UsageError(f"--batch must be a whole number of utterances, at least 1, not {batch!r}")
     return batch
-
-
-def record_shard(model: ExitModel, testset: TestSet, utt_ids: list[str], settings: RecordSettings,
-                 on_utterance: Callable[[str], None] | None = None, device: str = "cpu",
-                 batch: int = 1) -> dict[str, pa.Table]:
-    """Record a shard in-process: blocks, utterances and errors tables for ``utt_ids``.
-
-    On a GPU ``device`` the torch metrics (SDR, STOI) run there, next to the model; ``batch`` utterances
-    share a model pass (``ExitModel.forward_many``: the same outputs)."""
-    written: dict[int, dict[str, pa.Table]] = {}
-    record_shards(model, testset, {0: utt_ids}, settings, written.__setitem__, on_utterance, device, batch)
-    return written[0]
 
 
 def _finished_group(model: ExitModel, staged: list[Staged], settings: RecordSettings, device: str

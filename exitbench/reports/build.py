@@ -426,7 +426,7 @@ def _listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.Data
         cap = int(max_seconds * sr)
         if rec.mixture.size > cap:
             cut = True
-        enc = lambda x, sr=sr, gain=gain, cap=cap: pool.submit(AU.encode, x[..., :cap], sr, codec, gain)  # noqa: E731
+        enc = lambda x: pool.submit(AU.encode, x[..., :cap], sr, codec, gain)  # noqa: E731  (arguments bound now)
         S = rec.sources.shape[0]
         lv = per_level[per_level["utt_id"] == item.utt_id]
         snrs = lv[lv["level"] == 0].sort_values("source")["input_snr"].tolist()
