@@ -26,6 +26,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: forms of this tree's step that --variants can measure side by side (layers.PRELU_FORM, train.cuda_graphs)
+VARIANTS: dict[str, dict] = {
+    "compiled": {"prelu": "native", "graphs": False},  # the step as first compiled (2026-12-02)
+    "partials": {"prelu": "partials", "graphs": False},
+    "graphs": {"prelu": "native", "graphs": True},
+    "partials+graphs": {"prelu": "partials", "graphs": True},
+}
+
 
 def _sync(torch, device) -> None:
     if device.type == "cuda":
@@ -40,12 +48,19 @@ def worker(args: argparse.Namespace) -> dict:
     from exitbench.models import train as train_mod
 
     new = hasattr(train_mod, "DeviceCorpus")
+    variant = VARIANTS[args.variant] if new else {}
+    if "prelu" in variant:
+        from exitbench.models import layers
+
+        layers.PRELU_FORM = variant["prelu"]
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     cfg = train_mod.load_config(args.config)
     cfg["data"].update(corpus=".corpus-none", valid_items=4, valid_seconds=1.0)
     cfg["train"].update(batch_size=args.batch, max_steps=10**9)
     if new and args.no_compile:
         cfg["train"]["compile"] = False
+    if new and "cuda_graphs" in train_mod.TRAIN_DEFAULTS:
+        cfg["train"]["cuda_graphs"] = variant.get("graphs", False)
     if not new:
         cfg["train"]["num_workers"] = 0
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,53 +110,66 @@ def worker(args: argparse.Namespace) -> dict:
                 _sync(torch, device)
             key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             profile_table = prof.key_averages().table(sort_by=key, row_limit=30)
+            # every kernel by its whole name (the table truncates them), GPU time per step
+            rows = []
+            for e in prof.key_averages():
+                t = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+                if t and str(getattr(e, "device_type", "")).endswith("CUDA"):
+                    rows.append((t / 5, e.count / 5, e.key))
+            rows.sort(reverse=True)
+            kernel_csv = "us_per_step,calls_per_step,name\n" + "".join(f"{t:.1f},{c:g},{n}\n" for t, c, n in rows)
             events = prof.key_averages()
             kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
                           and str(e.device_type).endswith("CUDA"))
-        # inference: forward_all of a 10-s mixture, eval mode
-        trainer.net.eval()
-        model = trainer.model
-        model.to(device)
-        x = torch.randn(int(10 * trainer.sr), device=device) * 0.05
-        for _ in range(3):
-            model.forward_all(x)
-        _sync(torch, device)
-        t1 = time.perf_counter()
-        reps = 10
-        for _ in range(reps):
-            model.forward_all(x)
-        _sync(torch, device)
-        infer_s = (time.perf_counter() - t1) / reps
-        infer_compiled_ms = None
-        if new and device.type == "cuda" and not args.no_compile:
-            # the same forward under torch.compile with dynamic lengths (one compile for all lengths)
-            eager_module = model.module
-            model.module = torch.compile(eager_module, dynamic=True)
-            try:
-                for length in (10.0, 7.3, 10.0):
-                    model.forward_all(torch.randn(int(length * trainer.sr), device=device) * 0.05)
-                _sync(torch, device)
-                t1 = time.perf_counter()
-                for _ in range(reps):
-                    model.forward_all(x)
-                _sync(torch, device)
-                infer_compiled_ms = round(1000 * (time.perf_counter() - t1) / reps, 2)
-            finally:
-                model.module = eager_module
+        # inference: forward_all of a 10-s mixture, eval mode (once per call: the first variant)
+        infer_s, infer_compiled_ms = float('nan'), None
+        if not args.no_inference and (not new or args.variant == args.variants.split(',')[0]):
+            trainer.net.eval()
+            model = trainer.model
+            model.to(device)
+            x = torch.randn(int(10 * trainer.sr), device=device) * 0.05
+            for _ in range(3):
+                model.forward_all(x)
+            _sync(torch, device)
+            t1 = time.perf_counter()
+            reps = 10
+            for _ in range(reps):
+                model.forward_all(x)
+            _sync(torch, device)
+            infer_s = (time.perf_counter() - t1) / reps
+            infer_compiled_ms = None
+            if new and device.type == "cuda" and not args.no_compile:
+                # the same forward under torch.compile with dynamic lengths (one compile for all lengths)
+                eager_module = model.module
+                model.module = torch.compile(eager_module, dynamic=True)
+                try:
+                    for length in (10.0, 7.3, 10.0):
+                        model.forward_all(torch.randn(int(length * trainer.sr), device=device) * 0.05)
+                    _sync(torch, device)
+                    t1 = time.perf_counter()
+                    for _ in range(reps):
+                        model.forward_all(x)
+                    _sync(torch, device)
+                    infer_compiled_ms = round(1000 * (time.perf_counter() - t1) / reps, 2)
+                finally:
+                    model.module = eager_module
     audio_h = args.batch * args.seconds * args.steps / 3600
     out = {
-        "package": str(Path(exitbench.__file__).parent), "new": new, "device": str(device),
+        "package": str(Path(exitbench.__file__).parent), "new": new, "variant": args.variant if new else None,
+        "device": str(device),
         "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         "torch": torch.__version__, "compiled": bool(getattr(trainer, "compiled", False)),
         "batch": args.batch, "seconds": args.seconds, "steps": args.steps, "warmup_s": round(warm_s, 2),
         "steps_per_s": round(args.steps / wall, 3), "audio_hours_per_s": round(audio_h / wall, 5),
-        "inference_10s_ms": round(1000 * infer_s, 2), "compiled_vs_eager_rel_diff": agreement,
+        "inference_10s_ms": round(1000 * infer_s, 2) if infer_s == infer_s else None, "compiled_vs_eager_rel_diff": agreement,
         "inference_10s_compiled_ms": infer_compiled_ms,
     }
     if profile_table is not None:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
-        name = "after" if new else "before"
+        name = f"after-{args.variant}" if new else "before"
         (Path(args.profile) / f"profile-{args.config}-{name}.txt").write_text(profile_table)
+        (Path(args.profile) / f"kernels-{args.config}-{name}.csv").write_text(kernel_csv)
+        out["gpu_ms_per_step"] = round(sum(float(l.split(",")[0]) for l in kernel_csv.splitlines()[1:]) / 1000, 2)
         out["profiled_kernel_launches_per_step"] = round(kernels / 5) if device.type == "cuda" else None
     return out
 
@@ -156,32 +184,51 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=8, help="steps before timing (torch.compile compiles here)")
     ap.add_argument("--device", default=None)
     ap.add_argument("--no-compile", action="store_true", help="measure the new step without torch.compile")
+    ap.add_argument("--no-inference", action="store_true", help="skip the forward_all timings")
     ap.add_argument("--profile", default=None, help="folder for torch.profiler tables")
     ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--variants", default="partials+graphs",
+                    help=f"comma-separated forms of this tree's step to measure, each in its own process: {', '.join(VARIANTS)}")
+    ap.add_argument("--variant", default="partials+graphs", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
         print(json.dumps(worker(args)))
         return 0
     results = {}
-    roots = ([("before", args.before)] if args.before else []) + [("after", ROOT)]
-    for name, root in roots:
+    variants = [v for v in args.variants.split(",") if v]
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown or not variants:
+        ap.error(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
+    roots = ([("before", args.before, None)] if args.before else []) + [(f"after-{v}", ROOT, v) for v in variants]
+    for name, root, variant in roots:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(root).resolve()), os.environ.get("PYTHONPATH")]))}
-        cmd = [sys.executable, __file__, "--worker", *sys.argv[1:]]
+        cmd = [sys.executable, __file__, "--worker", *sys.argv[1:], "--variant", variant or variants[0]]
         proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True)
         if proc.returncode:
-            print(proc.stderr[-3000:], file=sys.stderr)
-            return 1
+            print(f"{name} failed:", proc.stderr[-3000:], file=sys.stderr)
+            continue  # the other variants are still measured
         results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
         print(name, json.dumps(results[name]), flush=True)
+    afters = [k for k in results if k.startswith("after-")]
+    if not afters:
+        return 1
+    best = max(afters, key=lambda k: results[k]["audio_hours_per_s"])
+    results["best"] = best
+    for k in afters:
+        print(f"{k}: {results[k]['audio_hours_per_s']:.4f} audio-h/s, {results[k]['steps_per_s']} steps/s,"
+              f" launches/step {results[k].get('profiled_kernel_launches_per_step')}")
     if "before" in results:
-        b, a = results["before"], results["after"]
+        b, a = results["before"], results[best]
         if b["new"] or not a["new"]:
             print("BUG: --before must hold the earlier package and the tree the new one", file=sys.stderr)
             return 1
+        for k in afters:
+            results[f"speedup_train_{k}"] = round(results[k]["audio_hours_per_s"] / b["audio_hours_per_s"], 2)
         results["speedup_train"] = round(a["audio_hours_per_s"] / b["audio_hours_per_s"], 2)
-        results["speedup_inference"] = round(b["inference_10s_ms"] / a["inference_10s_ms"], 2)
-        print(f"training step: {b['audio_hours_per_s']:.4f} -> {a['audio_hours_per_s']:.4f} audio-h/s"
+        timed = b["inference_10s_ms"] and a["inference_10s_ms"]  # None with --no-inference
+        results["speedup_inference"] = round(b["inference_10s_ms"] / a["inference_10s_ms"], 2) if timed else None
+        print(f"training step ({best}): {b['audio_hours_per_s']:.4f} -> {a['audio_hours_per_s']:.4f} audio-h/s"
               f" ({results['speedup_train']}x); inference of 10 s: {b['inference_10s_ms']} -> "
               f"{a['inference_10s_ms']} ms ({results['speedup_inference']}x)")
     if args.json:

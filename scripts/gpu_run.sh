@@ -4,7 +4,8 @@
 # From the repository root there, with .whl (soundfile + cffi + pycparser wheels for its Python),
 # .before (an earlier package, for the benchmark's baseline) and the corpus carried along:
 #   BENCH="press-s" MODELS="press-s press-m" MAX_MINUTES=5.5 bash scripts/gpu_run.sh
-# Environment: BENCH (configs to benchmark, may be empty), BENCH_BATCH (default 16), MODELS,
+# Environment: BENCH (configs to benchmark, may be empty), BENCH_BATCH (default 16), BENCH_VARIANTS (forms of
+# the step, bench_train_step.py --variants; default partials), BENCH_ARGS (more benchmark options), MODELS,
 # MAX_MINUTES, INIT_DIR, CORPUS: as scripts/gpu_train.sh. Writes $OUT/bench.tar.gz (JSON, profiler
 # tables, log) and $OUT/train.tar.gz (checkpoints, logs), so that few files come back.
 set -uo pipefail
@@ -21,10 +22,14 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/bench/gpu.txt"
 python3 -c 'import torch, triton; print("torch", torch.__version__, "triton", triton.__version__)' | tee -a "$OUT/bench/gpu.txt"
 
+export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor}
 for cfg in $BENCH; do
-  timeout 200 python3 benchmarks/bench_train_step.py --before .before --config "$cfg" --batch "$BENCH_BATCH" \
-    --steps 50 --profile "$OUT/bench" --json "$OUT/bench/bench-$cfg.json" 2>&1 | tee -a "$OUT/bench/bench.log"
+  timeout 300 python3 benchmarks/bench_train_step.py --before .before --config "$cfg" --batch "$BENCH_BATCH" \
+    --steps 50 --variants "${BENCH_VARIANTS:-partials}" ${BENCH_ARGS:-} --profile "$OUT/bench" \
+    --json "$OUT/bench/bench-$cfg.json" 2>&1 | tee -a "$OUT/bench/bench.log"
 done
+# the Triton sources of the costliest kernels, to read without device time
+[ -n "$BENCH" ] && python3 benchmarks/inductor_sources.py "$OUT/bench" "$TORCHINDUCTOR_CACHE_DIR" "$OUT/bench/kernels"
 tar -czf "$OUT/bench.tar.gz" -C "$OUT" bench && rm -rf "$OUT/bench"
 
 if [ -n "${MODELS:-}" ]; then

@@ -45,7 +45,8 @@ fi
     || echo "WARNING: neither soundfile nor torchaudio: only the synthetic fallback can be used"
   command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
   if [ -f "$CORPUS/corpus.json" ]; then echo "corpus: $CORPUS/corpus.json present"; else echo "corpus.json absent"; fi
-  ls -d "$CORPUS"/*/speech/train "$CORPUS"/*/noise/train 2>/dev/null || echo "WARNING: no $CORPUS/<rate>/speech/train: synthetic fallback"
+  ls -d "$CORPUS"/*/noise/train 2>/dev/null  # enhancement only
+  ls -d "$CORPUS"/*/speech/train 2>/dev/null || echo "WARNING: no $CORPUS/<rate>/speech/train: synthetic fallback"
 } >>"$LOG" 2>&1
 
 # hard stop a little after the training budget: each run saves a checkpoint every epoch, so even

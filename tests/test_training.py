@@ -144,6 +144,48 @@ def test_gpu_forms_of_norm_and_depthwise_conv_match_the_cpu_forms():
         torch.testing.assert_close(got[key], ref[key], rtol=1e-4, atol=1e-5)
 
 
+def test_gpu_forms_have_the_gradients_of_the_cpu_forms():
+    """The GPU forms (two-stage PReLU weight gradient included) train the same model: every parameter's
+    gradient equals the plain modules' in float64."""
+    torch.manual_seed(1)
+    model = PressModel({"size": "tiny"})
+    net = model.module.double()
+    for p in net.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    x = torch.randn(2, 4000 + 8, dtype=torch.float64) * 0.1
+
+    def grads(forms: bool) -> dict[str, torch.Tensor]:
+        net.zero_grad()
+        old = layers.GPU_REWRITES
+        layers.GPU_REWRITES = forms
+        try:
+            out = net(x)
+        finally:
+            layers.GPU_REWRITES = old
+        (out["estimates"].square().mean() + out["alpha"].mean() + out["beta"].log().mean()).backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters()}
+
+    ref, got = grads(False), grads(True)
+    assert layers.PRELU_FORM == "partials"
+    prelus = [n for n in ref if n.endswith(".weight") and ref[n].numel() == 1]
+    assert len(prelus) >= 8 and all(float(ref[n].abs()) > 0 for n in prelus)
+    for name in ref:
+        torch.testing.assert_close(got[name], ref[name], rtol=1e-9, atol=1e-12, msg=name)
+
+
+def test_two_stage_prelu_matches_torch_prelu():
+    torch.manual_seed(2)
+    x = torch.randn(3, 5, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.tensor([0.3], dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, 5, 7, dtype=torch.float64)
+    ref = torch.autograd.grad((torch.nn.functional.prelu(x, w) * g).sum(), (x, w))
+    y = layers._PReLUPartials.apply(x, w)
+    got = torch.autograd.grad((y * g).sum(), (x, w))
+    torch.testing.assert_close(y, torch.nn.functional.prelu(x, w))
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a, b)
+
+
 def test_block_mean_counts_frames_without_bincount():
     x = torch.arange(10.0)[None]
     index = torch.tensor([0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
@@ -285,3 +327,52 @@ def test_multi_resolution_stft_loss_matches_a_numpy_computation():
         want += np.linalg.norm(mr - me) / np.linalg.norm(mr) + np.mean(np.abs(np.log(mr) - np.log(me)))
     assert abs(got - want / len(STFT_RESOLUTIONS)) < 1e-5
     assert float(multi_resolution_stft_loss(torch.tensor(ref)[None], torch.tensor(ref)[None])[0]) < 1e-6
+
+
+def test_group_weights_multiply_the_rules_a_group_matches():
+    from exitbench.models.training_data import group_weights
+
+    groups = {
+        "a": {"family": "espeak", "voices": [{"language": "en-GB", "kind": "tts", "engine": "espeak-ng"}]},
+        "b": {"family": "real", "voices": [{"language": "it-IT", "kind": "real", "engine": "asterisk"}]},
+        "c": {"family": "real", "voices": [{"language": "en", "kind": "real", "engine": "asterisk"}]},
+        "d": {"family": "mbrola", "voices": [{"language": "eno", "kind": "tts", "engine": "mbrola"}]},
+    }
+    got = group_weights(groups, {"lang:en": 4.0, "kind:real": 3.0})
+    assert got == {"a": 4.0, "b": 3.0, "c": 12.0, "d": 1.0}  # "eno" is not the language "en"
+    assert group_weights(groups, {"family:real": 2})["b"] == 2.0
+    for bad in ({"language:en": 2.0}, {"lang:en": 0.0}, {"lang": 2.0}):
+        with pytest.raises(UsageError):
+            group_weights(groups, bad)
+
+
+def test_weighted_draws_follow_the_group_weights_and_never_pair_a_speaker_with_itself():
+    from exitbench.models.training_data import DeviceCorpus, Pool, _synthetic_speakers, generator
+
+    speech = _synthetic_speakers(8000, 0)
+    names = list(speech)
+    weights = {names[0]: 6.0, names[1]: 3.0}  # the other four weigh 1: shares 6/13, 3/13, 1/13 each
+    corpus = DeviceCorpus(Pool(speech, [], {}, weights), "separation", 8000, "cpu", 0)
+    gen = generator("cpu", 5)
+    firsts, seconds = [], []
+    for _ in range(40):
+        u = torch.rand(500, generator=gen)
+        w = corpus.spk_weight.expand(500, -1)
+        from exitbench.models.training_data import _sample
+        first = _sample(w, u)
+        second = _sample(w.scatter(1, first[:, None], 0.0), torch.rand(500, generator=gen))
+        firsts.append(first)
+        seconds.append(second)
+    first, second = torch.cat(firsts), torch.cat(seconds)
+    assert bool((first != second).all())
+    share = torch.bincount(first, minlength=6).double() / first.numel()
+    expected = torch.tensor([6, 3, 1, 1, 1, 1], dtype=torch.float64) / 13
+    assert float((share - expected).abs().max()) < 0.015  # 20,000 draws: a few standard errors
+    # the second speaker given the first is the weights without it: P(second = 1 | first = 0) = 3/7
+    sel = second[first == 0]
+    assert abs(float((sel == 1).double().mean()) - 3 / 7) < 0.03
+    # and draw() uses them: a batch's speakers are distinct and the heavy speaker dominates
+    mix, src, _ = corpus.draw(gen, 64, 4000)
+    assert mix.shape == (64, 4000) and src.shape == (64, 2, 4000)
+    uniform = DeviceCorpus(Pool(speech, [], {}), "separation", 8000, "cpu", 0)
+    assert uniform.spk_weight is None  # no weights: the draws of earlier runs, unchanged

@@ -85,6 +85,8 @@ class ChannelNorm(nn.Module):
                 y = torch.mul(centred, torch.rsqrt(var + self.norm.eps), out=squares)
                 return torch.addcmul(self.norm.bias[:, None], y, self.norm.weight[:, None], out=y)
         y = centred * torch.rsqrt(var + self.norm.eps)
+        if gpu_form(x):
+            return channel_affine(y, self.norm.weight, self.norm.bias)
         return torch.addcmul(self.norm.bias[:, None], y, self.norm.weight[:, None])
 
 
@@ -100,7 +102,7 @@ def pointwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     if not torch.is_autocast_enabled(x.device.type):  # under autocast matmul casts both itself
         w = w.to(x.dtype)
     y = torch.matmul(w, x)
-    return y if conv.bias is None else y + conv.bias.to(y.dtype)[:, None]
+    return y if conv.bias is None else channel_affine(y, None, conv.bias.to(y.dtype))
 
 
 def depthwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
@@ -112,14 +114,111 @@ def depthwise_conv1d(x: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
     """
     if not gpu_form(x):
         return conv(x)
-    k, d, pad = conv.kernel_size[0], conv.dilation[0], conv.padding[0]
-    m = x.shape[-1]
-    xp = F.pad(x, (pad, pad))
-    w = conv.weight[:, 0].to(x.dtype)  # [C, K]
-    y = xp[..., :m] * w[:, 0:1]
-    for j in range(1, k):
-        y = y + xp[..., j * d:j * d + m] * w[:, j:j + 1]
-    return y if conv.bias is None else y + conv.bias.to(x.dtype)[:, None]
+    bias = None if conv.bias is None else conv.bias.to(x.dtype)
+    return _Depthwise.apply(x, conv.weight[:, 0].to(x.dtype), bias, conv.dilation[0], conv.padding[0])
+
+
+def _channel_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum of ``t [R, C, M]`` per channel in two stages: over time per row (R*C reductions run in parallel),
+    then over rows; accumulated in float32 at least. torch.compile, left to reduce a broadcast parameter's
+    gradient over (R, M) at once, fuses it into one reduction of C programs, which leaves most of the GPU idle."""
+    acc = torch.promote_types(t.dtype, torch.float32)
+    return t.sum(-1, dtype=acc).sum(0)
+
+
+class _ChannelAffine(torch.autograd.Function):
+    """``x * weight[c] + bias[c]`` on ``x [R, C, M]`` (either may be None), dtypes promoted as torch does;
+    the parameter gradients summed by :func:`_channel_sum`."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+        y = x if weight is None else x * weight[:, None]
+        y = y if bias is None else y + bias[:, None]
+        ctx.save_for_backward(x if weight is not None else None, weight)
+        ctx.dtypes = (x.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        x_dtype, bias_dtype = ctx.dtypes
+        grad_x = grad if weight is None else grad * weight[:, None]
+        grad_w = None if weight is None else _channel_sum(grad * x).to(weight.dtype)
+        grad_b = None if bias_dtype is None else _channel_sum(grad).to(bias_dtype)
+        return grad_x.to(x_dtype), grad_w, grad_b
+
+
+def channel_affine(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None) -> torch.Tensor:
+    """``x [R, C, M] * weight[c] + bias[c]`` with GPU-friendly parameter gradients (see _channel_sum)."""
+    return _ChannelAffine.apply(x, weight, bias)
+
+
+class _Depthwise(torch.autograd.Function):
+    """Depthwise convolution (odd kernel, "same" padding) of ``x [R, C, M]`` as K shifted, per-channel scaled
+    copies; its backward is the same shifts in the other direction, the weight gradients by _channel_sum."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dilation: int,
+                pad: int) -> torch.Tensor:
+        m = x.shape[-1]
+        xp = F.pad(x, (pad, pad))
+        y = xp[..., :m] * weight[:, 0:1]
+        for j in range(1, weight.shape[1]):
+            y = y + xp[..., j * dilation:j * dilation + m] * weight[:, j:j + 1]
+        if bias is not None:
+            y = y + bias[:, None]
+        ctx.save_for_backward(x, weight)
+        ctx.conf = (dilation, pad, bias is not None)
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        x, weight = ctx.saved_tensors
+        d, pad, has_bias = ctx.conf
+        m = x.shape[-1]
+        xp = F.pad(x, (pad, pad))
+        grad_x = None
+        taps = []
+        for j in range(weight.shape[1]):
+            # tap j read xp[m + j*d] = x[m + j*d - pad]: its gradient lands there
+            shifted = F.pad(grad * weight[:, j:j + 1], (j * d, 2 * pad - j * d))[..., pad:pad + m]
+            grad_x = shifted if grad_x is None else grad_x + shifted
+            taps.append(_channel_sum(grad * xp[..., j * d:j * d + m]))
+        grad_w = torch.stack(taps, 1).to(weight.dtype)
+        grad_b = _channel_sum(grad).to(weight.dtype) if has_bias else None
+        return grad_x, grad_w, grad_b, None, None
+
+
+class _PReLUPartials(torch.autograd.Function):
+    """Single-parameter PReLU whose weight gradient is summed in two stages: one partial sum per
+    channel row, then their total. Left to torch.compile, the scalar gradient is one full reduction
+    fused into the backward kernel of the activation, which then runs with little parallelism."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        return torch.where(x > 0, x, weight.to(x.dtype) * x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, weight = ctx.saved_tensors
+        grad_x = torch.where(x > 0, grad, weight.to(grad.dtype) * grad)
+        rows = x.shape[0] * x.shape[1] if x.dim() > 2 else x.shape[0]
+        acc = torch.promote_types(x.dtype, torch.float32)  # bf16 activations summed in float32
+        partial = (torch.clamp(x, max=0) * grad).reshape(rows, -1).sum(1, dtype=acc)
+        return grad_x, partial.sum().reshape(weight.shape).to(weight.dtype)
+
+
+#: how the GPU forms take a single-parameter PReLU: "partials" (_PReLUPartials) or "native" (torch.prelu,
+#: its weight gradient left to torch.compile)
+PRELU_FORM = "partials"
+
+
+def prelu(act: nn.PReLU, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``; in the GPU forms with a single weight, :class:`_PReLUPartials` (same values and gradients)."""
+    if gpu_form(x) and PRELU_FORM == "partials" and act.weight.numel() == 1:
+        return _PReLUPartials.apply(x, act.weight)
+    return act(x)
 
 
 #: the GPU forms of channel norm, 1x1 and depthwise convolution and block pooling (same maths):

@@ -45,12 +45,13 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "max_steps": 1_000_000, "max_minutes": None,
     "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "init": None,
-    "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16, "compile": "auto",
+    "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16, "compile": "auto", "cuda_graphs": False,
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "corpus": ".corpus", "segment_seconds": 4.0, "gain_db": 5.0, "snr_db": [-5.0, 15.0],
     "level_db": [-30.0, -15.0], "valid_items": 64, "valid_seconds": 4.0, "synthetic_fallback": True,
     "finetune_max_seconds": 12.0,
+    "group_weights": {},  # e.g. {"lang:en" = 4.0, "kind:real" = 4.0}: how often speaker groups are drawn
 }
 LOSS_DEFAULTS: dict[str, Any] = {
     "nll_weight": 1.0, "snr_weight": 1.0, "router_weight": 1.0, "efficiency_weight": 50.0,
@@ -135,13 +136,22 @@ class Trainer:
         # torch.compile fuses the elementwise chains (norms, PReLUs, gates, heads, the loss) of the
         # step; on the CPU compiling costs more than it saves in a short run
         self.compiled = compile_ is True or (compile_ == "auto" and cuda)
-        self.loss_fn = torch.compile(self.losses) if self.compiled else self.losses
+        graphs = self.tcfg["cuda_graphs"]
+        if graphs not in ("auto", True, False):
+            raise UsageError(f"train.cuda_graphs must be true, false or \"auto\", got {graphs!r}")
+        # CUDA graphs replay the compiled forward and backward as a few launches instead of ~1,500 kernels;
+        # off by default: on an H100 (2026-12-07) the step is bound by GPU time, not launches, and the
+        # graph variant had not finished compiling and 50 steps after 200 s (bench_train_step.py)
+        self.graphs = self.compiled and cuda and graphs is True
+        self.loss_fn = (torch.compile(self.losses, mode="reduce-overhead" if self.graphs else None)
+                        if self.compiled else self.losses)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         need_noise = config["task"] == "enhancement"
-        self.train_pool = load_pool(self.dcfg["corpus"], self.sr, "train", need_noise, self.dcfg["synthetic_fallback"])
+        self.train_pool = load_pool(self.dcfg["corpus"], self.sr, "train", need_noise, self.dcfg["synthetic_fallback"],
+                                    weights=self.dcfg["group_weights"] or None)
         valid_pool = load_pool(self.dcfg["corpus"], self.sr, "valid", need_noise, self.dcfg["synthetic_fallback"])
         mix_kw = {k: self.dcfg[k] for k in ("gain_db", "snr_db", "level_db")}
         self.valid = fixed_set(valid_pool, config["task"], self.dcfg["valid_items"], self.dcfg["valid_seconds"],
@@ -246,6 +256,8 @@ class Trainer:
         recompiling for each would cost more than fusing saves)."""
         for g in self.opt.param_groups:
             g["lr"] = lr
+        if self.graphs and not eager:
+            torch.compiler.cudagraph_mark_step_begin()  # the last step's graph outputs are no longer read
         parts = (self.losses if eager else self.loss_fn)(mix, src, input_snr)
         self.opt.zero_grad(set_to_none=True)
         parts["total"].backward()
