@@ -90,6 +90,31 @@ def test_press_inference_writes_in_place_and_gives_the_bits_of_the_autograd_form
         assert torch.equal(fast[key], plain[key].detach()), key
 
 
+@pytest.mark.parametrize("base", [2, 3])
+def test_press_reach_is_the_dilations_and_base_3_keeps_the_cost(base):
+    """An impulse moves the deepest exit's output within reach_samples of it and nowhere beyond; base 3
+    reaches further than base 2 at the same MACs and parameters."""
+    torch.manual_seed(0)
+    model = build_press({"size": "tiny", "dilation_base": base, "num_exits": 2})
+    for p in model.module.parameters():
+        p.data.add_(0.05 * torch.randn_like(p))
+    n, at = 8000, 4000
+    x = torch.randn(n) * 0.1
+    y = x.clone()
+    y[at] += 1.0
+    moved = (model.forward_all(y).estimates[-1] - model.forward_all(x).estimates[-1]).abs().amax(0) > 1e-7
+    where = torch.nonzero(moved).squeeze(1)
+    reach = model.reach_samples(1)
+    assert int(where.min()) >= at - reach and int(where.max()) <= at + reach
+    stride = model.config["enc_stride"]
+    assert int(where.max()) > at + reach - 3 * stride  # the bound is tight, not loose
+    base2 = build_press({"size": "tiny", "num_exits": 2})
+    assert model.macs_per_sample(1) == base2.macs_per_sample(1)
+    assert model.num_parameters() == base2.num_parameters()
+    if base == 3:
+        assert reach > base2.reach_samples(1)
+
+
 def test_press_parameters_per_level(press):
     counts = [press.num_parameters(i) for i in range(4)]
     assert counts == sorted(counts) and counts[-1] < press.num_parameters()

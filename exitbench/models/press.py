@@ -6,7 +6,8 @@ Layout, for a mixture of N samples and hop s (``enc_stride``):
   bottleneck cLN + Conv1d(F, H, 1)
   split     Conv1d(H, S*H, 1) -> S source streams [S, H, M] (later layers share weights across streams)
   trunk     num_exits groups of blocks_per_exit TCN blocks (1x1 -> PReLU/cLN -> dilated depthwise ->
-            PReLU/cLN -> 1x1, residual; dilations 1, 2, 4, ... restart in each group)
+            PReLU/cLN -> 1x1, residual; dilations 1, b, b^2, ... restart in each group, b = dilation_base:
+            with kernel 3, base 3 covers every frame offset as base 2 does and triples a group's reach)
   exit l    after group l: a variance head on the stream features pooled over each block's frames,
             and a waveform decoder: PReLU + Conv1d(H, F, 1) mask (ReLU) times w, ConvTranspose1d(F, 1, K, s)
 
@@ -33,7 +34,7 @@ from torch import nn
 
 from exitbench.errors import UsageError
 from exitbench.models.base import ExitModel, ExitState, LevelOutputs, LevelStep
-from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, pointwise_conv1d, recalibrate, recalibrate_step, InvGammaHead, inverse_gamma_step, block_mean,
+from exitbench.models.layers import (set_config_block_size, merge_config, ChannelNorm, depthwise_conv1d, pointwise_conv1d, prelu, recalibrate, recalibrate_step, InvGammaHead, inverse_gamma_step, block_mean,
                                      block_power, frame_block_index, num_blocks)
 
 #: size presets; any key can be overridden in the config
@@ -57,6 +58,7 @@ DEFAULTS: dict[str, Any] = {
     "alpha_min": 2.0,
     "calibration": None,  # {"shape": [...], "scale": [...]} per level, fitted post hoc
     "chunked": False,  # each block separated on its own (chunk-safe: online execution stops per block)
+    "dilation_base": 2,  # dilations base**i in each group (same MACs and parameters for any base)
 }
 
 
@@ -65,6 +67,8 @@ def resolve_config(config: dict[str, Any] | None) -> dict[str, Any]:
     out = merge_config("press", config, DEFAULTS, PRESETS)
     if out["enc_kernel"] % out["enc_stride"] or out["block_size"] % out["enc_stride"]:
         raise UsageError("enc_kernel and block_size must be multiples of enc_stride")
+    if not isinstance(out["dilation_base"], int) or out["dilation_base"] < 1:
+        raise UsageError(f"dilation_base must be a positive integer, got {out['dilation_base']!r}")
     if out["alpha_min"] <= 1.0:
         raise UsageError("alpha_min must exceed 1 for the predicted variance to have a finite mean")
     return out
@@ -85,8 +89,8 @@ class TCNBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         up, act1, norm1, depthwise, act2, norm2, down = self.net
-        h = norm1(act1(pointwise_conv1d(x, up)))
-        h = norm2(act2(depthwise_conv1d(h, depthwise)))
+        h = norm1(prelu(act1, pointwise_conv1d(x, up)))
+        h = norm2(prelu(act2, depthwise_conv1d(h, depthwise)))
         out = pointwise_conv1d(h, down)
         # without autograd the residual goes into the product's own buffer (x + y == y + x, bit for bit)
         return x + out if torch.is_grad_enabled() else out.add_(x)
@@ -103,7 +107,7 @@ class ExitDecoder(nn.Module):
 
     def forward(self, h: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         """``h [batch*S, H, M]``, ``w [batch*S, F, M]`` -> padded waveform ``[batch*S, (M-1)s+K]``."""
-        return self.decoder(F.relu(pointwise_conv1d(self.act(h), self.mask)) * w).squeeze(1)
+        return self.decoder(F.relu(pointwise_conv1d(prelu(self.act, h), self.mask)) * w).squeeze(1)
 
 
 class PressNet(nn.Module):
@@ -118,7 +122,8 @@ class PressNet(nn.Module):
         self.bottleneck = nn.Sequential(ChannelNorm(fc), nn.Conv1d(fc, h, 1))
         self.split = nn.Conv1d(h, S * h, 1)
         self.groups = nn.ModuleList(
-            nn.Sequential(*[TCNBlock(h, p, cfg["kernel_size"], 2**i) for i in range(cfg["blocks_per_exit"])])
+            nn.Sequential(*[TCNBlock(h, p, cfg["kernel_size"], cfg["dilation_base"] ** i)
+                            for i in range(cfg["blocks_per_exit"])])
             for _ in range(cfg["num_exits"])
         )
         self.var_heads = nn.ModuleList(InvGammaHead(h, cfg["var_hidden"]) for _ in range(cfg["num_exits"]))
@@ -322,6 +327,12 @@ class PressModel(ExitModel):
         c, s = self.cost_parts(), self.config["enc_stride"]
         per_frame = c["front"] + (l + 1) * c["group"] + c["decoder"]
         return per_frame / s + (l + 1) * c["head"] / self.block_size
+
+    def reach_samples(self, level: int | str) -> int:
+        """How far (samples, each side) an input sample can move an output sample of ``level`` (whole pass)."""
+        c = self.config
+        frames = (c["kernel_size"] - 1) // 2 * sum(c["dilation_base"] ** i for i in range(c["blocks_per_exit"]))
+        return (self.level_index(level) + 1) * frames * c["enc_stride"] + c["enc_kernel"]
 
     def num_parameters(self, level: int | str | None = None) -> int:
         """Parameters on the path to ``level`` (trunk, heads 0..l, decoder l); all when None."""

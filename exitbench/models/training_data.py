@@ -30,6 +30,7 @@ class Pool:
     speech: dict[str, list[np.ndarray]]
     noise: list[np.ndarray]
     description: dict[str, Any] = field(default_factory=dict)
+    weights: dict[str, float] = field(default_factory=dict)  # speaker group -> relative draw weight (1 if absent)
 
     @property
     def synthetic(self) -> bool:
@@ -69,9 +70,49 @@ def _read(path: Path, sample_rate: int) -> np.ndarray:
     return np.ascontiguousarray(audio.mean(1))
 
 
+#: what a ``data.group_weights`` key may select on: ``FIELD:VALUE`` with FIELD one of these
+GROUP_FIELDS = ("lang", "kind", "family", "engine", "gender")
+
+
+def group_weights(groups: dict[str, Any], rules: dict[str, float]) -> dict[str, float]:
+    """Draw weight of each speaker group from ``rules`` (``{"lang:en": 4, "kind:real": 4}``) and the groups'
+    entries in corpus.json (``speaker_groups``): the product of the weights of the rules a group matches (a
+    rule matches when any of its voices does; ``lang`` matches a language prefix, ``en`` for ``en-GB``)."""
+    parsed = []
+    for key, weight in rules.items():
+        name, sep, value = str(key).partition(":")
+        if not sep or name not in GROUP_FIELDS or not value:
+            raise UsageError(f"data.group_weights key {key!r} is not FIELD:VALUE with FIELD one of {GROUP_FIELDS}")
+        if not isinstance(weight, (int, float)) or not weight > 0:
+            raise UsageError(f"data.group_weights[{key!r}] must be a positive number, got {weight!r}")
+        parsed.append((name, value.lower(), float(weight)))
+
+    def matches(info: dict[str, Any], name: str, value: str) -> bool:
+        if name in ("family", "gender"):
+            return str(info.get(name, "")).lower() == value
+        field_ = "language" if name == "lang" else name
+        got = [str(v.get(field_, "")).lower() for v in info.get("voices", [])]
+        if name == "lang":
+            return any(g == value or g.startswith(value + "-") for g in got)
+        return value in got
+
+    out = {}
+    for group, info in groups.items():
+        w = 1.0
+        for name, value, weight in parsed:
+            if matches(info, name, value):
+                w *= weight
+        out[group] = w
+    return out
+
+
 def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool,
-              synthetic_fallback: bool = True, min_seconds: float = 0.5) -> Pool:
-    """Load one split of the corpus into RAM; fall back to synthetic sources if it is missing."""
+              synthetic_fallback: bool = True, min_seconds: float = 0.5,
+              weights: dict[str, float] | None = None) -> Pool:
+    """Load one split of the corpus into RAM; fall back to synthetic sources if it is missing.
+
+    ``weights`` (``data.group_weights`` rules, :func:`group_weights`) sets how often each speaker group is
+    drawn; they need the corpus's corpus.json."""
     root = Path(corpus) / rate_dir(sample_rate)
     speech_root = root / "speech" / split
     if not speech_root.is_dir():
@@ -108,7 +149,16 @@ def load_pool(corpus: str | Path, sample_rate: int, split: str, need_noise: bool
             desc["corpus_json"] = json.loads(meta.read_text())
         except json.JSONDecodeError as exc:
             raise UsageError(f"{meta} is not valid JSON: {exc}") from exc
-    return Pool(speech, noise, desc)
+    draw: dict[str, float] = {}
+    if weights:
+        groups = desc.get("corpus_json", {}).get("speaker_groups")
+        if not groups:
+            raise UsageError(f"data.group_weights needs the speaker groups of {meta}")
+        draw = {name: w for name, w in group_weights(groups, weights).items() if name in speech}
+        total = sum(draw.get(name, 1.0) for name in speech)
+        desc["group_weights"] = dict(weights)
+        desc["draw_share"] = {"matched_by_a_rule": round(sum(w for w in draw.values() if w != 1.0) / total, 4)}
+    return Pool(speech, noise, desc, draw)
 
 
 class DeviceCorpus:
@@ -135,6 +185,11 @@ class DeviceCorpus:
         self.spk_first = torch.tensor(np.cumsum([0] + counts[:-1]), device=self.device)
         self.spk_count = torch.tensor(counts, device=self.device)
         self.num_speakers = len(counts)
+        weights = [float(pool.weights.get(name, 1.0)) for name in speech] if pool.speech else []
+        # uniform draws keep the plain index arithmetic (and the streams of earlier runs); weighted ones
+        # sample each speaker from its share, the second without the first
+        self.spk_weight = (torch.tensor(weights, device=self.device, dtype=torch.float64)
+                           if weights and len(set(weights)) > 1 else None)
         self.synthetic_noise = not pool.noise
         if task == "enhancement" and pool.noise:
             self.noise, self.noise_starts, self.noise_lengths = _pack(pool.noise, self.device)
@@ -161,10 +216,17 @@ class DeviceCorpus:
         example's input SNR in dB ``[b]`` (source power over the rest of the mixture, i.e. the other
         speaker or the noise)."""
         u = lambda *shape: self._uniform(gen, *shape)  # noqa: E731
-        first = torch.floor(u(batch) * self.num_speakers).long()
-        speakers = [first]
-        if self.num_sources == 2:  # a second, different speaker
-            speakers.append((first + 1 + torch.floor(u(batch) * (self.num_speakers - 1)).long()) % self.num_speakers)
+        if self.spk_weight is None:
+            first = torch.floor(u(batch) * self.num_speakers).long()
+            speakers = [first]
+            if self.num_sources == 2:  # a second, different speaker
+                speakers.append((first + 1 + torch.floor(u(batch) * (self.num_speakers - 1)).long()) % self.num_speakers)
+        else:
+            w = self.spk_weight.expand(batch, -1)
+            first = _sample(w, u(batch))
+            speakers = [first]
+            if self.num_sources == 2:
+                speakers.append(_sample(w.scatter(1, first[:, None], 0.0), u(batch)))
         spk = torch.stack(speakers, 1)  # [b, S]
         clip = self.spk_first[spk] + torch.floor(u(batch, self.num_sources) * self.spk_count[spk]).long()
         src = self._windows(gen, self.audio, self.starts[clip], self.lengths[clip], length)  # [b, S, N]
@@ -199,6 +261,13 @@ def _pack(clips: list[np.ndarray], device: torch.device) -> tuple[torch.Tensor, 
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
     audio = torch.from_numpy(np.concatenate(clips).astype(np.float32, copy=False)).to(device)
     return audio, torch.from_numpy(starts).to(device), torch.from_numpy(lengths).to(device)
+
+
+def _sample(weights: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """One index per row of ``weights [b, n]`` with probability proportional to it, from uniforms ``u [b]``."""
+    cdf = weights.cumsum(1)
+    pick = torch.searchsorted(cdf, (u.double() * cdf[:, -1])[:, None], right=True)[:, 0]
+    return pick.clamp(max=weights.shape[1] - 1)
 
 
 def _rms(x: torch.Tensor) -> torch.Tensor:
