@@ -8,6 +8,11 @@ from the demo sets), never the demo sets. For each level it grid-searches a shap
 variance scale c (alpha' = 1 + k(alpha - 1), E'[sigma^2] = c E[sigma^2]) that minimise the KS
 distance of the PIT values u = Q(alpha', beta' n / ||x - x_hat||^2) from uniform, and writes them
 into the checkpoint's config ("calibration") with the fit's figures in its metadata.
+
+``--powers`` adds a third factor p per level: E'[sigma^2] = c P (E[sigma^2]/P)^p with P the block's mixture
+power (exitbench.models.layers.recalibrate): p < 1 keeps the head's ranking of blocks but shrinks its
+spread, for heads whose deep exits predict variances far too small or too spread (p = 1 is the plain fit).
+The KS of the fit as the model applies it (the mean variance kept non-increasing over levels) is printed too.
 """
 
 from __future__ import annotations
@@ -20,14 +25,15 @@ from scipy.special import gammaincc
 
 from exitbench.metrics import apply_permutation, best_permutation
 from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
+from exitbench.models.layers import block_power, recalibrate
 from exitbench.models.registry import build_from_checkpoint
 from exitbench.models.training_data import fixed_set, load_pool
 from exitbench.policies.calibration import ks_distance
 
 
 def collect(model, mixes: torch.Tensor, srcs: torch.Tensor) -> tuple[np.ndarray, ...]:
-    """Per (level, block, source) over all items: alpha, beta, n, error energy."""
-    a_all, b_all, n_all, e_all = [], [], [], []
+    """Per (level, block, source) over all items: alpha, beta, n, error energy, the block's mixture power."""
+    a_all, b_all, n_all, e_all, p_all = [], [], [], [], []
     T = model.block_size
     for mix, src in zip(mixes, srcs):
         out = model.forward_all(mix)
@@ -47,14 +53,24 @@ def collect(model, mixes: torch.Tensor, srcs: torch.Tensor) -> tuple[np.ndarray,
         b_all.append(beta.reshape(beta.shape[0], -1))
         e_all.append(err.reshape(err.shape[0], -1))
         n_all.append(np.broadcast_to(counts, alpha.shape).reshape(alpha.shape[0], -1))
-    return tuple(np.concatenate(x, axis=1) for x in (a_all, b_all, n_all, e_all))
+        power = block_power(mix.double()[None], T)[0].numpy()  # as the model computes it, per block
+        p_all.append(np.broadcast_to(power, alpha.shape).reshape(alpha.shape[0], -1))
+    return tuple(np.concatenate(x, axis=1) for x in (a_all, b_all, n_all, e_all, p_all))
 
 
-def pit(alpha, beta, n, err, k=1.0, c=1.0):
-    """PIT values under shape factor k and variance scale c."""
+def recalibrated_mean(alpha, beta, c=1.0, p=1.0, ref=None, cap=None):
+    """The mean variance under scale c and power p (relative to the mixture power ``ref``), at most ``cap``
+    (the previous level's, where the model keeps the mean variance non-increasing)."""
+    mean = beta / (alpha - 1.0)
+    mean = mean * c if p == 1.0 else c * (ref + 1e-12) * (mean / (ref + 1e-12)) ** p
+    return mean if cap is None else np.minimum(cap, mean)
+
+
+def pit(alpha, beta, n, err, k=1.0, c=1.0, p=1.0, ref=None, cap=None):
+    """PIT values under shape factor k, variance scale c and power p (see recalibrated_mean)."""
     a2 = 1.0 + k * (alpha - 1.0)
-    b2 = beta / (alpha - 1.0) * c * (a2 - 1.0)
-    return gammaincc(a2, b2 * n / np.maximum(err, 1e-30))
+    mean = recalibrated_mean(alpha, beta, c, p, ref, cap)
+    return gammaincc(a2, mean * (a2 - 1.0) * n / np.maximum(err, 1e-30))
 
 
 def main() -> None:
@@ -65,29 +81,49 @@ def main() -> None:
     p.add_argument("--items", type=int, default=96)
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out", default=None, help="output checkpoint (default: overwrite)")
+    p.add_argument("--powers", default="1", help="comma list of powers to try per level (1: scale and shape only)")
     args = p.parse_args()
+    powers = sorted({float(x) for x in args.powers.split(",")}, reverse=True)
 
     ckpt = load_checkpoint(args.checkpoint)
     ckpt.config["calibration"] = None
     model = build_from_checkpoint(ckpt)
     pool = load_pool(args.corpus, model.sample_rate, "valid", args.task == "enhancement", False)
     mixes, srcs = fixed_set(pool, args.task, args.items, args.seconds, model.sample_rate, seed=2026)
-    alpha, beta, n, err = collect(model, mixes, srcs)
-    shapes, scales, report = [], [], []
-    ks_grid = np.geomspace(0.005, 2.0, 45)
-    c_grid = np.geomspace(0.2, 1e5, 95)
+    alpha, beta, n, err, ref = collect(model, mixes, srcs)
+    shapes, scales, exps, report = [], [], [], []
+    ks_grid = np.geomspace(0.005, 50.0, 60)
+    c_grid = np.geomspace(1e-3, 1e5, 120)
+    monotone = args.task == "separation"  # press keeps the mean variance non-increasing over exits
+    cap = None
     for level in range(alpha.shape[0]):
-        a, b, nn_, e = alpha[level], beta[level], n[level], err[level]
+        a, b, nn_, e, r = alpha[level], beta[level], n[level], err[level], ref[level]
         before = ks_distance(pit(a, b, nn_, e))
-        best = min(((ks_distance(pit(a, b, nn_, e, k, c)), k, c) for k in ks_grid for c in c_grid))
+        # fitted level by level as the model applies it: capped by the previous level's recalibrated mean
+        best = min((ks_distance(pit(a, b, nn_, e, k, c, q, r, cap)), k, c, q)
+                   for q in powers for k in ks_grid for c in c_grid)
+        if monotone:
+            cap = recalibrated_mean(a, b, best[2], best[3], r, cap)
         shapes.append(float(best[1]))
         scales.append(float(best[2]))
+        exps.append(float(best[3]))
         report.append({"level": model.levels[level], "ks_before": round(float(before), 4),
-                       "ks_fit": round(float(best[0]), 4), "shape": round(best[1], 4), "scale": round(best[2], 4)})
+                       "ks_fit": round(float(best[0]), 4), "shape": round(best[1], 4), "scale": round(best[2], 4),
+                       "power": best[3]})
         print(report[-1])
-    ckpt.config["calibration"] = {"shape": shapes, "scale": scales}
+    cal = {"shape": shapes, "scale": scales}
+    if any(q != 1.0 for q in exps):
+        cal["power"] = exps
+    # as the model applies it: the mean variance kept non-increasing over levels (press) or not (slimdemucs)
+    a2, b2 = recalibrate(torch.from_numpy(alpha[:, None]), torch.from_numpy(beta[:, None]), cal,
+                         monotone=monotone, ref_power=torch.from_numpy(ref[0]))
+    for level, row in enumerate(report):
+        row["ks_applied"] = round(float(ks_distance(gammaincc(a2[level, 0].numpy(), b2[level, 0].numpy() * n[level]
+                                                              / np.maximum(err[level], 1e-30)))), 4)
+        print(row["level"], "KS as applied", row["ks_applied"])
+    ckpt.config["calibration"] = cal
     meta = dict(ckpt.metadata)
-    meta["calibration"] = {"method": "per-level shape and variance scale minimising PIT KS",
+    meta["calibration"] = {"method": "per-level shape, variance scale (and power) minimising PIT KS",
                            "data": f"{args.items} mixtures of {args.seconds:g} s from {args.corpus} valid split",
                            "levels": report}
     save_checkpoint(args.out or args.checkpoint, ckpt.architecture, ckpt.config, ckpt.state_dict, meta)

@@ -220,6 +220,25 @@ def test_recalibration_is_identity_at_one_and_keeps_mean_variance_non_increasing
     torch.testing.assert_close(m2[0], mean[0])
 
 
+def test_recalibration_power_shrinks_the_variance_relative_to_the_mixture():
+    from exitbench.models.layers import recalibrate
+
+    torch.manual_seed(4)
+    alpha = 2.0 + torch.rand(3, 2, 6)
+    mean = torch.rand(3, 2, 6) * 0.1 + 1e-3
+    beta = mean * (alpha - 1)
+    power = torch.rand(6) + 0.5  # each block's mixture power
+    base = {"shape": [1.0, 2.0, 0.5], "scale": [1.0, 4.0, 0.5]}
+    same = recalibrate(alpha, beta, {**base, "power": [1.0] * 3}, monotone=False, ref_power=power)
+    torch.testing.assert_close(same, recalibrate(alpha, beta, base, monotone=False))
+    a, b = recalibrate(alpha, beta, {**base, "power": [0.0, 0.5, 1.0]}, monotone=False, ref_power=power)
+    m = b / (a - 1)
+    torch.testing.assert_close(m[0], (power + 1e-12).expand(2, 6))  # power 0: the mixture's power, scaled
+    torch.testing.assert_close(m[1], 4.0 * (power + 1e-12) * (mean[1] / (power + 1e-12)) ** 0.5)
+    with pytest.raises(ValueError, match="mixture power"):
+        recalibrate(alpha, beta, {**base, "power": [1.0] * 3}, monotone=False)
+
+
 def test_checkpoint_metadata_with_numpy_scalars_loads_with_weights_only(tmp_path):
     import numpy as np
 

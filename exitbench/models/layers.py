@@ -301,16 +301,32 @@ def inverse_gamma_step(level: int, raw: torch.Tensor, ref_power: torch.Tensor, a
     return alpha, log_mean, mean * (alpha - 1.0)
 
 
+def _recalibrated_mean(mean: torch.Tensor, calibration: dict[str, Any], level: int | slice,
+                       ref_power: torch.Tensor | None) -> torch.Tensor:
+    """``scale·E[σ²]``, or with ``power`` ``scale·P·(E[σ²]/P)^power``, P the block's mixture power (the
+    variance relative to the mixture, shrunk towards a constant share of it when power < 1)."""
+    def param(key: str) -> torch.Tensor:
+        values = torch.as_tensor(calibration[key], dtype=mean.dtype, device=mean.device)[level]
+        return values if isinstance(level, int) else values[:, None, None]
+
+    scale = param("scale")
+    if "power" not in calibration:
+        return mean * scale  # the arithmetic of checkpoints recalibrated before ``power`` existed
+    if ref_power is None:
+        raise ValueError("a calibration with 'power' needs the blocks' mixture power")
+    ref = ref_power.to(mean.dtype) + 1e-12
+    return scale * ref * (mean / ref) ** param("power")
+
+
 def recalibrate_step(level: int, alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,
-                     monotone: bool, prev_mean: torch.Tensor | None
+                     monotone: bool, prev_mean: torch.Tensor | None, ref_power: torch.Tensor | None = None
                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``recalibrate`` for one level ``[S, B]`` given the previous level's recalibrated mean variance
     (None at level 0): ``(alpha', beta', mean')``, bit-identical to the whole-pass form."""
     if not calibration:
         return alpha, beta, beta / (alpha - 1.0)
     shape = torch.as_tensor(calibration["shape"], dtype=alpha.dtype, device=alpha.device)[level]
-    scale = torch.as_tensor(calibration["scale"], dtype=alpha.dtype, device=alpha.device)[level]
-    mean = beta / (alpha - 1.0) * scale
+    mean = _recalibrated_mean(beta / (alpha - 1.0), calibration, level, ref_power)
     if monotone and prev_mean is not None:
         mean = torch.minimum(prev_mean, mean)
     alpha = 1.0 + shape * (alpha - 1.0)
@@ -318,18 +334,19 @@ def recalibrate_step(level: int, alpha: torch.Tensor, beta: torch.Tensor, calibr
 
 
 def recalibrate(alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,
-                monotone: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                monotone: bool, ref_power: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Post-hoc per-level recalibration of inverse-gamma predictions ``[L, S, B]``.
 
-    With ``shape[l]`` and ``scale[l]`` fitted on held-out data (scripts/recalibrate.py):
-    alpha' = 1 + shape[l]·(alpha − 1) (confidence) and E'[sigma^2] = scale[l]·E[sigma^2] (level).
+    With ``shape[l]``, ``scale[l]`` and optionally ``power[l]`` fitted on held-out data (scripts/recalibrate.py):
+    alpha' = 1 + shape[l]·(alpha − 1) (confidence) and E'[σ²] = scale[l]·E[σ²] (level), or with ``power``
+    E'[σ²] = scale[l]·P·(E[σ²]/P)^power[l] with P = ``ref_power [B]``, each block's mixture power: a
+    power below 1 keeps the head's ranking but shrinks how far it may stray from the mixture's level.
     ``monotone`` keeps the predicted mean variance non-increasing across levels (PRESS's property).
     """
     if not calibration:
         return alpha, beta
     shape = torch.as_tensor(calibration["shape"], dtype=alpha.dtype, device=alpha.device)[:, None, None]
-    scale = torch.as_tensor(calibration["scale"], dtype=alpha.dtype, device=alpha.device)[:, None, None]
-    mean = beta / (alpha - 1.0) * scale
+    mean = _recalibrated_mean(beta / (alpha - 1.0), calibration, slice(None), ref_power)
     if monotone:
         mean = torch.cummin(mean, dim=0).values
     alpha = 1.0 + shape * (alpha - 1.0)

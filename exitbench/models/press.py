@@ -280,12 +280,21 @@ class PressModel(ExitModel):
             n = mixture.shape[0]
             est = est.permute(1, 2, 0, 3).reshape(est.shape[1], est.shape[2], -1)[None, ..., :n]
             alpha, beta = alpha[..., 0].permute(1, 2, 0)[None], beta[..., 0].permute(1, 2, 0)[None]
-        return self._outputs(est[0], alpha[0], beta[0])
+        return self._outputs(est[0], alpha[0], beta[0], mixture)
 
-    def _outputs(self, est: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor) -> LevelOutputs:
+    def _outputs(self, est: torch.Tensor, alpha: torch.Tensor, beta: torch.Tensor,
+                 mixture: torch.Tensor) -> LevelOutputs:
         """One mixture's outputs from the module's: the variances recalibrated (``calibration``)."""
-        alpha, beta = recalibrate(alpha, beta, self.config["calibration"], monotone=True)
+        alpha, beta = recalibrate(alpha, beta, self.config["calibration"], monotone=True,
+                                  ref_power=self._block_power(mixture, alpha))
         return LevelOutputs(estimates=est, alpha=alpha, beta=beta)
+
+    def _block_power(self, mixture: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
+        """Mixture power per block ``[B]`` on ``like``'s device, when the calibration uses it."""
+        cal = self.config["calibration"]
+        if not cal or "power" not in cal:
+            return None
+        return block_power(mixture.to(like.device, torch.float32), self.block_size)
 
     def forward_many(self, mixtures: Sequence[torch.Tensor]) -> list[LevelOutputs]:
         """Chunked: one row of whole blocks (``ExitModel.forward_many``); whole-utterance: the mixtures of equal
@@ -304,7 +313,7 @@ class PressModel(ExitModel):
             with torch.no_grad():
                 out = self.module(x)
             for row, i in enumerate(idx):
-                outs[i] = self._outputs(out["estimates"][row], out["alpha"][row], out["beta"][row])
+                outs[i] = self._outputs(out["estimates"][row], out["alpha"][row], out["beta"][row], mixtures[i])
         return outs  # type: ignore[return-value]
 
     def start(self, mixture: torch.Tensor) -> "PressState":
@@ -367,8 +376,8 @@ class PressState(ExitState):
         self.level, self._mean = -1, None  # recalibrated mean variance of the current level [S, B]
         cal = model.config["calibration"]  # on the device once, not copied there at every level
         dev = self.state.z.device
-        self._cal = {k: torch.as_tensor(cal[k], dtype=torch.float32, device=dev) for k in ("shape", "scale")} \
-            if cal else None
+        self._cal = {k: torch.as_tensor(cal[k], dtype=torch.float32, device=dev) for k in cal} if cal else None
+        self._power = model._block_power(mixture, self.state.z)  # [B], for a calibration with ``power``
 
     @property
     def num_blocks(self) -> int:
@@ -400,7 +409,8 @@ class PressState(ExitState):
                     a, b = full[0], full[1]
                 else:
                     a, b = alpha[0], beta[0]
-                self._a, self._b, self._mean = recalibrate_step(self.level, a, b, self._cal, True, self._mean)
+                self._a, self._b, self._mean = recalibrate_step(self.level, a, b, self._cal, True, self._mean,
+                                                                self._power)
         return LevelStep(alpha=self._a, beta=self._b)
 
     def estimate(self, blocks: np.ndarray | None = None) -> torch.Tensor:

@@ -421,7 +421,9 @@ class SlimDemucsModel(ExitModel):
             choice = logits.argmax(-1)
             onehot = F.one_hot(choice, self.num_levels).to(logits.dtype)
             dyn = self.module.forward_dynamic(x, onehot[None])
-        alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], self.config["calibration"], monotone=False)
+        cal = self.config["calibration"]
+        ref = block_power(x[0], self.block_size) if cal and "power" in cal else None
+        alpha, beta = recalibrate(out["alpha"][0], out["beta"][0], cal, monotone=False, ref_power=ref)
         est = out["estimates"][0]  # [L, 1, N]
         # share of each block's samples per level, by router frame (frames never straddle blocks)
         b = self.num_blocks(n)
