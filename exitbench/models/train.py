@@ -119,7 +119,9 @@ class Trainer:
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        minutes = max_minutes if max_minutes is not None else self.tcfg["max_minutes"]
+        if max_minutes is not None:  # the budget applied is the one the log and checkpoint record
+            self.tcfg["max_minutes"] = max_minutes
+        minutes = self.tcfg["max_minutes"]
         self.budget_s = None if minutes is None else float(minutes) * 60
         torch.manual_seed(self.tcfg["seed"])
         self.model = ARCHITECTURES.build(config["architecture"], config=config["model"])

@@ -173,7 +173,7 @@ def latex_label(text: str) -> str:
 
 # -- run labels ---------------------------------------------------------------------------------------
 def run_label(manifest: Mapping[str, Any], with_dataset: bool = False) -> str:
-    """A run for a reader: its model and training step, with the short run id ('press-s step 3988 · 4c3df02d')."""
+    """A run for a reader: its model and training step, with the short run id ('press-s step 9353 · 564cf48c')."""
     model = str(manifest.get("model") or manifest.get("architecture") or "model")
     if "/" in model or model.endswith(".pt"):
         model = model.rstrip("/").rsplit("/", 1)[-1]
