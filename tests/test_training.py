@@ -234,6 +234,7 @@ def test_tiny_config_trains_and_checkpoint_loads(tmp_path, name, levels):
     assert resolved.model.levels == levels
     meta = resolved.checkpoint.metadata
     assert meta["step"] == 30 and meta["trained"] and set(meta["validation"]["si_snri"]) == set(levels)
+    assert set(meta["validation"]["pit_ks"]) == set(levels) and all(0 <= v <= 1 for v in meta["validation"]["pit_ks"].values())
     assert meta["data"]["train"]["source"].startswith("synthetic")
     n = 3 * resolved.model.block_size + 17
     resolved.model.forward_all(torch.randn(n) * 0.05).validate(len(levels), resolved.model.num_sources, n, 4)
@@ -376,3 +377,64 @@ def test_weighted_draws_follow_the_group_weights_and_never_pair_a_speaker_with_i
     assert mix.shape == (64, 4000) and src.shape == (64, 2, 4000)
     uniform = DeviceCorpus(Pool(speech, [], {}), "separation", 8000, "cpu", 0)
     assert uniform.spk_weight is None  # no weights: the draws of earlier runs, unchanged
+
+
+def test_log_power_crps_is_the_gaussian_crps_of_the_log_variance():
+    """The closed form against a Monte-Carlo CRPS, E|X − y| − ½E|X − X′|, X ~ N(ln β − ψ(α), ψ'(α))."""
+    from exitbench.models.losses import log_power_crps
+
+    gen = torch.Generator().manual_seed(0)
+    alpha = torch.tensor([2.0, 5.0, 40.0], dtype=torch.float64)
+    beta = torch.tensor([1e-3, 0.02, 3.0], dtype=torch.float64)
+    n = torch.tensor(2000.0)
+    energy = torch.tensor([4.0, 0.01, 9000.0], dtype=torch.float64)
+    got = log_power_crps(energy, n, alpha, beta).double()
+    mu = torch.log(beta) - torch.digamma(alpha)
+    sd = torch.sqrt(torch.polygamma(1, alpha))
+    x = mu + sd * torch.randn(400_000, 3, generator=gen, dtype=torch.float64)
+    x2 = mu + sd * torch.randn(400_000, 3, generator=gen, dtype=torch.float64)
+    y = torch.log(energy / n)
+    mc = (x - y).abs().mean(0) - 0.5 * (x - x2).abs().mean(0)
+    torch.testing.assert_close(got, mc, rtol=0.01, atol=2e-3)
+
+
+def test_log_power_crps_finds_the_true_variance_level_and_charges_under_prediction():
+    """By simulation: blocks whose error variance is InvGamma(α, β) (α = 30, near-Gaussian in log); the mean
+    CRPS over a grid of predicted β is least at the true β, and a variance predicted 100x too small costs
+    several nats per block, where the Student-t NLL per sample charges it almost nothing."""
+    from exitbench.models.losses import invgamma_nll, log_power_crps
+
+    gen = torch.Generator().manual_seed(1)
+    a_true, b_true, n = 30.0, 30.0, 2000
+    sigma2 = b_true / torch.distributions.Gamma(torch.tensor(a_true), torch.tensor(1.0)).sample((20_000,))
+    energy = sigma2 * torch.distributions.Chi2(torch.tensor(float(n))).sample((20_000,))
+    counts = torch.full_like(energy, float(n))
+    grid = b_true * torch.exp(torch.linspace(-1.0, 1.0, 81))
+    score = torch.stack([log_power_crps(energy, counts, torch.full_like(energy, a_true), torch.full_like(energy, b))
+                         .mean() for b in grid])
+    best = float(grid[int(score.argmin())])
+    assert abs(best / b_true - 1) < 0.05
+    low = float(log_power_crps(energy, counts, torch.full_like(energy, 2.0), torch.full_like(energy, 0.01)).mean())
+    right = float(log_power_crps(energy, counts, torch.full_like(energy, 2.0), torch.full_like(energy, 1.0)).mean())
+    assert low - right > 3.0  # about ln 100 = 4.6 nats: charged in full
+    nll_gap = (invgamma_nll(energy, counts, torch.full_like(energy, 2.0), torch.full_like(energy, 0.01))
+               - invgamma_nll(energy, counts, torch.full_like(energy, 2.0), torch.full_like(energy, 1.0))).mean() / n
+    assert float(nll_gap) < 0.01  # per sample, as the training loss counts it
+
+
+def test_validation_ks_is_the_policies_ks():
+    from exitbench.models.train import _ks_rows
+    from exitbench.policies.calibration import ks_distance
+
+    u = torch.rand(3, 500, generator=torch.Generator().manual_seed(2)) ** torch.tensor([[1.0], [2.0], [0.5]])
+    assert _ks_rows(u) == pytest.approx([ks_distance(row.numpy()) for row in u], abs=1e-12)
+
+
+def test_crps_weight_enters_the_training_loss(tmp_path):
+    cfg = load_config("tiny-press")
+    cfg["train"]["max_steps"] = 4
+    cfg["loss"]["crps_weight"] = 0.5
+    path = train(cfg, tmp_path)
+    log = json.loads(path.with_suffix(".log.json").read_text())
+    first = log["train"][0]
+    assert first["total"] == pytest.approx(first["nll"] + first["neg_snr"] + 0.5 * first["crps"], rel=1e-4)

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from exitbench.errors import UsageError
 from exitbench.models.checkpoint import save_checkpoint
-from exitbench.models.losses import (difficulty_targets, level_losses, multi_resolution_stft_loss, pit_level_losses, router_regularisers,
+from exitbench.models.losses import (block_sums, difficulty_targets, level_losses, multi_resolution_stft_loss, pit_level_losses, router_regularisers,
                                      si_snr_db, snr_db)
 from exitbench.models.registry import ARCHITECTURES
 from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
@@ -57,6 +57,7 @@ LOSS_DEFAULTS: dict[str, Any] = {
     "nll_weight": 1.0, "snr_weight": 1.0, "router_weight": 1.0, "efficiency_weight": 50.0,
     "target_utilization": 0.5, "balance_weight": 1.0, "gumbel_tau": 1.0, "difficulty_spread": "auto",
     "stft_weight": 0.0,  # enhancement: multi-resolution STFT loss per level and on the dynamic output
+    "crps_weight": 0.0,  # CRPS of each block's log error power (losses.log_power_crps): keeps the variance level honest
 }
 
 
@@ -99,6 +100,15 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     if x.min() == x.max() or y.min() == y.max():  # undefined for a constant input: no association
         return 0.0
     return float(spearmanr(x, y).statistic)
+
+
+def _ks_rows(u: torch.Tensor) -> list[float]:
+    """Kolmogorov-Smirnov distance from uniform of each row of PIT values ``[L, K]``."""
+    u = torch.sort(u.double().cpu(), dim=1).values
+    k = u.shape[1]
+    above = torch.arange(1, k + 1, dtype=torch.float64) / k - u
+    below = u - torch.arange(0, k, dtype=torch.float64) / k
+    return torch.maximum(above, below).amax(1).tolist()
 
 
 def _lr_at(step: int, frac: float, cfg: dict[str, Any]) -> float:
@@ -222,9 +232,10 @@ class Trainer:
         T, lc = self.model.block_size, self.lcfg
         if not self.is_slim:
             parts, _ = pit_level_losses(out["estimates"], src, out["alpha"], out["beta"], T,
-                                        lc["nll_weight"], lc["snr_weight"])
+                                        lc["nll_weight"], lc["snr_weight"], lc["crps_weight"])
             return parts
-        per = level_losses(out["estimates"], src, out["alpha"], out["beta"], T, lc["nll_weight"], lc["snr_weight"])
+        per = level_losses(out["estimates"], src, out["alpha"], out["beta"], T, lc["nll_weight"], lc["snr_weight"],
+                           lc["crps_weight"])
         parts = {k: v.mean() for k, v in per.items()}
         logits = out["router_logits"].float()
         weights = F.gumbel_softmax(logits, tau=lc["gumbel_tau"], hard=True)
@@ -274,7 +285,7 @@ class Trainer:
         """SI-SNRi per level (PIT on the deepest level, shared), NLL per sample, router use for slim."""
         self.net.eval()
         mixes, srcs = self.valid
-        si, nll, dyn_si, util, in_snr = [], [], [], [], []
+        si, nll, crps, pit, dyn_si, util, in_snr = [], [], [], [], [], [], []
         for i in range(0, len(mixes), self.tcfg["valid_batch"]):
             mix = mixes[i:i + self.tcfg["valid_batch"]].to(self.device)
             src = srcs[i:i + self.tcfg["valid_batch"]].to(self.device)
@@ -288,8 +299,14 @@ class Trainer:
                 src = src.gather(1, perms[..., None].expand_as(src))
             base = si_snr_db(mix[:, None].expand_as(src), src)  # [b, S]
             si.append((si_snr_db(est, src[:, None]) - base[:, None]).mean(2))  # [b, L]
-            per = level_losses(est, src, out["alpha"], out["beta"], self.model.block_size, 1.0, 0.0)
+            per = level_losses(est, src, out["alpha"], out["beta"], self.model.block_size, 1.0, 0.0, 1.0)
             nll.append(per["nll"])
+            crps.append(per["crps"])
+            # the raw heads' PIT per (block, source) and level: u = Q(α, β·n/‖e‖²), uniform when calibrated
+            energy, counts = block_sums(est - src[:, None].float(), self.model.block_size)
+            a, b = out["alpha"].float(), out["beta"].float()
+            u = torch.special.gammaincc(a, b * counts / energy.clamp_min(1e-30))
+            pit.append(u.transpose(0, 1).reshape(u.shape[1], -1))
             if self.is_slim:
                 logits = out["router_logits"].float()
                 onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -304,6 +321,8 @@ class Trainer:
             "step": self.step, "epoch": self.epoch, "elapsed_s": round(time.monotonic() - self.start, 1),
             "si_snri": {name: round(v, 3) for name, v in zip(self.model.levels, si_all)},
             "nll_per_sample": round(float(torch.cat(nll).mean()), 4),
+            "log_power_crps": round(float(torch.cat(crps).mean()), 4),  # summed over levels, nats
+            "pit_ks": {name: round(ks, 4) for name, ks in zip(self.model.levels, _ks_rows(torch.cat(pit, 1)))},
         }
         if self.is_slim:
             result["dynamic_si_snri"] = round(float(torch.cat(dyn_si).mean()), 3)
