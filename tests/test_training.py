@@ -438,3 +438,15 @@ def test_crps_weight_enters_the_training_loss(tmp_path):
     log = json.loads(path.with_suffix(".log.json").read_text())
     first = log["train"][0]
     assert first["total"] == pytest.approx(first["nll"] + first["neg_snr"] + 0.5 * first["crps"], rel=1e-4)
+
+
+def test_fine_tune_on_fixed_crops_runs_the_compiled_step_at_its_own_batch(tmp_path):
+    cfg = load_config("tiny-press")
+    cfg["train"].update(max_steps=6, finetune_fraction=0.5, log_every=1, batch_size=4)
+    cfg["data"].update(segment_seconds=1.0, finetune_seconds=2.0)
+    path = train(cfg, tmp_path)
+    log = json.loads(path.with_suffix(".log.json").read_text())
+    phases = [r["phase"] for r in log["train"]]
+    assert phases.count("main") == 3 and phases.count("finetune-fixed") == 3
+    sr = resolve_model(str(path)).model.sample_rate
+    assert {r["samples"] for r in log["train"] if r["phase"] == "finetune-fixed"} == {2 * 2 * sr}  # batch 4*1/2

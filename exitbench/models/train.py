@@ -51,6 +51,9 @@ DATA_DEFAULTS: dict[str, Any] = {
     "corpus": ".corpus", "segment_seconds": 4.0, "gain_db": 5.0, "snr_db": [-5.0, 15.0],
     "level_db": [-30.0, -15.0], "valid_items": 64, "valid_seconds": 4.0, "synthetic_fallback": True,
     "finetune_max_seconds": 12.0,
+    # fine-tune on fixed crops of this many seconds (compiled: one more shape) instead of whole clips of
+    # varying length (eager: a compile per length would cost more than it saves)
+    "finetune_seconds": None,
     "group_weights": {},  # e.g. {"lang:en" = 4.0, "kind:real" = 4.0}: how often speaker groups are drawn
 }
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -383,11 +386,14 @@ class Trainer:
             if self.step % t["steps_per_epoch"] == 0:
                 reserve = self._end_epoch()
         if t["finetune_fraction"] > 0:
-            data = self.loader(None, t["batch_size"], 1)
+            fixed = self.dcfg["finetune_seconds"]
+            batch = t["batch_size"] if fixed is None else \
+                max(1, round(t["batch_size"] * self.dcfg["segment_seconds"] / float(fixed)))
+            data = self.loader(None if fixed is None else float(fixed), batch, 1)
             while self.step < t["max_steps"]:
                 if self.budget_s is not None and self.elapsed() + reserve >= self.budget_s:
                     break
-                self._step_and_log(next(data), t["lr"] * 0.05, "finetune")
+                self._step_and_log(next(data), t["lr"] * 0.05, "finetune" if fixed is None else "finetune-fixed")
         if not self.valid_log or self.valid_log[-1]["step"] != self.step:
             self.epoch += 1
             self.valid_log.append(self.validate())
