@@ -290,11 +290,16 @@ class PressModel(ExitModel):
         return LevelOutputs(estimates=est, alpha=alpha, beta=beta)
 
     def _block_power(self, mixture: torch.Tensor, like: torch.Tensor) -> torch.Tensor | None:
-        """Mixture power per block ``[B]`` on ``like``'s device, when the calibration uses it."""
+        """Mixture power per block ``[B]`` on ``like``'s device, when the calibration uses it: the power the
+        heads scale their variance by (chunked, each block zero-padded to T as it is separated; else the
+        last block over its own length), so that a chunked batch of utterances recalibrates as each alone."""
         cal = self.config["calibration"]
         if not cal or "power" not in cal:
             return None
-        return block_power(mixture.to(like.device, torch.float32), self.block_size)
+        x = mixture.to(like.device, torch.float32)
+        if self.chunked:
+            x = F.pad(x, (0, self.num_blocks(x.shape[-1]) * self.block_size - x.shape[-1]))
+        return block_power(x, self.block_size)
 
     def forward_many(self, mixtures: Sequence[torch.Tensor]) -> list[LevelOutputs]:
         """Chunked: one row of whole blocks (``ExitModel.forward_many``); whole-utterance: the mixtures of equal
