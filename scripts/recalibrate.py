@@ -18,6 +18,7 @@ The KS of the fit as the model applies it (the mean variance kept non-increasing
 from __future__ import annotations
 
 import argparse
+import json
 
 import numpy as np
 import torch
@@ -82,13 +83,16 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=4.0)
     p.add_argument("--out", default=None, help="output checkpoint (default: overwrite)")
     p.add_argument("--powers", default="1", help="comma list of powers to try per level (1: scale and shape only)")
+    p.add_argument("--group-weights", default=None, metavar="JSON",
+                   help='draw the held-out speaker groups as training does, e.g. \'{"lang:en": 4, "kind:real": 4}\'')
     args = p.parse_args()
     powers = sorted({float(x) for x in args.powers.split(",")}, reverse=True)
 
     ckpt = load_checkpoint(args.checkpoint)
     ckpt.config["calibration"] = None
     model = build_from_checkpoint(ckpt)
-    pool = load_pool(args.corpus, model.sample_rate, "valid", args.task == "enhancement", False)
+    weights = json.loads(args.group_weights) if args.group_weights else None
+    pool = load_pool(args.corpus, model.sample_rate, "valid", args.task == "enhancement", False, weights=weights)
     mixes, srcs = fixed_set(pool, args.task, args.items, args.seconds, model.sample_rate, seed=2026)
     alpha, beta, n, err, ref = collect(model, mixes, srcs)
     shapes, scales, exps, report = [], [], [], []
@@ -125,6 +129,7 @@ def main() -> None:
     meta = dict(ckpt.metadata)
     meta["calibration"] = {"method": "per-level shape, variance scale (and power) minimising PIT KS",
                            "data": f"{args.items} mixtures of {args.seconds:g} s from {args.corpus} valid split",
+                           "group_weights": weights,
                            "levels": report}
     save_checkpoint(args.out or args.checkpoint, ckpt.architecture, ckpt.config, ckpt.state_dict, meta)
     print("wrote", args.out or args.checkpoint)
