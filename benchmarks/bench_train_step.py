@@ -118,9 +118,6 @@ def worker(args: argparse.Namespace) -> dict:
                     rows.append((t / 5, e.count / 5, e.key))
             rows.sort(reverse=True)
             kernel_csv = "us_per_step,calls_per_step,name\n" + "".join(f"{t:.1f},{c:g},{n}\n" for t, c, n in rows)
-            events = prof.key_averages()
-            kernels = sum(e.count for e in events if getattr(e, "device_type", None) is not None
-                          and str(e.device_type).endswith("CUDA"))
         # inference: forward_all of a 10-s mixture, eval mode (once per call: the first variant)
         infer_s, infer_compiled_ms = float('nan'), None
         if not args.no_inference and (not new or args.variant == args.variants.split(',')[0]):
@@ -137,7 +134,6 @@ def worker(args: argparse.Namespace) -> dict:
                 model.forward_all(x)
             _sync(torch, device)
             infer_s = (time.perf_counter() - t1) / reps
-            infer_compiled_ms = None
             if new and device.type == "cuda" and not args.no_compile:
                 # the same forward under torch.compile with dynamic lengths (one compile for all lengths)
                 eager_module = model.module
@@ -169,8 +165,8 @@ def worker(args: argparse.Namespace) -> dict:
         name = f"after-{args.variant}" if new else "before"
         (Path(args.profile) / f"profile-{args.config}-{name}.txt").write_text(profile_table)
         (Path(args.profile) / f"kernels-{args.config}-{name}.csv").write_text(kernel_csv)
-        out["gpu_ms_per_step"] = round(sum(float(l.split(",")[0]) for l in kernel_csv.splitlines()[1:]) / 1000, 2)
-        out["profiled_kernel_launches_per_step"] = round(kernels / 5) if device.type == "cuda" else None
+        out["gpu_ms_per_step"] = round(sum(t for t, _, _ in rows) / 1000, 2)
+        out["profiled_kernel_launches_per_step"] = round(sum(c for _, c, _ in rows)) if device.type == "cuda" else None
     return out
 
 
@@ -187,9 +183,9 @@ def main() -> int:
     ap.add_argument("--no-inference", action="store_true", help="skip the forward_all timings")
     ap.add_argument("--profile", default=None, help="folder for torch.profiler tables")
     ap.add_argument("--json", default=None, help="write the results here")
-    ap.add_argument("--variants", default="partials+graphs",
+    ap.add_argument("--variants", default="partials",
                     help=f"comma-separated forms of this tree's step to measure, each in its own process: {', '.join(VARIANTS)}")
-    ap.add_argument("--variant", default="partials+graphs", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="partials", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:

@@ -26,7 +26,7 @@ from scipy.special import gammaincc
 
 from exitbench.metrics import apply_permutation, best_permutation
 from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
-from exitbench.models.layers import block_power, recalibrate
+from exitbench.models.layers import block_power, power_recalibrated_mean, recalibrate
 from exitbench.models.registry import build_from_checkpoint
 from exitbench.models.training_data import fixed_set, load_pool
 from exitbench.policies.calibration import ks_distance
@@ -60,10 +60,14 @@ def collect(model, mixes: torch.Tensor, srcs: torch.Tensor) -> tuple[np.ndarray,
 
 
 def recalibrated_mean(alpha, beta, c=1.0, p=1.0, ref=None, cap=None):
-    """The mean variance under scale c and power p (relative to the mixture power ``ref``), at most ``cap``
-    (the previous level's, where the model keeps the mean variance non-increasing)."""
+    """The mean variance under scale c and power p (relative to the mixture power ``ref``; the model's own
+    formula, layers.power_recalibrated_mean), at most ``cap`` (the previous level's, where the model keeps
+    the mean variance non-increasing)."""
     mean = beta / (alpha - 1.0)
-    mean = mean * c if p == 1.0 else c * (ref + 1e-12) * (mean / (ref + 1e-12)) ** p
+    if p != 1.0:
+        mean = power_recalibrated_mean(torch.from_numpy(mean), c, p, torch.from_numpy(ref)).numpy()
+    else:
+        mean = mean * c
     return mean if cap is None else np.minimum(cap, mean)
 
 

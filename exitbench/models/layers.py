@@ -301,21 +301,25 @@ def inverse_gamma_step(level: int, raw: torch.Tensor, ref_power: torch.Tensor, a
     return alpha, log_mean, mean * (alpha - 1.0)
 
 
+def power_recalibrated_mean(mean: torch.Tensor, scale: Any, power: Any, ref_power: torch.Tensor) -> torch.Tensor:
+    """``scale·P·(E[σ²]/P)^power``, P = ``ref_power`` the block's mixture power: the variance relative to the
+    mixture, shrunk towards a constant share of it when power < 1 (scripts/recalibrate.py fits it with this)."""
+    ref = ref_power.to(mean.dtype) + 1e-12
+    return scale * ref * (mean / ref) ** power
+
+
 def _recalibrated_mean(mean: torch.Tensor, calibration: dict[str, Any], level: int | slice,
                        ref_power: torch.Tensor | None) -> torch.Tensor:
-    """``scale·E[σ²]``, or with ``power`` ``scale·P·(E[σ²]/P)^power``, P the block's mixture power (the
-    variance relative to the mixture, shrunk towards a constant share of it when power < 1)."""
+    """``scale·E[σ²]``, or with ``power`` :func:`power_recalibrated_mean`, of one level or all (``slice``)."""
     def param(key: str) -> torch.Tensor:
         values = torch.as_tensor(calibration[key], dtype=mean.dtype, device=mean.device)[level]
         return values if isinstance(level, int) else values[:, None, None]
 
-    scale = param("scale")
     if "power" not in calibration:
-        return mean * scale  # the arithmetic of checkpoints recalibrated before ``power`` existed
+        return mean * param("scale")  # the arithmetic of checkpoints recalibrated before ``power`` existed
     if ref_power is None:
         raise ValueError("a calibration with 'power' needs the blocks' mixture power")
-    ref = ref_power.to(mean.dtype) + 1e-12
-    return scale * ref * (mean / ref) ** param("power")
+    return power_recalibrated_mean(mean, param("scale"), param("power"), ref_power)
 
 
 def recalibrate_step(level: int, alpha: torch.Tensor, beta: torch.Tensor, calibration: dict[str, Any] | None,

@@ -31,6 +31,7 @@ from exitbench.models.losses import (block_sums, difficulty_targets, level_losse
                                      si_snr_db, snr_db)
 from exitbench.models.registry import ARCHITECTURES
 from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
+from exitbench.policies.calibration import ks_distance
 
 try:
     import tomllib
@@ -105,15 +106,6 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-def _ks_rows(u: torch.Tensor) -> list[float]:
-    """Kolmogorov-Smirnov distance from uniform of each row of PIT values ``[L, K]``."""
-    u = torch.sort(u.double().cpu(), dim=1).values
-    k = u.shape[1]
-    above = torch.arange(1, k + 1, dtype=torch.float64) / k - u
-    below = u - torch.arange(0, k, dtype=torch.float64) / k
-    return torch.maximum(above, below).amax(1).tolist()
-
-
 def _lr_at(step: int, frac: float, cfg: dict[str, Any]) -> float:
     """Linear warm-up, then cosine decay over the run's progress ``frac`` (time or steps) to 5%."""
     base = cfg["lr"]
@@ -152,12 +144,12 @@ class Trainer:
         # step; on the CPU compiling costs more than it saves in a short run
         self.compiled = compile_ is True or (compile_ == "auto" and cuda)
         graphs = self.tcfg["cuda_graphs"]
-        if graphs not in ("auto", True, False):
-            raise UsageError(f"train.cuda_graphs must be true, false or \"auto\", got {graphs!r}")
+        if graphs not in (True, False):
+            raise UsageError(f"train.cuda_graphs must be true or false, got {graphs!r}")
         # CUDA graphs replay the compiled forward and backward as a few launches instead of ~1,500 kernels;
         # off by default: on an H100 (2026-12-07) the step is bound by GPU time, not launches, and the
         # graph variant had not finished compiling and 50 steps after 200 s (bench_train_step.py)
-        self.graphs = self.compiled and cuda and graphs is True
+        self.graphs = self.compiled and cuda and graphs
         self.loss_fn = (torch.compile(self.losses, mode="reduce-overhead" if self.graphs else None)
                         if self.compiled else self.losses)
         if self.device.type == "cuda":
@@ -325,7 +317,7 @@ class Trainer:
             "si_snri": {name: round(v, 3) for name, v in zip(self.model.levels, si_all)},
             "nll_per_sample": round(float(torch.cat(nll).mean()), 4),
             "log_power_crps": round(float(torch.cat(crps).mean()), 4),  # summed over levels, nats
-            "pit_ks": {name: round(ks, 4) for name, ks in zip(self.model.levels, _ks_rows(torch.cat(pit, 1)))},
+            "pit_ks": {name: round(ks_distance(u.cpu().numpy()), 4) for name, u in zip(self.model.levels, torch.cat(pit, 1))},
         }
         if self.is_slim:
             result["dynamic_si_snri"] = round(float(torch.cat(dyn_si).mean()), 3)
