@@ -426,6 +426,21 @@ def test_crps_weight_enters_the_training_loss(tmp_path):
     assert first["total"] == pytest.approx(first["nll"] + first["neg_snr"] + 0.5 * first["crps"], rel=1e-4)
 
 
+def test_crps_term_trains_the_variance_heads_only():
+    # the CRPS scores the heads against the observed error; its gradient must not reach the estimates
+    # (else the separator is pushed towards an over-predicted variance)
+    from exitbench.models.losses import level_losses
+    g = torch.Generator().manual_seed(3)
+    est = torch.randn(2, 3, 2, 400, generator=g, dtype=torch.float64, requires_grad=True)
+    refs = torch.randn(2, 2, 400, generator=g, dtype=torch.float64)
+    alpha = (3 + torch.rand(2, 3, 2, 2, generator=g, dtype=torch.float64)).requires_grad_()
+    beta = torch.rand(2, 3, 2, 2, generator=g, dtype=torch.float64).requires_grad_()
+    crps = level_losses(est, refs, alpha, beta, 200, 0.0, 0.0, crps_weight=1.0)["crps"].sum()
+    ge, ga, gb = torch.autograd.grad(crps, (est, alpha, beta), allow_unused=True)
+    assert ge is None or float(ge.abs().max()) == 0.0
+    assert float(ga.abs().max()) > 0 and float(gb.abs().max()) > 0
+
+
 def test_fine_tune_on_fixed_crops_runs_the_compiled_step_at_its_own_batch(tmp_path):
     cfg = load_config("tiny-press")
     cfg["train"].update(max_steps=6, finetune_fraction=0.5, log_every=1, batch_size=4)

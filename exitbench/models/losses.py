@@ -111,7 +111,9 @@ def level_losses(estimates: torch.Tensor, refs: torch.Tensor, alpha: torch.Tenso
     neg_snr = -snr_db(est, ref).mean(2).sum(1)
     out = {"total": nll_weight * nll + snr_weight * neg_snr, "nll": nll, "neg_snr": neg_snr}
     if crps_weight:
-        out["crps"] = log_power_crps(energy, counts, alpha, beta).mean((2, 3)).sum(1)
+        # the observed error is detached: this term calibrates the variance heads only; undetached, its
+        # gradient would push the separator's error up towards an over-predicted variance
+        out["crps"] = log_power_crps(energy.detach(), counts, alpha, beta).mean((2, 3)).sum(1)
         out["total"] = out["total"] + crps_weight * out["crps"]
     return out
 
