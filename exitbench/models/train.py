@@ -150,7 +150,10 @@ class Trainer:
         # off by default: on an H100 (2026-12-07) the step is bound by GPU time, not launches, and the
         # graph variant had not finished compiling and 50 steps after 200 s (bench_train_step.py)
         self.graphs = self.compiled and cuda and graphs
-        self.loss_fn = (torch.compile(self.losses, mode="reduce-overhead" if self.graphs else None)
+        # dynamic=False: the fine-tune's second shape gets a graph of its own; with automatic dynamic
+        # shapes, torch 2.11's inductor raised an AssertionError in its tiling analysis on that shape (H100,
+        # press-s, 8-s crops after 4-s ones)
+        self.loss_fn = (torch.compile(self.losses, mode="reduce-overhead" if self.graphs else None, dynamic=False)
                         if self.compiled else self.losses)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
