@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from exitbench.models.checkpoint import save_checkpoint
+from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
 from exitbench.models.layers import accumulate_inverse_gamma, block_mean, block_power, frame_block_index
 from exitbench.models.press import build_press
 from exitbench.models.adapters import measure_macs
@@ -134,6 +134,25 @@ def test_checkpoint_roundtrip(tmp_path, press):
     loaded = resolve_model(str(path)).model
     x = torch.randn(2100)
     torch.testing.assert_close(loaded.forward_all(x).estimates, model.eval().forward_all(x).estimates)
+
+
+def test_checkpoint_stored_in_float16_loads_its_rounded_weights_in_float32(tmp_path):
+    # a shipped model may store its weights in half precision: the module stays float32 and computes
+    # with exactly the rounded weights
+    model = build_press({"size": "tiny"})
+    path = tmp_path / "half.pt"
+    save_checkpoint(path, "press", model.config, model.module.state_dict(), {"step": 3}, storage_dtype=torch.float16)
+    ckpt = load_checkpoint(path)
+    assert ckpt.metadata["storage_dtype"] == "float16" and ckpt.metadata["step"] == 3
+    assert all(v.dtype == torch.float16 for v in ckpt.state_dict.values() if v.is_floating_point())
+    loaded = resolve_model(str(path)).model
+    for name, value in loaded.module.state_dict().items():
+        want = model.module.state_dict()[name]
+        assert value.dtype == want.dtype
+        if want.is_floating_point():
+            torch.testing.assert_close(value, want.half().float(), rtol=0, atol=0)
+    save_checkpoint(tmp_path / "full.pt", "press", model.config, model.module.state_dict())
+    assert path.stat().st_size < 0.75 * (tmp_path / "full.pt").stat().st_size
 
 
 def test_block_helpers():

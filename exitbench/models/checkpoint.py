@@ -51,8 +51,16 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def save_checkpoint(path: str | os.PathLike, architecture: str, config: dict[str, Any],
-                    state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None) -> str:
-    """Write a checkpoint atomically (temporary file, then rename); returns its sha256."""
+                    state_dict: dict[str, torch.Tensor], metadata: dict[str, Any] | None = None,
+                    storage_dtype: torch.dtype | None = None) -> str:
+    """Write a checkpoint atomically (temporary file, then rename); returns its sha256.
+
+    ``storage_dtype`` (e.g. torch.float16) stores the floating-point tensors at that precision, half
+    the bytes of a shipped float32 model; ``load_state_dict`` casts them back to the module's dtype, so
+    the model computes with the rounded weights (figures must be measured on the file as stored)."""
+    if storage_dtype is not None:
+        state_dict = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
+        metadata = {**(metadata or {}), "storage_dtype": str(storage_dtype).removeprefix("torch.")}
     def plain(obj: dict[str, Any]) -> dict[str, Any]:
         # plain JSON types only: checkpoints are read back with torch.load(weights_only=True),
         # which refuses numpy scalars and other objects
