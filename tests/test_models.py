@@ -121,10 +121,11 @@ def test_press_parameters_per_level(press):
     assert 100_000 < press.num_parameters() < 650_000
 
 
-def test_bundled_press_checkpoint_resolves():
-    resolved = resolve_model("press-s")
+@pytest.mark.parametrize("name,levels", [("press-s", 4), ("press-m", 6)])
+def test_bundled_press_checkpoint_resolves(name, levels):
+    resolved = resolve_model(name)
     out = resolved.model.forward_all(torch.randn(3000))
-    out.validate(4, 2, 3000, 2)
+    out.validate(levels, 2, 3000, 2)
 
 
 def test_checkpoint_roundtrip(tmp_path, press):

@@ -10,6 +10,7 @@ CHECKPOINT_DIR = Path(__file__).parent / "checkpoints"
 #: short names for the checkpoints shipped with the package
 BUNDLED = {
     "press-s": "press-s.pt",
+    "press-m": "press-m.pt",
     "slimdemucs-s": "slimdemucs-s.pt",
 }
 DEFAULT_MODEL = "press-s"

@@ -26,11 +26,13 @@ from exitbench.harness.cli.app import (
     report_outcome,
 )
 from exitbench.harness.spec import RecordSettings, RunSpec
-from exitbench.models import DEFAULT_MODEL
+from exitbench.models import BUNDLED, DEFAULT_MODEL
+
+BUNDLED_NAMES = ", ".join(BUNDLED)
 
 
 ModelOpt = typer.Option(DEFAULT_MODEL, "--model", "-m",
-                        help="checkpoint file, bundled model name (press-s, slimdemucs-s) or module:factory")
+                        help=f"checkpoint file, bundled model name ({BUNDLED_NAMES}) or module:factory")
 
 
 RUN_HELP = """Record a model on a test set: every level, block statistics and metrics, into Parquet.
@@ -169,7 +171,7 @@ def train(
     corpus: Optional[str] = typer.Option(None, help="corpus root (default: the config's, .corpus)"),
     set_: list[str] = typer.Option([], "--set", help="override a config value, SECTION.KEY=VALUE (repeatable)"),
     init: Optional[str] = typer.Option(None, "--init", help="continue from this checkpoint (a path or a bundled"
-                                                            " name: press-s, slimdemucs-s): its weights and step"),
+                                                            f" name: {BUNDLED_NAMES}): its weights and step"),
 ) -> None:
     """Train a reference model with dynamic mixing from a speech corpus (scripts/build_corpus.py).
 
