@@ -13,6 +13,11 @@ into the checkpoint's config ("calibration") with the fit's figures in its metad
 power (exitbench.models.layers.recalibrate): p < 1 keeps the head's ranking of blocks but shrinks its
 spread, for heads whose deep exits predict variances far too small or too spread (p = 1 is the plain fit).
 The KS of the fit as the model applies it (the mean variance kept non-increasing over levels) is printed too.
+
+``--objective crps`` minimises the mean CRPS of each block's log error power (losses.log_power_crps, the
+term the models train with) instead of the KS distance: a proper score, so it rewards sharpness as well
+as calibration. The KS alone is indifferent to sharpness: it may pick a power of 0 (a variance set by the
+mixture's power alone, calibrated but ranking no block above another), which a policy cannot use.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ from scipy.special import gammaincc
 from exitbench.metrics import apply_permutation, best_permutation
 from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
 from exitbench.models.layers import block_power, power_recalibrated_mean, recalibrate
+from exitbench.models.losses import log_power_crps
 from exitbench.models.registry import build_from_checkpoint
 from exitbench.models.training_data import fixed_set, load_pool
 from exitbench.policies.calibration import ks_distance
@@ -78,6 +84,14 @@ def pit(alpha, beta, n, err, k=1.0, c=1.0, p=1.0, ref=None, cap=None):
     return gammaincc(a2, mean * (a2 - 1.0) * n / np.maximum(err, 1e-30))
 
 
+def crps_over_shapes(alpha, beta, n, err, k_grid, c=1.0, p=1.0, ref=None, cap=None) -> np.ndarray:
+    """Mean log-power CRPS (nats) for every shape factor in ``k_grid`` at one scale c and power p."""
+    mean = torch.from_numpy(recalibrated_mean(alpha, beta, c, p, ref, cap))
+    a = 1.0 + torch.from_numpy(np.asarray(k_grid, dtype=float))[:, None] * (torch.from_numpy(alpha)[None] - 1.0)
+    score = log_power_crps(torch.from_numpy(err)[None], torch.from_numpy(n)[None], a, mean[None] * (a - 1.0))
+    return score.double().mean(1).numpy()
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
@@ -89,6 +103,8 @@ def main() -> None:
     p.add_argument("--powers", default="1", help="comma list of powers to try per level (1: scale and shape only)")
     p.add_argument("--group-weights", default=None, metavar="JSON",
                    help='draw the held-out speaker groups as training does, e.g. \'{"lang:en": 4, "kind:real": 4}\'')
+    p.add_argument("--objective", choices=["ks", "crps"], default="ks",
+                   help="what the fit minimises per level: the PIT's KS distance, or the mean CRPS of the log error power")
     args = p.parse_args()
     powers = sorted({float(x) for x in args.powers.split(",")}, reverse=True)
 
@@ -108,8 +124,13 @@ def main() -> None:
         a, b, nn_, e, r = alpha[level], beta[level], n[level], err[level], ref[level]
         before = ks_distance(pit(a, b, nn_, e))
         # fitted level by level as the model applies it: capped by the previous level's recalibrated mean
-        best = min((ks_distance(pit(a, b, nn_, e, k, c, q, r, cap)), k, c, q)
-                   for q in powers for k in ks_grid for c in c_grid)
+        if args.objective == "ks":
+            best = min((ks_distance(pit(a, b, nn_, e, k, c, q, r, cap)), k, c, q)
+                       for q in powers for k in ks_grid for c in c_grid)
+        else:  # one vectorised pass over the shapes per (power, scale)
+            best = min((float(score), k, c, q) for q in powers for c in c_grid
+                       for k, score in zip(ks_grid, crps_over_shapes(a, b, nn_, e, ks_grid, c, q, r, cap)))
+            best = (ks_distance(pit(a, b, nn_, e, best[1], best[2], best[3], r, cap)), *best[1:], best[0])
         if monotone:
             cap = recalibrated_mean(a, b, best[2], best[3], r, cap)
         shapes.append(float(best[1]))
@@ -118,6 +139,9 @@ def main() -> None:
         report.append({"level": model.levels[level], "ks_before": round(float(before), 4),
                        "ks_fit": round(float(best[0]), 4), "shape": round(best[1], 4), "scale": round(best[2], 4),
                        "power": best[3]})
+        if args.objective == "crps":
+            report[-1]["crps_before"] = round(float(crps_over_shapes(a, b, nn_, e, [1.0])[0]), 4)
+            report[-1]["crps_fit"] = round(best[4], 4)
         print(report[-1])
     cal = {"shape": shapes, "scale": scales}
     if any(q != 1.0 for q in exps):
@@ -131,7 +155,8 @@ def main() -> None:
         print(row["level"], "KS as applied", row["ks_applied"])
     ckpt.config["calibration"] = cal
     meta = dict(ckpt.metadata)
-    meta["calibration"] = {"method": "per-level shape, variance scale (and power) minimising PIT KS",
+    objective = "PIT KS" if args.objective == "ks" else "the mean CRPS of the log error power"
+    meta["calibration"] = {"method": f"per-level shape, variance scale (and power) minimising {objective}",
                            "data": f"{args.items} mixtures of {args.seconds:g} s from {args.corpus} valid split",
                            "group_weights": weights,
                            "levels": report}

@@ -451,3 +451,30 @@ def test_fine_tune_on_fixed_crops_runs_the_compiled_step_at_its_own_batch(tmp_pa
     assert phases.count("main") == 3 and phases.count("finetune-fixed") == 3
     sr = resolve_model(str(path)).model.sample_rate
     assert {r["samples"] for r in log["train"] if r["phase"] == "finetune-fixed"} == {2 * 2 * sr}  # batch 4*1/2
+
+
+def test_recalibration_by_crps_finds_the_true_scale_and_keeps_an_informative_head():
+    # simulated heads that under-predict every block's variance 4x (alpha 30): the CRPS fit of
+    # scripts/recalibrate.py must find scale ~4, and prefer the head's own ranking (power 1) to a
+    # variance set by the mixture power alone (power 0), which a KS fit can find equally calibrated
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "scripts" / "recalibrate.py"
+    spec = importlib.util.spec_from_file_location("recalibrate_script", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    rng = np.random.default_rng(5)
+    m, n = 4000, 2000.0
+    true_var = np.exp(rng.normal(0.0, 1.5, m))
+    err = true_var * rng.chisquare(n, m)
+    alpha = np.full(m, 30.0)
+    beta = true_var / 4 * (alpha - 1.0)
+    counts = np.full(m, n)
+    mix_power = np.exp(rng.normal(0.0, 1.5, m))  # unrelated to the error: no information
+    scales = np.geomspace(0.5, 32.0, 61)
+    score = [mod.crps_over_shapes(alpha, beta, counts, err, [1.0], c)[0] for c in scales]
+    assert scales[int(np.argmin(score))] == pytest.approx(4.0, rel=0.08)
+    best_power1 = min(score)
+    best_power0 = min(mod.crps_over_shapes(alpha, beta, counts, err, [1.0], c, 0.0, mix_power)[0]
+                      for c in np.geomspace(1e-3, 1e3, 61))
+    assert best_power1 < 0.5 * best_power0
