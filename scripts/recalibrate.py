@@ -27,7 +27,6 @@ import json
 
 import numpy as np
 import torch
-from scipy.special import gammaincc
 
 from exitbench.metrics import apply_permutation, best_permutation
 from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
@@ -35,7 +34,7 @@ from exitbench.models.layers import block_power, power_recalibrated_mean, recali
 from exitbench.models.losses import log_power_crps
 from exitbench.models.registry import build_from_checkpoint
 from exitbench.models.training_data import fixed_set, load_pool
-from exitbench.policies.calibration import ks_distance
+from exitbench.policies.calibration import invgamma_pit, ks_distance
 
 
 def collect(model, mixes: torch.Tensor, srcs: torch.Tensor) -> tuple[np.ndarray, ...]:
@@ -81,7 +80,7 @@ def pit(alpha, beta, n, err, k=1.0, c=1.0, p=1.0, ref=None, cap=None):
     """PIT values under shape factor k, variance scale c and power p (see recalibrated_mean)."""
     a2 = 1.0 + k * (alpha - 1.0)
     mean = recalibrated_mean(alpha, beta, c, p, ref, cap)
-    return gammaincc(a2, mean * (a2 - 1.0) * n / np.maximum(err, 1e-30))
+    return invgamma_pit(a2, mean * (a2 - 1.0), n, err)
 
 
 def crps_over_shapes(alpha, beta, n, err, k_grid, c=1.0, p=1.0, ref=None, cap=None) -> np.ndarray:
@@ -150,8 +149,8 @@ def main() -> None:
     a2, b2 = recalibrate(torch.from_numpy(alpha[:, None]), torch.from_numpy(beta[:, None]), cal,
                          monotone=monotone, ref_power=torch.from_numpy(ref[0]))
     for level, row in enumerate(report):
-        row["ks_applied"] = round(float(ks_distance(gammaincc(a2[level, 0].numpy(), b2[level, 0].numpy() * n[level]
-                                                              / np.maximum(err[level], 1e-30)))), 4)
+        u = invgamma_pit(a2[level, 0].numpy(), b2[level, 0].numpy(), n[level], err[level])
+        row["ks_applied"] = round(ks_distance(u), 4)
         print(row["level"], "KS as applied", row["ks_applied"])
     ckpt.config["calibration"] = cal
     meta = dict(ckpt.metadata)

@@ -61,6 +61,7 @@ def save_checkpoint(path: str | os.PathLike, architecture: str, config: dict[str
     if storage_dtype is not None:
         state_dict = {k: v.to(storage_dtype) if v.is_floating_point() else v for k, v in state_dict.items()}
         metadata = {**(metadata or {}), "storage_dtype": str(storage_dtype).removeprefix("torch.")}
+
     def plain(obj: dict[str, Any]) -> dict[str, Any]:
         # plain JSON types only: checkpoints are read back with torch.load(weights_only=True),
         # which refuses numpy scalars and other objects

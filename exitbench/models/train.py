@@ -31,7 +31,7 @@ from exitbench.models.losses import (block_sums, difficulty_targets, level_losse
                                      si_snr_db, snr_db)
 from exitbench.models.registry import ARCHITECTURES
 from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
-from exitbench.policies.calibration import ks_distance
+from exitbench.policies.calibration import invgamma_pit, ks_distance
 
 try:
     import tomllib
@@ -302,9 +302,8 @@ class Trainer:
             crps.append(per["crps"])
             # the raw heads' PIT per (block, source) and level: u = Q(α, β·n/‖e‖²), uniform when calibrated
             energy, counts = block_sums(est - src[:, None].float(), self.model.block_size)
-            a, b = out["alpha"].float(), out["beta"].float()
-            u = torch.special.gammaincc(a, b * counts / energy.clamp_min(1e-30))
-            pit.append(u.transpose(0, 1).reshape(u.shape[1], -1))
+            u = invgamma_pit(*(t.double().cpu().numpy() for t in (out["alpha"], out["beta"], counts, energy)))
+            pit.append(u.swapaxes(0, 1).reshape(u.shape[1], -1))
             if self.is_slim:
                 logits = out["router_logits"].float()
                 onehot = F.one_hot(logits.argmax(-1), logits.shape[-1]).float()
@@ -320,7 +319,7 @@ class Trainer:
             "si_snri": {name: round(v, 3) for name, v in zip(self.model.levels, si_all)},
             "nll_per_sample": round(float(torch.cat(nll).mean()), 4),
             "log_power_crps": round(float(torch.cat(crps).mean()), 4),  # summed over levels, nats
-            "pit_ks": {name: round(ks_distance(u.cpu().numpy()), 4) for name, u in zip(self.model.levels, torch.cat(pit, 1))},
+            "pit_ks": {name: round(ks_distance(u), 4) for name, u in zip(self.model.levels, np.concatenate(pit, 1))},
         }
         if self.is_slim:
             result["dynamic_si_snri"] = round(float(torch.cat(dyn_si).mean()), 3)

@@ -27,6 +27,11 @@ def error_energy(arrays: BlockArrays) -> np.ndarray:
     return np.maximum(st["e_ref"] - 2.0 * st["dot_est_ref"] + st["e_est"], _TINY)
 
 
+def invgamma_pit(alpha: np.ndarray, beta: np.ndarray, n: np.ndarray, err: np.ndarray) -> np.ndarray:
+    """u = P(σ² ≤ ‖x − x̂‖²/n) = Q(α, β·n/‖x − x̂‖²) for σ² ~ InvGamma(α, β), elementwise (broadcasting)."""
+    return upper_gamma(alpha, np.asarray(beta, dtype=np.float64) * n / np.maximum(err, _TINY))
+
+
 def pit_values(arrays: BlockArrays) -> np.ndarray:
     """PIT values per block, level, source [K, L, S]: uniform when the predicted variance is calibrated.
 
@@ -37,7 +42,7 @@ def pit_values(arrays: BlockArrays) -> np.ndarray:
     n = arrays.n[:, None, None].astype(np.float64)
     if arrays.alpha is None:
         return gammainc(n / 2.0, error_energy(arrays) / (2.0 * arrays.sigma2))
-    return upper_gamma(arrays.alpha, arrays.beta * n / error_energy(arrays))
+    return invgamma_pit(arrays.alpha, arrays.beta, n, error_energy(arrays))
 
 
 def pit_reliability(u: np.ndarray, bins: int = 20) -> pd.DataFrame:
