@@ -190,6 +190,7 @@ class Trainer:
                                       "step": self.initial_step, "optimizer": self._load_optimizer(ckpt.sha256)}
         self.log: list[dict[str, Any]] = []
         self.valid_log: list[dict[str, Any]] = []
+        self.finetune_compiled = False  # set once the fixed-crop fine-tune's first compiled step ran
 
     def _load_optimizer(self, sha256: str) -> bool:
         """Load the optimiser state saved beside the init checkpoint, if it belongs to that checkpoint."""
@@ -380,21 +381,46 @@ class Trainer:
             if self.step % t["steps_per_epoch"] == 0:
                 reserve = self._end_epoch()
         if t["finetune_fraction"] > 0:
+            # the main phase's weights on disk first: a fine-tune that fails (a new shape to compile)
+            # must not take them with it
+            self.save(final=False)
             fixed = self.dcfg["finetune_seconds"]
             batch = t["batch_size"] if fixed is None else \
                 max(1, round(t["batch_size"] * self.dcfg["segment_seconds"] / float(fixed)))
             data = self.loader(None if fixed is None else float(fixed), batch, 1)
+            phase = "finetune" if fixed is None else "finetune-fixed"
             while self.step < t["max_steps"]:
                 if self.budget_s is not None and self.elapsed() + reserve >= self.budget_s:
                     break
-                self._step_and_log(next(data), t["lr"] * 0.05, "finetune" if fixed is None else "finetune-fixed")
+                phase = self._finetune_step(next(data), t["lr"] * 0.05, phase)
         if not self.valid_log or self.valid_log[-1]["step"] != self.step:
             self.epoch += 1
             self.valid_log.append(self.validate())
         return self.save(final=True)
 
+    def _finetune_step(self, batch: tuple[torch.Tensor, ...], lr: float, phase: str) -> str:
+        """One fine-tune step; returns the phase to go on with (eager once compiling the new shape failed)."""
+        if phase != "finetune-fixed" or self.finetune_compiled:
+            self._step_and_log(batch, lr, phase)
+            return phase
+        try:  # the first step on the fixed crops compiles their shape
+            self._step_and_log(batch, lr, phase)
+        except FloatingPointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - a compiler failure costs speed, not the fine-tune
+            # the failed step raised before the optimiser stepped: its batch runs again eagerly
+            self.log.append({"step": self.step, "phase": "finetune-fixed", "event": "compile failed, eager from here",
+                             "error": f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]})
+            print(f"fine-tune: compiling the {self.dcfg['finetune_seconds']}-s shape failed ({type(exc).__name__});"
+                  " going on eagerly", flush=True)
+            self.opt.zero_grad(set_to_none=True)
+            self._step_and_log(batch, lr, "finetune-eager")
+            return "finetune-eager"
+        self.finetune_compiled = True
+        return phase
+
     def _step_and_log(self, batch: tuple[torch.Tensor, ...], lr: float, phase: str) -> None:
-        parts = self.train_step(*batch, lr, eager=phase == "finetune")
+        parts = self.train_step(*batch, lr, eager=phase in ("finetune", "finetune-eager"))
         if self.step % self.tcfg["log_every"] == 0 or self.step == 1:
             # the one host sync of a logging step; between logs the GPU runs ahead of Python
             values = dict(zip(parts, torch.stack([v.float() for v in parts.values()]).tolist()))
