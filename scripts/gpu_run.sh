@@ -7,7 +7,8 @@
 # Environment: BENCH (configs to benchmark, may be empty), BENCH_BATCH (default 16), BENCH_VARIANTS (forms of
 # the step, bench_train_step.py --variants; default partials), BENCH_ARGS (more benchmark options), MODELS,
 # MAX_MINUTES, INIT_DIR, CORPUS: as scripts/gpu_train.sh. Writes $OUT/bench.tar.gz (JSON, profiler
-# tables, log) and $OUT/train.tar.gz (checkpoints, logs), so that few files come back.
+# tables, log), $OUT/train.tar.gz (checkpoints, logs) and $OUT/compile-cache.tar.gz (torch.compile's artefacts,
+# to put in INIT_DIR next time), so that few files come back.
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 BENCH=${BENCH:-}
@@ -36,7 +37,10 @@ if [ -n "${MODELS:-}" ]; then
   OUT="$OUT/train" MODELS="$MODELS" bash scripts/gpu_train.sh
   RC=$?
   # at most 16 MB per returned file: the optimiser states (<name>.opt.pt, 2x a checkpoint) stay behind
-  tar -czf "$OUT/train.tar.gz" -C "$OUT" --exclude='*.opt.pt' train && rm -rf "$OUT/train"
+  tar -czf "$OUT/train.tar.gz" -C "$OUT" --exclude='*.opt.pt' --exclude='*.compile.bin' train
+  # the compile artefacts apart: over 16 MB they stay behind, and the checkpoints still come back
+  (cd "$OUT/train" && ls *.compile.bin >/dev/null 2>&1 && tar -czf "$OUT/compile-cache.tar.gz" *.compile.bin)
+  rm -rf "$OUT/train"
   ls -la "$OUT"
   exit "$RC"
 fi

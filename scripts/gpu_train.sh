@@ -5,7 +5,7 @@
 #   OUT=$OUT bash scripts/gpu_train.sh
 # Environment: MODELS (config names, default "press-s slimdemucs-s"), INIT_DIR (a folder holding
 # <name>.pt checkpoints to continue, train.init, with their step counts and, from <name>.opt.pt
-# beside them, the optimiser's state), OUT (output folder,
+# beside them, the optimiser's state; <name>.compile.bin, an earlier call's compile artefacts), OUT (output folder,
 # default /tmp/out), MAX_MINUTES (per model, default 8.5),
 # DEVICE (default cuda if available, else cpu), THREADS (torch threads per process, default 4),
 # CORPUS (corpus root, default .corpus; a missing one means synthetic sources).
@@ -56,6 +56,10 @@ KILL_AFTER=$(python -c "print(int(float('$MAX_MINUTES') * 60 + 40))")
 run() {  # name
   local init=()
   if [ -n "$INIT_DIR" ] && [ -f "$INIT_DIR/$1.pt" ]; then init=(--set "train.init=$INIT_DIR/$1.pt"); fi
+  # torch.compile's artefacts: an earlier call's (INIT_DIR/<name>.compile.bin) skip most of the compile time;
+  # this run's are written to $OUT/<name>.compile.bin for the next call
+  if [ -n "$INIT_DIR" ] && [ -f "$INIT_DIR/$1.compile.bin" ]; then cp "$INIT_DIR/$1.compile.bin" "$OUT/"; fi
+  init+=(--set "train.compile_cache=$OUT/$1.compile.bin")
   local own="EXTRA_ARGS_${1//-/_}"
   timeout --signal=INT --kill-after=15 "$KILL_AFTER" \
     python -m exitbench.models.train "$1" "$OUT" --device "$DEVICE" --max-minutes "$MAX_MINUTES" \

@@ -481,6 +481,21 @@ def test_fine_tune_goes_on_eagerly_when_compiling_its_shape_fails(tmp_path):
     assert log["metadata"]["step"] == 6
 
 
+def test_compile_cache_is_written_and_a_bad_one_costs_only_time(tmp_path):
+    # train.compile_cache: a file that does not load is reported and ignored, and the run writes the
+    # artefacts of its own compilation there, loadable by the next run (compiling on the CPU: ~40 s)
+    cache = tmp_path / "tiny.compile.bin"
+    cache.write_bytes(b"not a cache")
+    cfg = load_config("tiny-press")
+    cfg["train"].update(max_steps=2, log_every=1, batch_size=2, compile=True, compile_cache=str(cache))
+    cfg["data"].update(segment_seconds=0.5, valid_items=2)
+    path = train(cfg, tmp_path / "out", device="cpu")
+    meta = json.loads(path.with_suffix(".log.json").read_text())["metadata"]
+    assert meta["step"] == 2 and meta["compile_cache_loaded"] is False
+    data = cache.read_bytes()
+    assert data != b"not a cache" and torch.compiler.load_cache_artifacts(data) is not None
+
+
 def test_recalibration_by_crps_finds_the_true_scale_and_keeps_an_informative_head():
     # simulated heads that under-predict every block's variance 4x (alpha 30): the CRPS fit of
     # scripts/recalibrate.py must find scale ~4, and prefer the head's own ranking (power 1) to a

@@ -47,6 +47,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "batch_size": 8, "lr": 1e-3, "warmup_steps": 100, "max_steps": 1_000_000, "max_minutes": None,
     "steps_per_epoch": 500, "amp": "bf16", "grad_clip": 5.0, "seed": 0, "init": None,
     "finetune_fraction": 0.0, "log_every": 25, "valid_batch": 16, "compile": "auto", "cuda_graphs": False,
+    # torch.compile's artefacts (torch.compiler.save_cache_artifacts) read from and written to this file, so
+    # that a later run of the same config on the same kind of GPU skips most of its compile time
+    "compile_cache": None,
 }
 DATA_DEFAULTS: dict[str, Any] = {
     "corpus": ".corpus", "segment_seconds": 4.0, "gain_db": 5.0, "snr_db": [-5.0, 15.0],
@@ -155,6 +158,8 @@ class Trainer:
         # press-s, 8-s crops after 4-s ones)
         self.loss_fn = (torch.compile(self.losses, mode="reduce-overhead" if self.graphs else None, dynamic=False)
                         if self.compiled else self.losses)
+        self.compile_cache = Path(self.tcfg["compile_cache"]) if self.compiled and self.tcfg["compile_cache"] else None
+        self.compile_cache_loaded = self._load_compile_cache()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
@@ -191,6 +196,29 @@ class Trainer:
         self.log: list[dict[str, Any]] = []
         self.valid_log: list[dict[str, Any]] = []
         self.finetune_compiled = False  # set once the fixed-crop fine-tune's first compiled step ran
+
+    def _load_compile_cache(self) -> bool:
+        """Hand an earlier run's compile artefacts to torch.compile; False when there are none or they do not load."""
+        if self.compile_cache is None or not self.compile_cache.is_file():
+            return False
+        try:  # artefacts of another torch or GPU are cache misses; a file that does not load costs only time
+            return torch.compiler.load_cache_artifacts(self.compile_cache.read_bytes()) is not None
+        except Exception as exc:  # noqa: BLE001
+            print(f"compile cache {self.compile_cache} not loaded ({type(exc).__name__}: {exc})", flush=True)
+            return False
+
+    def _save_compile_cache(self) -> None:
+        """Write the compile artefacts of this process so far (atomically), if there are any."""
+        if self.compile_cache is None:
+            return
+        try:
+            saved = torch.compiler.save_cache_artifacts()
+            if saved is not None and saved[0]:
+                tmp = self.compile_cache.with_name(self.compile_cache.name + ".tmp")
+                tmp.write_bytes(saved[0])
+                os.replace(tmp, self.compile_cache)
+        except Exception as exc:  # noqa: BLE001 - the cache saves start-up time, never the checkpoint's place
+            print(f"compile cache not saved ({type(exc).__name__}: {exc})", flush=True)
 
     def _load_optimizer(self, sha256: str) -> bool:
         """Load the optimiser state saved beside the init checkpoint, if it belongs to that checkpoint."""
@@ -342,6 +370,7 @@ class Trainer:
             "train_config": {k: v for k, v in self.cfg.items()},
             "validation": self.valid_log[-1] if self.valid_log else None,
             "trained": self.step > 0,
+            "compile_cache_loaded": self.compile_cache_loaded,
         }
         # plain JSON types only: the checkpoint is read back with torch.load(weights_only=True)
         metadata = json.loads(json.dumps(metadata, default=str))
@@ -356,6 +385,7 @@ class Trainer:
         tmp.write_text(json.dumps({"name": name, "metadata": {k: v for k, v in metadata.items()},
                                    "train": self.log, "validation": self.valid_log}, indent=1, default=str))
         os.replace(tmp, log_path)
+        self._save_compile_cache()
         return path
 
     def elapsed(self) -> float:
