@@ -27,7 +27,9 @@ from exitbench.results.store import ResultStore
 from exitbench.results.views import connect
 
 runner = CliRunner()
-OPTIONS = (("num_utterances", "6"), ("seconds", "0.5"))
+OPTIONS = (("num_utterances", "6"), ("seconds", "1.0"))  # at 0.5 s press-s (2026-12-07) gave one silent exit4 estimate
+NOISY_OPTIONS = (("num_utterances", "16"), ("seconds", "1.0"))  # enough utterances for a paired interval that
+# a few-dB drop clears, whatever the spread of the base model's SI-SNRi on these synthetic mixtures
 BROKEN_EXIT = 2  # the candidate's exit3 decoder outputs silence: a real, deterministic regression of one level
 # (the deepest exit, which fixes the source permutation of every level, is left intact)
 NOISE = 0.2  # a second candidate: Gaussian noise of 0.2 × each weight tensor's std on every weight, so every
@@ -55,12 +57,14 @@ def runs(tmp_path_factory):
               if v.is_floating_point() and v.numel() > 1 else v) for k, v in ck.state_dict.items()}
     save_checkpoint(noisy_ck, ck.architecture, ck.config, sd, ck.metadata)
     root, root_b, root_n = tmp / "results", tmp / "results-b", tmp / "results-noisy"
+    root_m = tmp / "results-many"
     base = record_local(root, model=str(base_ck), options=OPTIONS, metrics=(), shard_size=6)
     cand = record_local(root, model=str(cand_ck), options=OPTIONS, metrics=(), shard_size=6)
     rerun = record_local(root_b, model=str(copy_ck), options=OPTIONS, metrics=(), shard_size=6)
-    noisy = record_local(root_n, model=str(noisy_ck), options=OPTIONS, metrics=(), shard_size=6)
+    noisy = record_local(root_n, model=str(noisy_ck), options=NOISY_OPTIONS, metrics=(), shard_size=8)
+    many = record_local(root_m, model=str(base_ck), options=NOISY_OPTIONS, metrics=(), shard_size=8)
     return {"root": root, "root_b": root_b, "root_n": root_n, "base": base.run_id, "cand": cand.run_id,
-            "rerun": rerun.run_id, "noisy": noisy.run_id, "base_ck": base_ck, "cand_ck": cand_ck, "tmp": tmp}
+            "rerun": rerun.run_id, "noisy": noisy.run_id, "root_m": root_m, "many": many.run_id, "base_ck": base_ck, "cand_ck": cand_ck, "tmp": tmp}
 
 
 def per_utt(root, run_id):
@@ -368,11 +372,11 @@ def test_bad_alpha_and_too_few_resamples_are_refused():
 
 def test_gate_fails_a_candidate_degraded_everywhere(runs):
     """Noise on every weight: every level and policy drops by a few dB, with spread; all rows vary together."""
-    result = runner.invoke(app, ["compare", runs["base"], runs["noisy"], "-r", str(runs["root"]),
+    result = runner.invoke(app, ["compare", runs["many"], runs["noisy"], "-r", str(runs["root_m"]),
                                  "--candidate-results", str(runs["root_n"]), "--no-curves"])
     assert result.exit_code == 1, result.output
     assert "6 row(s) tested at family-wise alpha 0.05" in result.output
-    cmp = compare_runs(runs["root"], runs["base"], runs["noisy"], candidate_root=runs["root_n"], curves=False)
+    cmp = compare_runs(runs["root_m"], runs["many"], runs["noisy"], candidate_root=runs["root_n"], curves=False)
     assert (cmp.rows["se"] > 0).all() and (cmp.rows["delta"] < -2).all()
     assert (cmp.rows["verdict"] == "worse").all() and (cmp.rows["ci_high"] < -0.1).all()
     assert np.isfinite(cmp.critical) and (cmp.rows["mdd"] > 0.1).all()
