@@ -18,7 +18,7 @@ from exitbench.models.checkpoint import load_checkpoint, save_checkpoint
 
 def main() -> None:
     """Parse arguments and write the shipped copy."""
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("out")
     p.add_argument("--storage", choices=["float16", "bfloat16", "float32"], default="float16")

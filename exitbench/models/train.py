@@ -383,9 +383,11 @@ class Trainer:
         log_path = self.out_dir / f"{name}.log.json"
         tmp = log_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"name": name, "metadata": {k: v for k, v in metadata.items()},
-                                   "train": self.log, "validation": self.valid_log}, indent=1, default=str))
+                                   "train": self.log, "validation": self.valid_log},
+                                  separators=(",", ":"), default=str))  # compact: logs ship with the checkpoints
         os.replace(tmp, log_path)
-        self._save_compile_cache()
+        if final:  # once: the artefacts run to ~150 MB on a GPU, too much to rewrite at every epoch
+            self._save_compile_cache()
         return path
 
     def elapsed(self) -> float:
