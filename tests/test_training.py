@@ -22,8 +22,6 @@ from exitbench.models.press import PressModel
 from exitbench.models.training_data import DeviceCorpus, fixed_set, generator, load_pool
 
 
-
-
 def test_nll_is_multivariate_student_t():
     rng = np.random.default_rng(0)
     for n, alpha, beta in [(3, 2.5, 0.7), (10, 7.0, 0.01), (1, 3.0, 2.0)]:
@@ -300,7 +298,6 @@ def test_train_init_continues_a_checkpoint_and_its_step_count(tmp_path):
     assert bad.exit_code == 2 and "--init 'nope.pt' is neither" in bad.output
     other = CliRunner().invoke(app, ["train", "tiny-press", "-o", str(tmp_path / "c"), "--init", "press-s", *common])
     assert other.exit_code == 2 and "do not fit this config" in other.output  # press-s is not tiny
-
 
 
 def test_multi_resolution_stft_loss_matches_a_numpy_computation():
