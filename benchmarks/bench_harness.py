@@ -404,6 +404,9 @@ def gpu(args: argparse.Namespace) -> None:
     print(f"| {n} mixtures x ~{sec:g} s, every metric at every level | value |")
     print("| --- | --- |")
     print(f"| wall time (s) | {wall:.1f} |")
+    import pesq
+
+    print(f"| pesq build | {pesq.__path__[0]} |")
     print(f"| CPU-task metric time per utterance, one thread (s; goal <= 0.45) | {per_utt:.3f} |")
     print(f"| floor: that x {n} / {os.cpu_count()} cores (s) | {floor:.1f} |")
     print(f"| wall / floor (goal <= 1.15) | {check_ratio('wall / floor', wall / floor)} |")

@@ -7,7 +7,8 @@
 # (default "demo gpu overhead"; "online": benchmarks/bench_online.py on the GPU, issue 17, with
 # ONLINE_BATCH utterances per pass for the chunk-safe model, default 1; "batching": recording with --batch
 # RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances; "host": a
-# model worker's time per utterance, model half against host half).
+# model worker's time per utterance, model half against host half). First, unless FAST_PESQ=0, pesq is
+# rebuilt for the host's CPU and used only if it scores exactly as the default build (pesq.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
 N=${N:-3000}
@@ -21,6 +22,13 @@ t0=$(date +%s)
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
   python3 -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'
   echo "setup $(( $(date +%s) - t0 )) s"; } > "$OUT/machine.txt" 2>&1
+if [ "${FAST_PESQ:-1}" = 1 ]; then  # FAST_PESQ=0: the bundle's default pesq build throughout
+  # pesq compiled for this host's CPU, kept only if its 94 reference scores are identical (build_fast_pesq.sh)
+  { python3 scripts/pesq_reference.py
+    TARGET=/tmp/pesq-fast PESQ_SRC=${PESQ_SRC:-.gpu-bundle/whl/pesq-0.0.4.tar.gz} bash scripts/build_fast_pesq.sh
+  } > "$OUT/pesq.md" 2> "$OUT/pesq.err"
+  [ -d /tmp/pesq-fast ] && export PYTHONPATH=/tmp/pesq-fast${PYTHONPATH:+:$PYTHONPATH}  # Ray's workers inherit it
+fi
 step() {  # name limit command...
   local name=$1 limit=$2; shift 2
   local s=$(date +%s)
