@@ -111,14 +111,16 @@ def overhead(args: argparse.Namespace) -> None:
     bare_loop(4, sec, device)  # CUDA context and kernels warmed once, outside every timing
     base = min(bare_loop(n, sec, device, files=True) for _ in range(args.repeat))
     rows = []
-    for overlap in (None, False):
+    for overlap in (None,) if args.defaults_only else (None, False):
         label = "default" if overlap is None else "overlap off"
         t = min(timed(lambda: execute(prepare(spec(n, sec, (), files=True)), tempfile.mkdtemp(),
                                       LocalExecutor(device, overlap=overlap)))[0] for _ in range(args.repeat))
         rows.append((f"local, {label}", t))
-    ray_kw = [("defaults", {}), ("overlap off", {"overlap": False})]
+    ray_kw = [("defaults", {})] + ([] if args.defaults_only else [("overlap off", {"overlap": False})])
     if device != "cpu" and args.one_actor:
         ray_kw.append(("one actor per GPU", {"gpus_per_worker": 1.0}))
+    if device != "cpu" and args.four_actors:
+        ray_kw.append(("four actors per GPU", {"gpus_per_worker": 0.25}))
     for label, kw in ray_kw:
         ray_t = []
         for _ in range(args.repeat):
@@ -519,6 +521,9 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--loop", type=int, default=50, help="gpu: utterances of the sequential recipe loop")
     p.add_argument("--one-actor", action="store_true", help="overhead: also Ray with one actor per GPU")
+    p.add_argument("--four-actors", action="store_true", help="overhead: also Ray with four actors per GPU")
+    p.add_argument("--defaults-only", action="store_true",
+                   help="overhead: each executor with its defaults only (not also with overlap off)")
     p.add_argument("--batch", type=int, default=16, help="batching: utterances per model pass")
     p.add_argument("--timeline", help="gpu, overhead: write Ray's timeline of the (default) Ray run here and"
                                       " summarise it")

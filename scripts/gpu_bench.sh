@@ -7,7 +7,8 @@
 # (default "demo gpu overhead"; "online": benchmarks/bench_online.py on the GPU, issue 17, with
 # ONLINE_BATCH utterances per pass for the chunk-safe model, default 1; "batching": recording with --batch
 # RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances; "host": a
-# model worker's time per utterance, model half against host half). First, unless FAST_PESQ=0, pesq is
+# model worker's time per utterance, model half against host half; OVERHEAD_ARGS go to the overhead step,
+# e.g. "--defaults-only --four-actors"). First, unless FAST_PESQ=0, pesq is
 # rebuilt for the host's CPU and used only if it scores exactly as the default build (pesq.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -39,7 +40,7 @@ step() {  # name limit command...
 for s in $STEPS; do
   case $s in
     demo)
-      step demo 120 bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
+      step demo ${DEMO_LIMIT:-120} bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
     gpu) step gpu ${GPU_LIMIT:-290} python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" \
@@ -49,7 +50,8 @@ for s in $STEPS; do
               --repeats 3 --batch "${ONLINE_BATCH:-1}" --json "$OUT/online.json" ;;
     batching) step batching 300 python3 benchmarks/bench_harness.py batching --n "$N_OVERHEAD" --seconds "$SEC" \
               --repeat 1 --batch "${RECORD_BATCH:-16}" ;;
-    overhead) step overhead 300 python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 \
+    overhead) step overhead ${OVERHEAD_LIMIT:-300} python3 benchmarks/bench_harness.py overhead --n "$N_OVERHEAD" --seconds "$SEC" --repeat 1 \
+              ${OVERHEAD_ARGS:-} \
               --timeline /tmp/timeline-overhead.json ;;
   esac
 done

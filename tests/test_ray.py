@@ -169,3 +169,15 @@ def test_a_shard_that_keeps_killing_its_worker_stops_the_run_as_failed(ray_sessi
         execute(prepare(spec), tmp_path, RayExecutor(workers=1, max_shard_attempts=3))
     count.write_text("0")
     assert ResultStore(tmp_path).read_manifest(prepare(spec).run_id)["status"] == "failed"
+
+
+@pytest.mark.parametrize("res, expected", [
+    # (actors, GPUs each, CPUs each, CPUs left to metric tasks)
+    ({"CPU": 16.0, "GPU": 1.0}, (2, 0.5, 0.5, 15.0)),  # two GPU actors hold one CPU between them
+    ({"CPU": 4.0, "GPU": 1.0}, (1, 1.0, 0.5, 3.5)),    # too few CPUs to share the GPU
+    ({"CPU": 16.0}, (4, 0.0, 1.0, 12.0)),              # CPU actors: one CPU each runs the model
+])
+def test_the_plan_leaves_the_metric_tasks_what_the_actors_do_not_need(res, expected):
+    workers, gpw, cpw, _, spare = RayExecutor()._plan(res)
+    assert (workers, gpw, cpw, spare) == expected
+    assert RayExecutor(cpus_per_worker=2.0)._plan(res)[2] == 2.0  # an explicit reservation is kept

@@ -29,9 +29,10 @@ from exitbench.results.store import ResultStore
 STARTUP_WAIT_S = 60.0
 #: CPUs per GPU from which two model actors share each GPU by default
 ACTORS_CPU_RULE = 8
+GPU_ACTOR_CPUS = 0.5  # Ray CPUs a GPU actor reserves by default (see RayExecutor._plan)
 
 
-def ensure_ray(address: str | None = None, extra_pythonpath: list[str] | None = None) -> bool:
+def ensure_ray(address: str | None = None) -> bool:
     """Start or join Ray (``address`` or RAY_ADDRESS joins a cluster); True if this call started it."""
     address = address or os.environ.get("RAY_ADDRESS")
     if not address:
@@ -42,13 +43,11 @@ def ensure_ray(address: str | None = None, extra_pythonpath: list[str] | None = 
 
     if ray.is_initialized():
         return False
-    runtime_env: dict[str, Any] = {}
-    if address:  # a remote cluster may not have exitbench installed: ship the package
-        runtime_env["py_modules"] = [str(Path(exitbench.__file__).parent)]
-    env_vars = {"PYTHONWARNINGS": "ignore::DeprecationWarning"}
-    if extra_pythonpath:
-        env_vars["PYTHONPATH"] = os.pathsep.join(extra_pythonpath)
-    runtime_env["env_vars"] = env_vars
+    # a remote cluster may not have exitbench installed: the package is shipped. A local cluster's workers
+    # inherit this process's environment and import exitbench as it does; a job runtime_env would also keep
+    # them off the worker processes Ray starts in advance (measured on the 2-core box: 1.06 s instead of
+    # 0.37 s for the first two tasks, 0.9 s instead of 0.55 s for an actor)
+    runtime_env = {"py_modules": [str(Path(exitbench.__file__).parent)]} if address else None
     ray.init(address=address, runtime_env=runtime_env, include_dashboard=False, log_to_driver=False,
              configure_logging=False, ignore_reinit_error=True)
     return True
@@ -196,7 +195,7 @@ class RayExecutor:
     def __init__(self, workers: int | None = None, gpus_per_worker: float | None = None,
                  cpus_per_metric_task: float = 1.0, address: str | None = None,
                  max_shards_in_flight: int | None = None, max_metric_tasks: int | None = None,
-                 cpus_per_worker: float = 1.0, worker_wait_s: float = 60.0, max_shard_attempts: int = 5,
+                 cpus_per_worker: float | None = None, worker_wait_s: float = 60.0, max_shard_attempts: int = 5,
                  device: str = "auto", batch: int = 1, overlap: bool | None = None):
         from exitbench.harness.record import check_batch
 
@@ -244,10 +243,12 @@ class RayExecutor:
     def _overlap(self, device: str) -> bool:
         return device == "cuda" if self.overlap is None else bool(self.overlap)
 
-    def _plan(self) -> tuple[int, float, int, float]:
+    def _plan(self, res: dict[str, float] | None = None) -> tuple[int, float, float, int, float]:
+        """(actors, GPUs and CPUs each reserves, metric-task slots, CPUs left to metric tasks) for the
+        cluster's resources (``ray.cluster_resources()`` unless given)."""
         import ray
 
-        res = ray.cluster_resources()
+        res = ray.cluster_resources() if res is None else res
         gpus, cpus = float(res.get("GPU", 0)), float(res.get("CPU", 1))
         if self.gpus_per_worker is not None:
             gpw = self.gpus_per_worker
@@ -267,9 +268,16 @@ class RayExecutor:
             workers = max(1, int(gpus // gpw))
         else:  # leave most CPUs to the metric tasks, which dominate on CPU-only machines
             workers = max(1, int(cpus // 4))
+        if self.cpus_per_worker is not None:
+            cpw = self.cpus_per_worker
+        else:  # a CPU actor's one CPU runs the model. A GPU actor's host work is about 55 ms of one thread
+            # per utterance (bench_harness.py host on the H200: 23.5 model, 31.1 host half), 0.41 of a core
+            # at the pace of the 3000-mixture run: two per GPU reserve one CPU between them, not two that
+            # the metric tasks (PESQ, the run's bottleneck) would lose
+            cpw = GPU_ACTOR_CPUS if gpw > 0 else 1.0
         metric_slots = self.max_metric_tasks or max(2, int(2 * cpus // max(self.cpus_per_metric_task, 1e-3)))
         # CPUs the actors leave to metric tasks (with none, a task could never run: the actor computes)
-        return workers, gpw, metric_slots, cpus - workers * self.cpus_per_worker
+        return workers, gpw, cpw, metric_slots, cpus - workers * cpw
 
     def run(self, prepared: PreparedRun, store: ResultStore, shards: dict[int, list[str]],
             on_utterance: Callable[[int], None]) -> None:
@@ -294,7 +302,7 @@ class RayExecutor:
 
         if not shards:
             return
-        workers, gpw, metric_slots, spare = self._plan()
+        workers, gpw, cpw, metric_slots, spare = self._plan()
         tasks_for_metrics = spare >= self.cpus_per_metric_task
         settings = prepared.spec.settings
         device = "cuda" if gpw > 0 else "cpu"
@@ -308,10 +316,10 @@ class RayExecutor:
         full_float32(device)  # as the actors do (the manifest's description is this process's)
         # Ray restarts nothing by itself: a dead actor is replaced here and its shard requeued, so a
         # call to an actor that is gone fails at once instead of waiting on a restart that may never come
-        Actor = ray.remote(ModelWorker).options(num_cpus=self.cpus_per_worker, num_gpus=gpw,
+        Actor = ray.remote(ModelWorker).options(num_cpus=cpw, num_gpus=gpw,
                                                 max_restarts=0, max_task_retries=0,
                                                 max_concurrency=2 if self._overlap(device) else 1)
-        threads = max(1, int(self.cpus_per_worker))
+        threads = max(1, int(cpw))
         spec_json = prepared.spec.to_json()
         target = min(workers, len(shards))
         starts_left = target + 2 * len(shards)  # every start beyond the first needs a lost actor
