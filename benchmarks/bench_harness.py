@@ -333,6 +333,19 @@ class GpuSampler(threading.Thread):
             self.stop.wait(1.0)
 
 
+def blas_threads(n: int):
+    """A context in which numpy's and scipy's BLAS/OpenMP pools use ``n`` threads (threadpoolctl where
+    installed; it is on this box, and the probes say so when it is not)."""
+    import contextlib
+
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        print("threadpoolctl not installed: BLAS threads not pinned", flush=True)
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=n)
+
+
 def metric_floor_per_utterance(seconds: float, device: str, probe: int = 20) -> float:
     """Single-threaded seconds of the metrics that run on CPU tasks, per utterance, every level.
 
@@ -342,14 +355,7 @@ def metric_floor_per_utterance(seconds: float, device: str, probe: int = 20) -> 
     must do, warm-up (the first utterance) excluded; the model's forward pass is outside the timed part.
     Wall time of a single-threaded section is at least its CPU time, so the floor errs high, never low.
     """
-    import contextlib
-
     from exitbench.harness.record import forward_utterance, tensor_metrics, utterance_metrics
-
-    try:  # BLAS/OpenMP pools of numpy and scipy; torch's own is pinned below
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        threadpool_limits = lambda limits: contextlib.nullcontext()  # noqa: E731
 
     settings = RecordSettings()
     model = resolve_model("press-s").model.to(device)
@@ -357,7 +363,7 @@ def metric_floor_per_utterance(seconds: float, device: str, probe: int = 20) -> 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        with threadpool_limits(limits=1):
+        with blas_threads(1):
             recs = [forward_utterance(model, u) for u in utts]
             if device != "cpu":
                 for rec in recs:
@@ -469,11 +475,12 @@ def _loaded_probe(recs: list, settings: RecordSettings, barrier, results) -> Non
     from exitbench.harness.record import utterance_metrics
 
     torch.set_num_threads(1)
-    barrier.wait()
-    t0 = time.perf_counter()
-    for rec in recs:
-        utterance_metrics(rec, settings)
-    results.put((time.perf_counter() - t0) / len(recs))
+    with blas_threads(1):  # as in the probe and in Ray's metric tasks (Ray sets OMP_NUM_THREADS to their CPUs)
+        barrier.wait()
+        t0 = time.perf_counter()
+        for rec in recs:
+            utterance_metrics(rec, settings)
+        results.put((time.perf_counter() - t0) / len(recs))
 
 
 def loaded_floor(seconds: float, device: str, probe: int = 8) -> tuple[float, float]:

@@ -38,7 +38,7 @@ tar -C "$tmp/duck" -cJf "$DEST/duckdb.tar.xz" .
 
 echo "small wheels"
 for p in soundfile cffi pycparser pystoi "mir_eval<0.9" decorator jsonschema jsonschema-specifications \
-         referencing rpds-py; do
+         referencing rpds-py threadpoolctl; do
   dl "$DEST/whl" "$p"
 done
 
@@ -63,7 +63,7 @@ if [ ! -f /tmp/site/.ok ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "$B"/whl/*.whl
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --target /tmp/site "$B"/whl/*.tar.gz
   wait
-  python3 -c "import ray, duckdb, pesq, pystoi, fast_bss_eval, mir_eval, soundfile" && touch /tmp/site/.ok
+  python3 -c "import ray, duckdb, pesq, pystoi, fast_bss_eval, mir_eval, soundfile, threadpoolctl" && touch /tmp/site/.ok
 fi
 SETUP
 du -sh "$DEST"
