@@ -21,6 +21,7 @@ mkdir -p "$OUT"
 t0=$(date +%s)
 [ "${NO_BUNDLE:-0}" = 1 ] || source .gpu-bundle/setup.sh  # NO_BUNDLE=1: the packages are installed
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader; nproc
+  lscpu | grep -E "^(Model name|Thread|Core|Socket|CPU max MHz)"  # SMT: 16 CPUs may be 8 cores
   python3 -c 'import torch, ray; print("torch", torch.__version__, "ray", ray.__version__)'
   echo "setup $(( $(date +%s) - t0 )) s"; } > "$OUT/machine.txt" 2>&1
 if [ "${FAST_PESQ:-1}" = 1 ]; then  # FAST_PESQ=0: the bundle's default pesq build throughout
