@@ -91,3 +91,19 @@ def test_the_gate_imports_scipy_only_for_a_heavy_tailed_row():
             " assert 'scipy.special' in sys.modules; assert h.high[4] - h.mean[4] > 5 * h.se[4];"
             " assert np.allclose(h.high[:4], v.high[:4], rtol=0, atol=0.02) and np.isfinite(h.critical)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_a_local_ray_cluster_starts_without_ray_printing_on_the_console():
+    """Ray's own line about token authentication used to come before exitbench's first line of output; and
+    a caller that imported ray first still gets a cluster it can connect to (Ray's default, with its line)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS")}
+    for first in ("", "import ray\n"):
+        code = (f"{first}from exitbench.harness.ray_executor import ensure_ray\n"
+                "import os\nassert ensure_ray()\nimport ray\n"
+                "print('MODE', os.environ['RAY_AUTH_MODE'], ray.get(ray.put(7)))\nray.shutdown()")
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        assert "MODE token 7" in proc.stdout  # authentication is kept on, as Ray would have it
+        assert ("Token authentication" in proc.stdout + proc.stderr) == bool(first)

@@ -12,6 +12,7 @@ atomically, so a retry can neither duplicate nor lose rows.
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -39,6 +40,12 @@ def ensure_ray(address: str | None = None) -> bool:
         # a local cluster listens on loopback only: for multi-node support Ray would bind the
         # machine's outward address (read when ray is first imported, hence before the import)
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        # Ray turns token authentication on for a new local cluster when RAY_AUTH_MODE is unset, and prints a
+        # line saying so before anything of ours; asking for that same mode keeps it, without the line. Only
+        # before ray's first import: its configuration is read then (set later, the driver would still
+        # think it disabled while the cluster it starts wants a token, and fail to connect)
+        if "ray" not in sys.modules:
+            os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
 
     if ray.is_initialized():
