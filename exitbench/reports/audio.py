@@ -91,14 +91,16 @@ class RunModel:
     checkpoint_note: str = ""
 
 
-def open_run_model(root: str | os.PathLike, run_id: str) -> RunModel:
+def open_run_model(root: str | os.PathLike, run_id: str, man: dict[str, Any] | None = None) -> RunModel:
     """Resolve the run's model (checkpoint or factory and arguments, the recorded block size) and test set.
 
-    Raises AudioUnavailable when either cannot be reopened or when the checkpoint's bytes are no
-    longer the ones recorded (its sha256 differs): its estimates would not be the run's."""
+    ``man``: the run's manifest when the caller has it (then no query is made, so that this can run in
+    a thread beside others that query the root). Raises AudioUnavailable when either cannot be reopened
+    or when the checkpoint's bytes are no longer the ones recorded (its sha256 differs): its estimates
+    would not be the run's."""
     from exitbench.models.registry import resolve_model
 
-    man = manifest(root, run_id)
+    man = manifest(root, run_id) if man is None else man
     spec = _spec(man)
     if spec is None:
         raise AudioUnavailable("the run's manifest has no spec to reopen its model and test set")
@@ -120,13 +122,18 @@ def open_run_model(root: str | os.PathLike, run_id: str) -> RunModel:
     return RunModel(model, testset, int(man["sample_rate"]))
 
 
-def recompute(root: str | os.PathLike, run_id: str, utt_id: str, run_model: RunModel) -> Recomputed:
-    """Run the model on one utterance; estimates [L', S, N] in the recorded source order, checked against
-    the recorded SI-SNR (``max_deviation_db``)."""
-    import torch
+@dataclass
+class ModelOutput:
+    """One utterance and the model's estimates of it, [L', S, N] (static levels, then any dynamic one)."""
 
-    from exitbench.metrics import apply_permutation, best_permutation, si_snr
-    from exitbench.reports.queries import df as _df
+    utt: Any
+    estimates: np.ndarray
+    level_names: list[str]
+
+
+def model_output(run_model: RunModel, utt_id: str) -> ModelOutput:
+    """Load one utterance and run the model on it (no query of the root: this may run in a thread)."""
+    import torch
 
     try:
         utt = run_model.testset.load(utt_id)
@@ -150,6 +157,19 @@ def recompute(root: str | os.PathLike, run_id: str, utt_id: str, run_model: RunM
     if out.dynamic is not None:
         est = np.concatenate([est, fit(out.dynamic.estimates.detach().float().cpu().numpy())[None]], axis=0)
         names.append("dynamic")
+    return ModelOutput(utt, est, names)
+
+
+def recompute(root: str | os.PathLike, run_id: str, utt_id: str, run_model: RunModel,
+              output: ModelOutput | None = None) -> Recomputed:
+    """Run the model on one utterance (or take ``output``, its ``model_output``); estimates [L', S, N] in
+    the recorded source order, checked against the recorded SI-SNR (``max_deviation_db``)."""
+    from exitbench.metrics import apply_permutation, best_permutation, si_snr
+    from exitbench.reports.queries import df as _df
+
+    output = model_output(run_model, utt_id) if output is None else output
+    utt, est, names = output.utt, output.estimates, output.level_names
+    model = run_model.model
     recorded = _df(root, """SELECT level, source, si_snr, permutation FROM utterances
                             WHERE run = ? AND utt_id = ? ORDER BY level, source""", [run_id, utt_id])
     perm = None

@@ -264,6 +264,9 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
         picks = Q.pick_utterances(root, run_id, chosen or None)
     except A.AnalysisError:
         picks = pd.DataFrame({"role": [""], "utt_id": [A.utterance_ids(root, run_id)[0]]})
+    # the model's passes over the picked utterances (seconds on a CPU) run in a thread while the figures
+    # are drawn: torch releases the GIL, and the thread makes no query of the root
+    prefetched = _prefetch_audio(root, run_id, man, [str(u) for u in picks["utt_id"]]) if audio else None
     lead = picks[picks["role"].isin(["chosen", "median"])].iloc[0] if len(picks) else None
     utt = str(lead["utt_id"]) if lead is not None else A.utterance_ids(root, run_id)[0]
     role = "" if lead is None or lead["role"] == "chosen" else str(lead["role"])
@@ -336,8 +339,31 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
             except PANEL_ERRORS as exc:
                 out.slice_reasons.append(f"{by}: {exc}")
     if audio:
-        listen(root, run_id, out, picks, arrays, targets, policy)
+        listen(root, run_id, out, picks, arrays, targets, policy, prefetched=prefetched)
     return out
+
+
+def _prefetch_audio(root: str | os.PathLike, run_id: str, man: dict[str, Any], utt_ids: list[str]) -> Any:
+    """A future of (the run's model or why not, each utterance's model output or why not), from a thread."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work() -> tuple[Any, dict[str, Any]]:
+        try:
+            model = AU.open_run_model(root, run_id, man)
+        except AU.AudioUnavailable as exc:
+            return exc, {}
+        outputs: dict[str, Any] = {}
+        for utt_id in dict.fromkeys(utt_ids):
+            try:
+                outputs[utt_id] = AU.model_output(model, utt_id)
+            except AU.AudioUnavailable as exc:
+                outputs[utt_id] = exc
+        return model, outputs
+
+    pool = ThreadPoolExecutor(1, thread_name_prefix="exitbench-audio-model")
+    future = pool.submit(work)
+    pool.shutdown(wait=False)  # the future completes; nothing else is submitted
+    return future
 
 
 # -- listening ----------------------------------------------------------------------------------------------
@@ -363,32 +389,40 @@ def audio_policies(arrays: Any, t: float, policy: str | None = None) -> list[str
 
 def listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataFrame, arrays: Any,
            targets: Sequence[float], policy: str | None = None, kbps: float = 16.0,
-           max_seconds: float = 12.0, workers: int | None = None) -> None:
+           max_seconds: float = 12.0, workers: int | None = None, prefetched: Any = None) -> None:
     """Re-compute the picked utterances with the run's model and fill ``rf.listening`` (or ``audio_reason``).
 
     Clips longer than ``max_seconds`` are cut to their first ``max_seconds`` (the metrics shown are
     still the whole utterance's), so that long test sets keep the report small. The clips are encoded by
-    ``workers`` threads (default: up to 8, one per core; libsndfile and the resampler run outside the GIL)."""
+    ``workers`` threads (default: up to 8, one per core; libsndfile and the resampler run outside the GIL).
+    ``prefetched``: a future of the model and its outputs (``_prefetch_audio``), else they are computed here."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1), thread_name_prefix="exitbench-audio") as pool:
-        _listen(root, run_id, rf, picks, arrays, targets, policy, kbps, max_seconds, pool)
+        _listen(root, run_id, rf, picks, arrays, targets, policy, kbps, max_seconds, pool, prefetched)
     for item in rf.listening:  # each clip's encoding, in the order the table shows them
         for clip in item.clips:
             clip.uris = [u.result() if isinstance(u, Future) else u for u in clip.uris]
 
 
 def _listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataFrame, arrays: Any,
-            targets: Sequence[float], policy: str | None, kbps: float, max_seconds: float, pool: Any) -> None:
+            targets: Sequence[float], policy: str | None, kbps: float, max_seconds: float, pool: Any,
+            prefetched: Any = None) -> None:
     """``listen``'s work, each clip's encoding handed to ``pool`` (its future stands in the clip until then)."""
     from exitbench.policies import parse_policy
     from exitbench.policies.replay import replay
 
     t_mid = float(targets[len(targets) // 2]) if len(targets) else 15.0
-    try:
-        model = AU.open_run_model(root, run_id)
-    except AU.AudioUnavailable as exc:
-        rf.audio_reason = str(exc)
+    outputs: dict[str, Any] = {}
+    if prefetched is not None:
+        model, outputs = prefetched.result()
+    else:
+        try:
+            model = AU.open_run_model(root, run_id)
+        except AU.AudioUnavailable as exc:
+            model = exc
+    if isinstance(model, AU.AudioUnavailable):
+        rf.audio_reason = str(model)
         return
     codec = AU.choose_codec(model.sample_rate, kbps)
     specs = audio_policies(arrays, t_mid, policy)
@@ -411,7 +445,10 @@ def _listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.Data
                          float(pick.duration))
         rf.listening.append(item)
         try:
-            rec = AU.recompute(root, run_id, item.utt_id, model)
+            output = outputs.get(item.utt_id)
+            if isinstance(output, AU.AudioUnavailable):
+                raise output
+            rec = AU.recompute(root, run_id, item.utt_id, model, output)
         except AU.AudioUnavailable as exc:
             item.reason = str(exc)
             continue
