@@ -25,6 +25,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="press-s")
     p.add_argument("--device", default="auto")
+    p.add_argument("--cpus-per-worker", type=float, default=None, help="Ray CPUs each model actor reserves")
+    p.add_argument("--gpus-per-worker", type=float, default=None, help="GPUs each model actor holds")
+    p.add_argument("--timeline", help="write Ray's timeline of the recording here and summarise it per task")
     args = p.parse_args()
     dataset = "demo-enhance" if args.model.startswith("slimdemucs") else "demo"
     root = Path(tempfile.mkdtemp())
@@ -38,9 +41,18 @@ def main() -> None:
     marks["resolve model and test set"] = time.perf_counter() - t
     first: list[float] = []
     t = time.perf_counter()
-    outcome = execute(prepared, root / "results", RayExecutor(device=args.device),
+    outcome = execute(prepared, root / "results", RayExecutor(device=args.device,
+                                                              cpus_per_worker=args.cpus_per_worker,
+                                                              gpus_per_worker=args.gpus_per_worker),
                       on_utterance=lambda k: first or first.append(time.perf_counter()))
     end = time.perf_counter()
+    if args.timeline:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_harness import timeline_summary
+
+        timeline_summary(args.timeline, end - t)
     marks["workers' start (to the first utterance)"] = first[0] - t
     marks[f"recording {outcome.num_utterances} utterances"] = end - first[0]
     t = time.perf_counter()

@@ -173,8 +173,10 @@ def test_a_shard_that_keeps_killing_its_worker_stops_the_run_as_failed(ray_sessi
 
 @pytest.mark.parametrize("res, expected", [
     # (actors, GPUs each, CPUs each, CPUs left to metric tasks)
-    ({"CPU": 16.0, "GPU": 1.0}, (2, 0.5, 0.5, 15.0)),  # two GPU actors hold one CPU between them
-    ({"CPU": 4.0, "GPU": 1.0}, (1, 1.0, 0.5, 3.5)),    # too few CPUs to share the GPU
+    ({"CPU": 16.0, "GPU": 1.0}, (4, 0.25, 0.25, 15.0)),  # a GPU's actors hold one CPU between them
+    ({"CPU": 8.0, "GPU": 1.0}, (2, 0.5, 0.5, 7.0)),
+    ({"CPU": 32.0, "GPU": 2.0}, (8, 0.25, 0.25, 30.0)),
+    ({"CPU": 4.0, "GPU": 1.0}, (1, 1.0, 1.0, 3.0)),      # too few CPUs to share the GPU
     ({"CPU": 16.0}, (4, 0.0, 1.0, 12.0)),              # CPU actors: one CPU each runs the model
 ])
 def test_the_plan_leaves_the_metric_tasks_what_the_actors_do_not_need(res, expected):
