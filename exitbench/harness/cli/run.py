@@ -68,7 +68,7 @@ def run(
     shard_size: int = typer.Option(8, help="utterances per shard (the unit of resumption)"),
     executor: str = typer.Option("ray", help="ray (local cluster, or --address) or local (in-process)"),
     workers: Optional[int] = typer.Option(None, help="ray: model actors (default: one per GPU, else CPUs/4: metric tasks get the rest)"),
-    gpus_per_worker: Optional[float] = typer.Option(None, help="ray: GPUs per model actor (fractions allowed; default 0.5, two actors per GPU, when the machine has 8 CPUs per GPU or more, else 1)"),
+    gpus_per_worker: Optional[float] = typer.Option(None, help="ray: GPUs per model actor (fractions allowed; default 0.25, four actors per GPU, with 16 or more CPUs per GPU, 0.5 with 8 or more, else 1)"),
     cpus_per_metric_task: float = typer.Option(1.0, help="ray: CPUs per metric task"),
     address: Optional[str] = typer.Option(None, help="ray: cluster address (default: RAY_ADDRESS or local)"),
     worker_wait: float = typer.Option(60.0, help="ray: seconds without any live model worker before the run"
