@@ -395,7 +395,7 @@ def listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.DataF
     Clips longer than ``max_seconds`` are cut to their first ``max_seconds`` (the metrics shown are
     still the whole utterance's), so that long test sets keep the report small. The clips are encoded by
     ``workers`` threads (default: up to 8, one per core; libsndfile and the resampler run outside the GIL).
-    ``prefetched``: a future of the model and its outputs (``_prefetch_audio``), else they are computed here."""
+    ``prefetched``: a future of the model and its outputs (``_prefetch_audio``), started here if not given."""
     from concurrent.futures import Future, ThreadPoolExecutor
 
     with ThreadPoolExecutor(workers or min(8, os.cpu_count() or 1), thread_name_prefix="exitbench-audio") as pool:
@@ -413,14 +413,9 @@ def _listen(root: str | os.PathLike, run_id: str, rf: RunFigures, picks: pd.Data
     from exitbench.policies.replay import replay
 
     t_mid = float(targets[len(targets) // 2]) if len(targets) else 15.0
-    outputs: dict[str, Any] = {}
-    if prefetched is not None:
-        model, outputs = prefetched.result()
-    else:
-        try:
-            model = AU.open_run_model(root, run_id)
-        except AU.AudioUnavailable as exc:
-            model = exc
+    if prefetched is None:
+        prefetched = _prefetch_audio(root, run_id, rf.manifest, [str(u) for u in picks["utt_id"]])
+    model, outputs = prefetched.result()
     if isinstance(model, AU.AudioUnavailable):
         rf.audio_reason = str(model)
         return
