@@ -120,6 +120,15 @@ def test_pareto_of_several_runs(slim_pair):
     assert not (g["front_all"] & ~g["front"]).any()  # on the overall front implies on its run's front
 
 
+def test_pareto_reuses_given_regret_curves(slim_pair, monkeypatch):
+    """A report draws the regret curves first and hands them on: the fronts are the same, and none is swept again."""
+    root, first, second = slim_pair
+    fresh = A.pareto(root, [first, second], "si_snri", TARGETS)
+    curves = {r: A.regret_curves(root, r, TARGETS) for r in (first, second)}  # with the matched baseline
+    monkeypatch.setattr(A, "regret_curves", lambda *a, **k: pytest.fail("swept again"))
+    pd.testing.assert_frame_equal(A.pareto(root, [first, second], "si_snri", TARGETS, curves=curves), fresh)
+
+
 def test_pareto_of_a_non_sum_metric_has_static_points_only(press):
     root, run, levels = press
     f = A.pareto(root, run, "pesq")

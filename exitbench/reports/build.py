@@ -92,6 +92,7 @@ class RunFigures:
     listening: list[Listening] = field(default_factory=list)
     audio_note: str = ""
     audio_reason: str = ""
+    curves: pd.DataFrame | None = None  # regret_curves, shared with the Pareto fronts
 
 
 def _panel(key: str, title: str, draw: Callable[[], Any], caption: Callable[[], str] | str = "") -> Panel:
@@ -275,6 +276,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
 
     def regret() -> Any:
         curves.append(A.regret_curves(root, run_id, targets, arrays))
+        out.curves = curves[0]
         return F.regret_figure(curves[0], run_labels=labels)
 
     def calibration() -> Any:
@@ -290,7 +292,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     dist: list[pd.DataFrame] = []
 
     def pareto_fig() -> Any:
-        pareto.append(A.pareto(root, [run_id], "si_snri", targets))
+        pareto.append(A.pareto(root, [run_id], "si_snri", targets, curves={run_id: curves[0]} if curves else None))
         return F.pareto_figure(pareto[0], run_labels=labels)
 
     def exit_map() -> Any:
@@ -821,7 +823,8 @@ def build_report(root: str | os.PathLike, run_ids: Sequence[str], out_dir: str |
             frame: list[pd.DataFrame] = []
 
             def both_fig() -> Any:
-                frame.append(A.pareto(root, run_ids, "si_snri", targets))
+                frame.append(A.pareto(root, run_ids, "si_snri", targets,
+                                      curves={r.run_id: r.curves for r in runs if r.curves is not None}))
                 return F.pareto_figure(frame[0], width=F.COLUMN_WIDTH * 2.2, run_labels=labels)
 
             both = _panel("pareto-all", "Pareto front of all runs (SI-SNRi vs compute)", both_fig,
@@ -870,8 +873,10 @@ def write_paper_figures(root: str | os.PathLike, run_ids: Sequence[str], out_dir
     out = Path(out_dir)
     paths: list[Path] = []
     skipped: list[str] = []
+    curves: dict[str, pd.DataFrame | None] = {}
     for run_id in run_ids:
         rf = run_figures(root, run_id, targets, utt_id, policy, paper=True, tables=False, run_labels=labels)
+        curves[run_id] = rf.curves
         with figure_style(paper=True):
             for p in rf.panels:
                 if p.figure is None:
@@ -880,7 +885,8 @@ def write_paper_figures(root: str | os.PathLike, run_ids: Sequence[str], out_dir
                 paths += save_figure(p.figure, out / f"{run_id[:8]}-{p.key}", formats)
     if len(run_ids) > 1:
         with figure_style(paper=True):
-            both = _panel("pareto", "", lambda: F.pareto_figure(A.pareto(root, run_ids, "si_snri", targets),
+            done = {r: c for r, c in curves.items() if c is not None}
+            both = _panel("pareto", "", lambda: F.pareto_figure(A.pareto(root, run_ids, "si_snri", targets, done),
                                                                 run_labels=labels))
             if both.figure is not None:
                 paths += save_figure(both.figure, out / "pareto-all-runs", formats)

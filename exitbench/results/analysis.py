@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -476,15 +476,18 @@ def non_dominated(cost: np.ndarray, value: np.ndarray) -> np.ndarray:
 
 
 def pareto(root: Root, run_ids: str | Sequence[str], metric: str = "si_snri",
-           targets: Sequence[float] = DEFAULT_TARGETS) -> pd.DataFrame:
+           targets: Sequence[float] = DEFAULT_TARGETS, curves: Mapping[str, pd.DataFrame] | None = None
+           ) -> pd.DataFrame:
     """Mean metric vs GMAC/s: static levels (and a recorded dynamic level) from the utterances table,
     plus every policy configuration replayed (exact for si_snri/snri), for one or several runs.
 
     Columns: run, strategy, policy, params, t, p, level, level_name, gmacs, value (the metric's mean),
     metric, num_params (the parameters the point needs: its level's, or the whole model's for a
     policy), front (non-dominated within its run), front_all (non-dominated over all runs given).
+    ``curves``: runs' ``regret_curves`` at these targets already computed (a report draws them first).
     """
     run_ids = [run_ids] if isinstance(run_ids, str) else list(run_ids)
+    curves = curves or {}
     _check_metrics([metric], (*LEVEL_METRICS, "snri", "si_snr", "sdr"))
     parts = []
     for run_id in run_ids:
@@ -502,10 +505,11 @@ def pareto(root: Root, run_ids: str | Sequence[str], metric: str = "si_snri",
                                t=np.nan, p=np.nan, num_params=levels["params"].astype("int64"))
         frames = [static.drop(columns=["kind"])]
         if metric in REPLAY_METRICS:
-            curves = regret_curves(root, run_id, targets)
+            # the policies' own values only: no cost-matched baseline (seconds of random draws)
+            run_curves = curves[run_id] if run_id in curves else regret_curves(root, run_id, targets, matched_draws=0)
             # static points come from the utterances table; router over a dynamic level is the dynamic level
-            keep = ~curves["policy"].isin(["static"] + (["router"] if (levels["kind"] == "dynamic").any() else []))
-            pol = curves[keep].drop_duplicates(["policy", "params"]).rename(columns={metric: "value"})
+            keep = ~run_curves["policy"].isin(["static"] + (["router"] if (levels["kind"] == "dynamic").any() else []))
+            pol = run_curves[keep].drop_duplicates(["policy", "params"]).rename(columns={metric: "value"})
             pol = pol.assign(num_params=model_params)
             pol.loc[~pol["policy"].isin(["oracle", "probabilistic"]), "t"] = np.nan  # regret's t: not a parameter
             frames.append(pol[[c for c in static.columns if c in pol.columns and c != "kind"]])
