@@ -107,3 +107,23 @@ def test_a_local_ray_cluster_starts_without_ray_printing_on_the_console():
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert "MODE token 7" in proc.stdout  # authentication is kept on, as Ray would have it
         assert ("Token authentication" in proc.stdout + proc.stderr) == bool(first)
+
+
+def test_demo_draws_its_report_and_leaves_no_ray_process(tmp_path):
+    """`exitbench demo` on a Ray cluster of its own: the report is drawn while the cluster stops in a thread,
+    and the command ends only once every process of that cluster is gone."""
+    import os
+    import tempfile
+
+    ray_tmp = tempfile.mkdtemp(prefix="ebdemo", dir="/tmp")  # short: Ray's socket paths live under it
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": ray_tmp}
+    proc = subprocess.run([sys.executable, "-m", "exitbench", "demo", "--metrics", "none", "--results",
+                           str(tmp_path / "r"), "--out", str(tmp_path / "o")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    assert len(list((tmp_path / "o").glob("report-*.html"))) == 1
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert os.listdir(os.path.join(ray_tmp, "ray"))  # the cluster lived there
+    left = subprocess.run(["pgrep", "-f", ray_tmp], capture_output=True, text=True).stdout.split()
+    assert not left, subprocess.run(["ps", "-o", "pid,args", "-p", ",".join(left)], capture_output=True,
+                                    text=True).stdout

@@ -12,6 +12,7 @@ import errno
 import os
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -204,21 +205,55 @@ def make_executor(kind: str, **kwargs: Any) -> Any:
 
 
 def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = False, quiet: bool = False,
-           expect_run_id: str | None = None, **executor_kwargs: Any) -> Any:
-    """Prepare and execute one recording with a progress bar; returns the RunOutcome."""
+           expect_run_id: str | None = None, stop_in_background: bool = False,
+           while_recording: Callable[[], None] | None = None, **executor_kwargs: Any) -> Any:
+    """Prepare and execute one recording with a progress bar; returns the RunOutcome.
+
+    ``stop_in_background``: a Ray cluster this call started stops in a thread (the process waits for it
+    before exiting) while the caller goes on, e.g. to draw the report, instead of before returning.
+    ``while_recording`` is called once the recording has started (this thread then mostly waits)."""
     ResultStore(results).check_writable()  # before loading anything: a bad root is a one-line answer
     started: list[bool] = []  # set when this call starts a local Ray cluster
     try:
-        return _record(spec, results, executor, force, quiet, expect_run_id, executor_kwargs, started)
+        return _record(spec, results, executor, force, quiet, expect_run_id, executor_kwargs, started,
+                       while_recording)
     finally:
         if started:
             import ray
 
-            ray.shutdown()  # a cluster this call started ends with it, as RayExecutor's own would
+            # a cluster this call started ends with it, as RayExecutor's own would (about a second of
+            # waiting on its processes: a non-daemon thread can do that while the report is drawn)
+            if stop_in_background:
+                threading.Thread(target=_quiet_shutdown, name="exitbench-ray-stop").start()
+            else:
+                ray.shutdown()
+
+
+def _quiet_shutdown() -> None:
+    import ray
+
+    try:
+        ray.shutdown()
+    except Exception:  # the recording is written; a cluster that stops badly is Ray's to log, not ours
+        pass
+
+
+def import_in_background(module: str) -> None:
+    """Start importing ``module`` in a daemon thread (seconds of matplotlib for the report) while this one
+    waits on other work; a later import of it waits for that one, and raises its error if it failed."""
+    import importlib
+
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:
+            pass
+
+    threading.Thread(target=load, name="exitbench-import", daemon=True).start()
 
 
 def _record(spec: RunSpec, results: Path, executor: str, force: bool, quiet: bool, expect_run_id: str | None,
-            executor_kwargs: dict[str, Any], started: list[bool]) -> Any:
+            executor_kwargs: dict[str, Any], started: list[bool], while_recording: Callable[[], None] | None) -> Any:
     from exitbench.harness.runner import execute, prepare
 
     with console.status("resolving model and test set..."):
@@ -262,6 +297,8 @@ def _record(spec: RunSpec, results: Path, executor: str, force: bool, quiet: boo
         state["shards"] = progress.add_task("shards", total=len(prepared.shards()) - done, rate="")
         state["t0"] = time.perf_counter()
         state["done"] = 0
+        if while_recording is not None:
+            while_recording()
 
     def on_utt(k: int) -> None:
         state["done"] += k

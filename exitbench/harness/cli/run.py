@@ -17,6 +17,7 @@ from exitbench.harness.cli.app import (
     app,
     console,
     guarded,
+    import_in_background,
     out,
     parse_metric_levels,
     parse_metrics,
@@ -147,7 +148,10 @@ def demo(
     def go() -> Any:
         spec = RunSpec(model, dataset, (), RecordSettings(parse_metrics(metrics), stoi_backend=stoi_backend,
                                                           metric_levels=parse_metric_levels(metric_levels)))
-        return record(spec, results, executor, device=device, batch=batch)
+        # the report's imports (matplotlib, seaborn: seconds) load while the workers record, and the Ray
+        # cluster stops while the report is drawn
+        return record(spec, results, executor, device=device, batch=batch, stop_in_background=report,
+                      while_recording=(lambda: import_in_background("exitbench.reports.build")) if report else None)
 
     outcome = guarded(go, results)
     report_outcome(outcome)
