@@ -183,3 +183,16 @@ def test_the_plan_leaves_the_metric_tasks_what_the_actors_do_not_need(res, expec
     workers, gpw, cpw, _, spare = RayExecutor()._plan(res)
     assert (workers, gpw, cpw, spare) == expected
     assert RayExecutor(cpus_per_worker=2.0)._plan(res)[2] == 2.0  # an explicit reservation is kept
+
+
+@pytest.mark.parametrize("shards, actors, in_flight, expected", [
+    (3, 3, None, 1),      # the demo's 3 shards on a GPU's actors: one each, not two on the first ready
+    (375, 4, None, 2),    # a long run: two per actor keep each busy while results drain
+    (5, 4, None, 2),      # one actor takes the fifth
+    (375, 4, 4, 1),       # --max-shards-in-flight over all actors
+    (1, 1, None, 1),
+])
+def test_an_actor_takes_no_more_than_its_share_of_a_small_run(shards, actors, in_flight, expected):
+    from exitbench.harness.ray_executor import shards_per_actor
+
+    assert shards_per_actor(shards, actors, in_flight) == expected

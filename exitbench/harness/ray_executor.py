@@ -148,6 +148,14 @@ def _warm_metric_worker() -> int:
     return os.getpid()
 
 
+def shards_per_actor(num_shards: int, actors: int, max_in_flight: int | None = None) -> int:
+    """Shards queued on one actor at a time: two keep it busy while results drain (``max_in_flight`` over all
+    actors overrides), but no more than an even share, so that the first actor ready does not take the
+    shards of a small run that the others, a moment later, would have run beside it."""
+    actors = max(actors, 1)
+    return max(1, min((max_in_flight or 2 * actors) // actors, -(-num_shards // actors)))
+
+
 def _is_infrastructure(exc: BaseException) -> bool:
     """True for a Ray failure of the machinery (a dead actor, worker or node, a lost object), not of our code."""
     import ray.exceptions as rex
@@ -364,7 +372,7 @@ class RayExecutor:
         metric_refs: dict[Any, tuple[int, int, str]] = {}  # ref -> (shard, attempt, utterance)
         waiting: deque = deque()  # (shard, attempt, utterance, record ref) not yet given to a metric task
         # utterances queued per actor: two shards' worth keeps it busy while results drain
-        per_actor = max(1, (self.max_shards_in_flight or 2 * target) // max(target, 1)) * settings.shard_size
+        per_actor = shards_per_actor(len(shards), target, self.max_shards_in_flight) * settings.shard_size
         no_worker_since: float | None = None
         ever_ready = False
 
