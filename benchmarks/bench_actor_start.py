@@ -2,8 +2,8 @@
 
     python benchmarks/bench_actor_start.py [--model press-s] [--device auto] [--procs 1 4] [--calls 4]
 
-Each process does what ``ModelWorker`` does, in its order: import torch, create the device's context, load
-the model and move it there, open the test set, then ``--calls`` single-utterance calls, each split into
+Each process imports torch, starts a ``ModelWorker`` (the model actor's class, here outside Ray: the device's
+context, the model, the test set, on a GPU the metrics' warm-up thread), then makes ``--calls`` single-utterance calls, each split into
 the model pass (``forward_stage``) and the rest (``finish_stage``: block statistics and, on a GPU, SDR and
 STOI there). With ``--procs 4`` the four processes start together, as four actors of one GPU do, so a cost
 that only appears when processes share a device (or a disk, or the CPU) shows against ``--procs 1``.
@@ -18,7 +18,7 @@ import sys
 import time
 
 
-def child(model: str, dataset: str, device: str, calls: int) -> None:
+def child(model: str, dataset: str, device: str, calls: int, warm_up: bool) -> None:
     """One process: its phases' seconds as a JSON line on stdout."""
     marks: dict[str, float] = {}
     t = time.perf_counter()
@@ -26,27 +26,23 @@ def child(model: str, dataset: str, device: str, calls: int) -> None:
 
     marks["import torch"] = time.perf_counter() - t
     t = time.perf_counter()
-    from exitbench.harness.devices import full_float32, resolve_device
-
-    device = resolve_device(device)
-    if device.startswith("cuda"):
-        torch.zeros(1, device=device)
-        torch.cuda.synchronize()
-    full_float32(device)
-    marks["device context"] = time.perf_counter() - t
-    t = time.perf_counter()
+    from exitbench.harness.devices import resolve_device
+    from exitbench.harness.ray_executor import ModelWorker
     from exitbench.harness.record import finish_stage, forward_stage
-    from exitbench.harness.runner import load_model, open_for_model
     from exitbench.harness.spec import RecordSettings, RunSpec
 
+    device = resolve_device(device)
     spec = RunSpec(model, dataset, (), RecordSettings())
-    resolved = load_model(spec, check=False)
-    net = resolved.model.to(device)
-    marks["exitbench imports, load model"] = time.perf_counter() - t
+    marks["exitbench imports"] = time.perf_counter() - t
+    if not warm_up:
+        import exitbench.harness.record as record
+
+        record.warm_gpu_metrics = lambda *a, **k: None  # the actor's start as it was before the warm-up thread
     t = time.perf_counter()
-    testset = open_for_model(spec, net)
+    worker = ModelWorker(spec.to_json(), 1, device)  # the actor's own start, outside Ray
+    net, testset = worker.model, worker.testset
     ids = testset.ids()
-    marks["open test set"] = time.perf_counter() - t
+    marks["ModelWorker(): context, model, test set"] = time.perf_counter() - t
     for i, utt in enumerate(ids[:calls]):
         t = time.perf_counter()
         staged = forward_stage(net, testset, [utt])
@@ -63,20 +59,22 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--procs", type=int, nargs="+", default=[1, 4], help="processes started together, per round")
     p.add_argument("--calls", type=int, default=4)
-    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--no-warm-up", action="store_true", help="also each round without the GPU metrics' warm-up thread")
+    p.add_argument("--child", choices=["warm", "cold"], help=argparse.SUPPRESS)
     args = p.parse_args()
     dataset = "demo-enhance" if args.model.startswith("slimdemucs") else "demo"
     if args.child:
-        child(args.model, dataset, args.device, args.calls)
+        child(args.model, dataset, args.device, args.calls, args.child == "warm")
         return
-    cmd = [sys.executable, __file__, "--child", "--model", args.model, "--device", args.device,
-           "--calls", str(args.calls)]
-    for n in args.procs:
+    for n, kind in [(n, k) for n in args.procs for k in (["warm", "cold"] if args.no_warm_up else ["warm"])]:
+        cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--device", args.device,
+               "--calls", str(args.calls)]
         t = time.perf_counter()
         procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
         outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
         wall = time.perf_counter() - t
-        print(f"\n| {n} process(es) at once, {args.model}, device {args.device} |"
+        print(f"\n| {n} process(es) at once, {args.model}, device {args.device}"
+              f"{'' if kind == 'warm' else ', no warm-up thread'} |"
               + " | ".join(f" process {i} (s)" for i in range(n)) + " |")
         print("| --- |" + " --- |" * n)
         for key in outs[0]:

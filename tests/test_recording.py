@@ -180,3 +180,15 @@ def test_runs_and_query_commands(synthetic_run):
     assert result.exit_code == 0 and result.output.strip().splitlines() == ["n", "5"]
     result = runner.invoke(app, ["query", "SELECT nope FROM utterances", "-r", str(synthetic_run.root)])
     assert result.exit_code == 2 and "nope" in result.output
+
+
+def test_a_gpu_actor_warms_up_only_the_metrics_it_will_compute_there():
+    from exitbench.harness.record import gpu_metrics_used, warm_gpu_metrics
+    from exitbench.harness.spec import RecordSettings
+
+    assert gpu_metrics_used(RecordSettings())
+    assert gpu_metrics_used(RecordSettings(metrics=("stoi",)))
+    assert not gpu_metrics_used(RecordSettings(metrics=("pesq",)))
+    assert not gpu_metrics_used(RecordSettings(metrics=("sdr", "stoi"), sdr_backend="mir_eval", stoi_backend="pystoi"))
+    warm_gpu_metrics("cpu")  # the same calls as on a GPU, on CPU here: they run without error
+    warm_gpu_metrics("not-a-device")  # a warm-up never raises: the real call reports its own failure

@@ -74,6 +74,12 @@ class ModelWorker:
         full_float32(device)
         self._model_lock = threading.Lock()
         self.spec = RunSpec.from_json(spec_json)
+        if device.startswith("cuda"):
+            from exitbench.harness.record import gpu_metrics_used, warm_gpu_metrics
+
+            if gpu_metrics_used(self.spec.settings):  # CUDA's libraries load while the model does
+                threading.Thread(target=warm_gpu_metrics, args=(device,), daemon=True,
+                                 name="exitbench-gpu-warm-up").start()
         self.resolved = load_model(self.spec, check=False)  # the driver checked the contract
         self.model = self.resolved.model.to(device)
         self.device = device

@@ -272,6 +272,34 @@ def tensor_metrics(rec: LevelRecord, settings: RecordSettings, device: str = "cp
     return out, notes
 
 
+def gpu_metrics_used(settings: RecordSettings) -> bool:
+    """Whether a GPU actor computes any metric there (``tensor_metrics``) for these settings."""
+    return (("sdr" in settings.metrics and settings.sdr_backend == "fast_bss_eval")
+            or ("stoi" in settings.metrics and settings.stoi_backend == "torch"))
+
+
+def warm_gpu_metrics(device: str, sample_rate: int = 8000) -> None:
+    """Run ``tensor_metrics``' two computations once on noise, results discarded: their first call on a GPU
+    loads cuFFT and cuSOLVER (about a second on an H100 host), which a model actor can do in a thread while
+    it loads the model, instead of in its first utterance's call."""
+    from exitbench.metrics.stoi_torch import stoi_torch
+
+    try:
+        rng = np.random.default_rng(0)
+        ref = rng.standard_normal((2, sample_rate))
+        est = ref + 0.3 * rng.standard_normal(ref.shape)
+        sdr(est, ref, device=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            x, y = torch.from_numpy(est).to(device), torch.from_numpy(ref).to(device)
+            stoi_torch(x, y, sample_rate)
+            stoi_torch(x, y, sample_rate, extended=True)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize(device)
+    except Exception:  # a warm-up only: a real call reports its own failure
+        pass
+
+
 def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
     """Every per-utterance metric for every level and source, and for the unprocessed mixture.
 
