@@ -8,7 +8,10 @@
 # ONLINE_BATCH utterances per pass for the chunk-safe model, default 1; "batching": recording with --batch
 # RECORD_BATCH, default 16, against one utterance per pass, metrics off, N_OVERHEAD utterances; "host": a
 # model worker's time per utterance, model half against host half; OVERHEAD_ARGS go to the overhead step,
-# e.g. "--defaults-only --four-actors"). First, unless FAST_PESQ=0, pesq is
+# e.g. "--defaults-only --four-actors"; "stall": the demo recorded in two fresh Ray clusters, twice in the
+# first, every Ray process writing its Python stacks each second, packed in stacks.tgz; "actor": a model
+# actor's start in 1 and 4 processes at once, with and without the GPU metrics' warm-up). First, unless
+# FAST_PESQ=0, pesq is
 # rebuilt for the host's CPU and used only if it scores exactly as the default build (pesq.md).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}
@@ -44,6 +47,11 @@ for s in $STEPS; do
       step demo ${DEMO_LIMIT:-120} bash -c 'python3 benchmarks/bench_demo.py | grep "^|";
         rm -rf /tmp/d; s=$(date +%s.%N); python3 -m exitbench demo -r /tmp/d/results -o /tmp/d/reports >/dev/null 2>&1;
         echo "exitbench demo (CLI), wall: $(python3 -c "import time; print(round(time.time() - $s, 2))") s (rc $?)"' ;;
+    stall)
+      step stall ${STALL_LIMIT:-200} bash -c 'for i in 1 2; do python3 benchmarks/bench_demo.py --reps $((3 - i)) \
+        --stacks /tmp/stacks$i --stacks-every 1 | grep -v "^| report part\|^| ---"; done'
+      tar czf "$OUT/stacks.tgz" -C /tmp stacks1 stacks2 ;;
+    actor) step actor ${ACTOR_LIMIT:-90} python3 benchmarks/bench_actor_start.py --procs 1 4 --calls 3 --no-warm-up ;;
     gpu) step gpu ${GPU_LIMIT:-290} python3 benchmarks/bench_harness.py gpu --n "$N" --seconds "$SEC" --loop "$LOOP" \
            --timeline /tmp/timeline.json ;;
     host) step host 120 python3 benchmarks/bench_harness.py host --n 104 --seconds "$SEC" ;;
