@@ -66,21 +66,36 @@ def main() -> None:
     if args.child:
         child(args.model, dataset, args.device, args.calls, args.child == "warm")
         return
-    for n, kind in [(n, k) for n in args.procs for k in (["warm", "cold"] if args.no_warm_up else ["warm"])]:
+    def round_of(n: int, kind: str) -> tuple[list[dict[str, float]], float]:
         cmd = [sys.executable, __file__, "--child", kind, "--model", args.model, "--device", args.device,
                "--calls", str(args.calls)]
         t = time.perf_counter()
-        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True) for _ in range(n)]
-        outs = [json.loads(pr.communicate()[0].strip().splitlines()[-1]) for pr in procs]
-        wall = time.perf_counter() - t
-        print(f"\n| {n} process(es) at once, {args.model}, device {args.device}"
-              f"{'' if kind == 'warm' else ', no warm-up thread'} |"
-              + " | ".join(f" process {i} (s)" for i in range(n)) + " |")
-        print("| --- |" + " --- |" * n)
-        for key in outs[0]:
-            print(f"| {key} |" + " | ".join(f" {o[key]:.3f}" for o in outs) + " |")
-        print(f"| sum of phases |" + " | ".join(f" {sum(o.values()):.2f}" for o in outs) + " |")
-        print(f"\nwall of the round, interpreter starts included: {wall:.2f} s")
+        procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(n)]
+        outs = []
+        for i, pr in enumerate(procs):
+            out, err = pr.communicate()
+            lines = out.strip().splitlines()
+            if pr.returncode or not lines:
+                sys.exit(f"process {i} of a round failed (exit {pr.returncode}): "
+                         f"{(err.strip().splitlines() or ['no output'])[-1]}")
+            outs.append(json.loads(lines[-1]))
+        return outs, time.perf_counter() - t
+
+    # one round first, not shown: the first process on a fresh machine reads torch's and CUDA's libraries
+    # from disk, a cost the round that happened to come first would carry alone
+    round_of(1, "warm")
+    kinds = ["warm", "cold"] if args.no_warm_up else ["warm"]
+    for r, n in enumerate(args.procs):
+        for kind in kinds if r % 2 == 0 else kinds[::-1]:  # alternating which goes first
+            outs, wall = round_of(n, kind)
+            print(f"\n| {n} process(es) at once, {args.model}, device {args.device}"
+                  f"{'' if kind == 'warm' else ', no warm-up thread'} |"
+                  + " | ".join(f" process {i} (s)" for i in range(n)) + " |")
+            print("| --- |" + " --- |" * n)
+            for key in outs[0]:
+                print(f"| {key} |" + " | ".join(f" {o[key]:.3f}" for o in outs) + " |")
+            print("| sum of phases |" + " | ".join(f" {sum(o.values()):.2f}" for o in outs) + " |")
+            print(f"\nwall of the round, interpreter starts included: {wall:.2f} s")
 
 
 if __name__ == "__main__":

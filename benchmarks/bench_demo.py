@@ -3,7 +3,10 @@
     python benchmarks/bench_demo.py [--model press-s] [--device auto]
 
 The phases are the demo command's own calls, in its order, each timed; the total is compared with the
-sum of the phases (a ratio, so the breakdown accounts for the wall time it claims to explain).
+sum of the phases (a ratio, so the breakdown accounts for the wall time it claims to explain). Two
+differences from the command: the report's imports are timed on their own ("report: import"), where the
+command loads them while the workers record, and Ray stays up, where the command stops it in a thread
+while the report is drawn.
 """
 
 from __future__ import annotations
@@ -100,10 +103,10 @@ def main() -> None:
     p.add_argument("--timeline", help="write Ray's timeline of the recording here and summarise it per task")
     p.add_argument("--reps", type=int, default=1,
                    help="record this many times in one Ray session (a fresh results root each time); prints when"
-                        " each utterance was done, and the phases of the first")
-    p.add_argument("--stacks", help="a folder: this process and every Ray process started after it dump their Python"
-                                    " stacks there every --stacks-every seconds (faulthandler), to show what a stall"
-                                    " waits on")
+                        " each utterance was done; the phases are of the last recording")
+    p.add_argument("--stacks", help="a folder: this process and every Ray process started after it write all their"
+                                    " threads' Python stacks there every --stacks-every seconds, to show what a"
+                                    " stall waits on")
     p.add_argument("--stacks-every", type=float, default=2.0)
     args = p.parse_args()
     if args.stacks:

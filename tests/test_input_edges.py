@@ -172,6 +172,39 @@ def test_utterances_too_short_for_the_model_or_a_metric_become_error_rows(tmp_pa
     assert bad == 0
 
 
+@pytest.mark.parametrize("backend", ["torch", "pystoi"])
+def test_a_reference_with_too_little_speech_is_an_error_whatever_another_thread_does_to_the_filters(
+        tmp_path, monkeypatch, backend):
+    """``warnings.catch_warnings`` saves and restores the filters of the whole process: in a GPU actor, which runs
+    two calls at once (and a warm-up thread), another thread leaving its block mid-way restored a list without
+    the 'error' filter this call had added, and a reference with too little speech got STOI 1e-5 as a score.
+    Simulated: the filters are reset to 'ignore' in the middle of each torch STOI computation. The pystoi
+    backend, which only warns, still turns the warning into an error, under a lock that every filter change
+    of exitbench takes (``metrics.warning_filters``): checked here without interference."""
+    import exitbench.metrics.stoi_torch as st
+
+    original = st._remove_silent_frames
+
+    def meddling(*a, **k):  # the torch backend changes no filter: anything may happen to them meanwhile
+        warnings.resetwarnings()
+        warnings.simplefilter("ignore")
+        return original(*a, **k)
+
+    monkeypatch.setattr(st, "_remove_silent_frames", meddling)
+    split = tmp_path / "tt"
+    write_utt(split, "good", *two_speakers(16000, 1))
+    s1, s2 = two_speakers(16000, 4)
+    burst = np.zeros_like(s1)
+    burst[8000:8100] = 0.3 * np.random.default_rng(5).standard_normal(100)
+    write_utt(split, "sparse", burst, s2)
+    with warnings.catch_warnings():  # this test's own filters come back afterwards
+        result = run(tmp_path / "r", f"wsj0-2mix:{split}", "--stoi-backend", backend, metrics="stoi")
+    assert result.exit_code == 1, result.output
+    stage, reason = errors_of(tmp_path / "r")["sparse"]
+    assert stage == "metrics" and "stoi needs 30 frames" in reason and "reference 0" in reason
+    assert recorded(tmp_path / "r") == {"good"}
+
+
 @pytest.mark.parametrize("rate", [8000, 16000])
 def test_pesq_minimum_is_the_one_the_pesq_package_enforces(rate):
     from pesq import pesq

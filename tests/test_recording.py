@@ -182,13 +182,23 @@ def test_runs_and_query_commands(synthetic_run):
     assert result.exit_code == 2 and "nope" in result.output
 
 
-def test_a_gpu_actor_warms_up_only_the_metrics_it_will_compute_there():
-    from exitbench.harness.record import gpu_metrics_used, warm_gpu_metrics
+def test_the_gpu_warm_up_runs_the_torch_metrics_once_and_never_raises(monkeypatch):
+    """A GPU actor warms up (``warm_gpu_metrics``, in a thread) only when the run computes a torch metric there;
+    the warm-up makes SDR's and both STOIs' calls on the device, and a failure stays inside it."""
+    import exitbench.harness.record as R
+    import exitbench.metrics.stoi_torch as ST
     from exitbench.harness.spec import RecordSettings
 
-    assert gpu_metrics_used(RecordSettings())
-    assert gpu_metrics_used(RecordSettings(metrics=("stoi",)))
-    assert not gpu_metrics_used(RecordSettings(metrics=("pesq",)))
-    assert not gpu_metrics_used(RecordSettings(metrics=("sdr", "stoi"), sdr_backend="mir_eval", stoi_backend="pystoi"))
-    warm_gpu_metrics("cpu")  # the same calls as on a GPU, on CPU here: they run without error
-    warm_gpu_metrics("not-a-device")  # a warm-up never raises: the real call reports its own failure
+    assert R.gpu_metrics_used(RecordSettings())
+    assert R.gpu_metrics_used(RecordSettings(metrics=("stoi",)))
+    assert not R.gpu_metrics_used(RecordSettings(metrics=("pesq",)))
+    assert not R.gpu_metrics_used(RecordSettings(metrics=("sdr", "stoi"), sdr_backend="mir_eval",
+                                                 stoi_backend="pystoi"))
+    calls: list[tuple] = []
+    real_sdr, real_stoi = R.sdr, ST.stoi_torch
+    monkeypatch.setattr(R, "sdr", lambda est, ref, **k: calls.append(("sdr", k["device"])) or real_sdr(est, ref, **k))
+    monkeypatch.setattr(ST, "stoi_torch", lambda x, y, fs, extended=False, **k:
+                        calls.append(("stoi", str(x.device), extended)) or real_stoi(x, y, fs, extended, **k))
+    R.warm_gpu_metrics("cpu")  # the same calls as on a GPU, on CPU here
+    assert calls == [("sdr", "cpu"), ("stoi", "cpu", False), ("stoi", "cpu", True)]
+    R.warm_gpu_metrics("not-a-device")  # never raises: the real call reports its own failure

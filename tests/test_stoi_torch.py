@@ -14,6 +14,7 @@ from pystoi.utils import _resample_window_oct, resample_oct, thirdoct
 from scipy.signal import resample_poly
 
 from exitbench.metrics.stoi_torch import (
+    StoiTooShort,
     FS,
     MINFREQ,
     NFFT,
@@ -168,6 +169,16 @@ def test_batch_equals_items(sep8k, extended):
     with pytest.warns(RuntimeWarning, match="Not enough STFT frames"):
         nested = stoi_torch(ests.reshape(4, 5, n), refs.reshape(4, 5, n), 8000, extended)
     torch.testing.assert_close(nested.reshape(-1), batched, rtol=0, atol=1e-12)
+    # too_short="raise": no warning, no score, the flattened indices of the short items
+    refs[12] = refs[3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(StoiTooShort) as info:
+            stoi_torch(ests.reshape(4, 5, n), refs.reshape(4, 5, n), 8000, extended, too_short="raise")
+    assert info.value.items == [3, 12]
+    with pytest.raises(StoiTooShort) as info:  # shorter than one frame: every item
+        stoi_torch(ests[:2, :100], refs[:2, :100], 8000, extended, too_short="raise")
+    assert info.value.items == [0, 1]
 
 
 @pytest.mark.parametrize("fs", [8000, 10000, 16000])

@@ -155,9 +155,10 @@ def _warm_metric_worker() -> int:
 
 
 def shards_per_actor(num_shards: int, actors: int, max_in_flight: int | None = None) -> int:
-    """Shards queued on one actor at a time: two keep it busy while results drain (``max_in_flight`` over all
-    actors overrides), but no more than an even share, so that the first actor ready does not take the
-    shards of a small run that the others, a moment later, would have run beside it."""
+    """Shards queued on one actor at a time, at least one: two keep it busy while results drain (or
+    ``max_in_flight`` shared out over the actors), but no more than an even share of the run's, so that the
+    first actor ready does not take the shards of a small run that the others, a moment later, would have
+    run beside it."""
     actors = max(actors, 1)
     return max(1, min((max_in_flight or 2 * actors) // actors, -(-num_shards // actors)))
 

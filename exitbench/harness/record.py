@@ -34,6 +34,7 @@ from exitbench.metrics import (
     stoi_score,
 )
 from exitbench.metrics.perceptual import PESQ_MIN_SECONDS, PESQ_MODES
+from exitbench.metrics.warning_filters import WARNING_FILTERS
 from exitbench.models.base import ExitModel, LevelOutputs
 from exitbench.results.schema import BLOCKS, ERRORS, SCORE_PREFIX, STAT_COLUMNS, UTTERANCES
 
@@ -221,24 +222,11 @@ def _stoi_too_short(rec: LevelRecord, s: int | None) -> UtteranceError:
                                       f" has fewer (too little non-silent speech)")
 
 
-def _first_short_reference(ref_t: torch.Tensor, sample_rate: int) -> int | None:
-    """The first reference source with too few STOI frames (for the error message)."""
-    from exitbench.metrics.stoi_torch import stoi_torch
-
-    for s in range(ref_t.shape[0]):
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            stoi_torch(ref_t[s], ref_t[s], sample_rate)
-        if caught:
-            return s
-    return None
-
-
 def tensor_metrics(rec: LevelRecord, settings: RecordSettings, device: str = "cpu"
                    ) -> tuple[dict[str, np.ndarray], list[list[str]]]:
     """The metrics with a torch implementation, all rows at once on ``device``: SDR (fast-bss-eval) and
     STOI/ESTOI (torch backend). Arrays [1 + L', S] (row 0: the mixture; NaN where --metric-levels skips)."""
-    from exitbench.metrics.stoi_torch import stoi_torch
+    from exitbench.metrics.stoi_torch import StoiTooShort, stoi_torch
 
     sig, ref = _signals(rec), rec.sources
     rows, n_src = sig.shape[0], ref.shape[0]
@@ -261,13 +249,11 @@ def tensor_metrics(rec: LevelRecord, settings: RecordSettings, device: str = "cp
         ref_b = ref_t.expand_as(est_t)
         for key, extended in (("stoi", False), ("estoi", True)):
             vals = np.full((rows, n_src), np.nan)
-            with warnings.catch_warnings():  # too few frames: a property of the references alone
-                warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
-                warnings.filterwarnings("error", message="Signal shorter than one STOI", category=RuntimeWarning)
-                try:
-                    vals[keep] = stoi_torch(est_t, ref_b, rec.sample_rate, extended=extended).cpu().numpy()
-                except RuntimeWarning:
-                    raise _stoi_too_short(rec, _first_short_reference(ref_t, rec.sample_rate)) from None
+            try:  # too few frames: a property of the references alone (items are [row, source] flattened)
+                vals[keep] = stoi_torch(est_t, ref_b, rec.sample_rate, extended=extended,
+                                        too_short="raise").cpu().numpy()
+            except StoiTooShort as exc:
+                raise _stoi_too_short(rec, exc.items[0] % n_src) from None
             out[key] = vals
     return out, notes
 
@@ -282,18 +268,16 @@ def warm_gpu_metrics(device: str, sample_rate: int = 8000) -> None:
     """Run ``tensor_metrics``' two computations once on noise, results discarded: their first call on a GPU
     loads cuFFT and cuSOLVER (about a second on an H100 host), which a model actor can do in a thread while
     it loads the model, instead of in its first utterance's call."""
-    from exitbench.metrics.stoi_torch import stoi_torch
+    try:  # no warnings.catch_warnings here: its filters are process-wide, and real calls run meanwhile
+        from exitbench.metrics.stoi_torch import stoi_torch
 
-    try:
         rng = np.random.default_rng(0)
         ref = rng.standard_normal((2, sample_rate))
         est = ref + 0.3 * rng.standard_normal(ref.shape)
         sdr(est, ref, device=device)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            x, y = torch.from_numpy(est).to(device), torch.from_numpy(ref).to(device)
-            stoi_torch(x, y, sample_rate)
-            stoi_torch(x, y, sample_rate, extended=True)
+        x, y = torch.from_numpy(est).to(device), torch.from_numpy(ref).to(device)
+        stoi_torch(x, y, sample_rate, too_short="raise")
+        stoi_torch(x, y, sample_rate, extended=True, too_short="raise")
         if device.startswith("cuda"):
             torch.cuda.synchronize(device)
     except Exception:  # a warm-up only: a real call reports its own failure
@@ -328,7 +312,9 @@ def utterance_metrics(rec: LevelRecord, settings: RecordSettings) -> pa.Table:
         vals["stoi"], vals["estoi"] = nan.copy(), nan.copy()
         for r in np.flatnonzero(keep):
             for s in range(n_src):
-                with warnings.catch_warnings():
+                # pystoi only warns: the warning becomes an error under a lock, since warning filters are
+                # process-wide and a GPU actor runs two calls at once
+                with WARNING_FILTERS, warnings.catch_warnings():
                     warnings.filterwarnings("error", message="Not enough STFT frames", category=RuntimeWarning)
                     try:
                         vals["stoi"][r, s] = stoi_score(sig[r, s], ref[s], rec.sample_rate, extended=False)

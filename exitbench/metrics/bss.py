@@ -11,6 +11,8 @@ import warnings
 
 import numpy as np
 
+from exitbench.metrics.warning_filters import WARNING_FILTERS
+
 BACKENDS = ("fast_bss_eval", "mir_eval")
 MIR_EVAL_FILTER_LENGTH = 512  # fixed inside mir_eval.separation
 
@@ -48,7 +50,7 @@ def _sdr_fast(est: np.ndarray, ref: np.ndarray, filter_length: int, device: str 
 
 
 def _sdr_mir_eval(est: np.ndarray, ref: np.ndarray) -> np.ndarray:
-    with warnings.catch_warnings():
+    with WARNING_FILTERS, warnings.catch_warnings():
         # mir_eval.separation is deprecated upstream; the warning says nothing about these inputs
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", FutureWarning)

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["stoi_torch", "FS", "N_FRAME", "NFFT", "NUMBAND", "MINFREQ", "N", "BETA", "DYN_RANGE"]
+__all__ = ["stoi_torch", "StoiTooShort", "FS", "N_FRAME", "NFFT", "NUMBAND", "MINFREQ", "N", "BETA", "DYN_RANGE"]
 
 # pystoi's constants (pystoi/stoi.py)
 FS = 10000  # internal sampling rate (Hz)
@@ -53,6 +53,15 @@ _RESAMPLE_CHUNK = 1 << 25  # float64 elements of resampling windows held at once
 
 # the overlap-add below splits each frame into a first and a second half
 assert N_FRAME == 2 * HOP
+
+
+class StoiTooShort(ValueError):
+    """Raised by ``stoi_torch(..., too_short="raise")`` in place of pystoi's warning and 1e-5 score: ``items``
+    are the flattened batch indices with fewer than N frames after silence removal (the reference decides)."""
+
+    def __init__(self, items: list[int]):
+        self.items = items
+        super().__init__(f"{len(items)} item(s) have fewer than {N} STOI frames after silence removal")
 
 
 def resample_window_oct(p: int, q: int) -> np.ndarray:
@@ -223,8 +232,15 @@ def _segment_scores(xs: torch.Tensor, ys: torch.Tensor, extended: bool) -> torch
     return (yp * xc).sum((-1, -2))
 
 
-def stoi_torch(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, extended: bool = False) -> torch.Tensor:
-    """STOI (ESTOI if extended) of est against ref, [..., N] -> [...] float64, equal to pystoi.stoi(ref, est, fs)."""
+def stoi_torch(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, extended: bool = False,
+               too_short: str = "warn") -> torch.Tensor:
+    """STOI (ESTOI if extended) of est against ref, [..., N] -> [...] float64, equal to pystoi.stoi(ref, est, fs).
+
+    ``too_short``: "warn" scores an item with too few frames 1e-5 with pystoi's RuntimeWarning; "raise" raises
+    StoiTooShort instead, with no use of the warnings machinery (whose filters are process-wide: a caller that
+    turned the warning into an error with ``catch_warnings`` raced any other thread doing the same)."""
+    if too_short not in ("warn", "raise"):
+        raise ValueError(f"too_short must be 'warn' or 'raise', not {too_short!r}")
     if est.shape != ref.shape:
         raise ValueError(f"est and ref should have the same shape, got {tuple(est.shape)} and {tuple(ref.shape)}")
     if est.ndim == 0:
@@ -248,6 +264,8 @@ def stoi_torch(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, extended:
 
     too_short_all = torch.full((batch,), TOO_SHORT_SCORE, dtype=dtype, device=device)
     if x.shape[-1] <= N_FRAME:  # not one energy frame: pystoi raises, we score it as too short
+        if too_short == "raise":
+            raise StoiTooShort(list(range(batch)))
         warnings.warn("Signal shorter than one STOI frame. Returning 1e-5.", RuntimeWarning, stacklevel=2)
         return too_short_all.reshape(lead)
 
@@ -255,8 +273,10 @@ def stoi_torch(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, extended:
     # pystoi's STFT also skips the last full frame: kept_b + 1 hops of signal give kept_b - 1 frames
     num_frames = kept - 1
     t_max = x.shape[-1] // HOP - 2  # = max(kept) - 1
-    too_short = num_frames < N
+    short = num_frames < N
     if k_min - 1 < N:
+        if too_short == "raise":
+            raise StoiTooShort(torch.nonzero(short).flatten().tolist())
         warnings.warn("Not enough STFT frames to compute intermediate intelligibility measure after "
                       "removing silent frames. Returning 1e-5. Please check you wav files",
                       RuntimeWarning, stacklevel=2)
@@ -274,5 +294,5 @@ def stoi_torch(est: torch.Tensor, ref: torch.Tensor, sample_rate: int, extended:
     total = torch.where(seg_valid, per_segment, 0.0).sum(-1)  # where, not *, so NaN in padding cannot leak
     # STOI averages over segments and bands; ESTOI's terms already carry 1/N and average over segments
     denom = num_segments.to(dtype) if extended else num_segments.to(dtype) * NUMBAND
-    scores = torch.where(too_short, TOO_SHORT_SCORE, total / denom)
+    scores = torch.where(short, TOO_SHORT_SCORE, total / denom)
     return scores.reshape(lead)

@@ -213,20 +213,31 @@ def record(spec: RunSpec, results: Path, executor: str = "local", force: bool = 
     before exiting) while the caller goes on, e.g. to draw the report, instead of before returning.
     ``while_recording`` is called once the recording has started (this thread then mostly waits)."""
     ResultStore(results).check_writable()  # before loading anything: a bad root is a one-line answer
+    for pending in _STOPPING:  # a cluster an earlier call of this process is still stopping
+        pending.join()
+    _STOPPING.clear()
     started: list[bool] = []  # set when this call starts a local Ray cluster
+    recorded = False
     try:
-        return _record(spec, results, executor, force, quiet, expect_run_id, executor_kwargs, started,
-                       while_recording)
+        outcome = _record(spec, results, executor, force, quiet, expect_run_id, executor_kwargs, started,
+                          while_recording)
+        recorded = True
+        return outcome
     finally:
         if started:
             import ray
 
             # a cluster this call started ends with it, as RayExecutor's own would (about a second of
-            # waiting on its processes: a non-daemon thread can do that while the report is drawn)
-            if stop_in_background:
-                threading.Thread(target=_quiet_shutdown, name="exitbench-ray-stop").start()
+            # waiting on its processes: a non-daemon thread can do that while the report is drawn). Not
+            # after a failure: the error's traceback still holds Ray's objects, released in this thread
+            if stop_in_background and recorded:
+                _STOPPING.append(threading.Thread(target=_quiet_shutdown, name="exitbench-ray-stop"))
+                _STOPPING[-1].start()
             else:
                 ray.shutdown()
+
+
+_STOPPING: list[threading.Thread] = []  # clusters stopping in the background (stop_in_background)
 
 
 def _quiet_shutdown() -> None:
