@@ -127,7 +127,7 @@ def main() -> None:
     for rep in range(1, args.reps):  # earlier recordings first, so that the phases below are of the last one
         done: list[float] = []
         t = time.perf_counter()
-        execute(prepare(prepared.spec), root / f"rep{rep}", executor, on_utterance=lambda k: done.append(time.perf_counter()))
+        execute(prepared, root / f"rep{rep}", executor, on_utterance=lambda k: done.append(time.perf_counter()))
         print(f"recording {rep}: {time.perf_counter() - t:.2f} s; utterances done at (s): "
               + ", ".join(f"{d - t:.1f}" for d in done))
     if args.reps > 1:

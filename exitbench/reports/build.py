@@ -272,12 +272,9 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     utt = str(lead["utt_id"]) if lead is not None else A.utterance_ids(root, run_id)[0]
     role = "" if lead is None or lead["role"] == "chosen" else str(lead["role"])
     levels = run_shape(root, run_id)["levels"]
-    curves: list[pd.DataFrame] = []
-
     def regret() -> Any:
-        curves.append(A.regret_curves(root, run_id, targets, arrays))
-        out.curves = curves[0]
-        return F.regret_figure(curves[0], run_labels=labels)
+        out.curves = A.regret_curves(root, run_id, targets, arrays)
+        return F.regret_figure(out.curves, run_labels=labels)
 
     def calibration() -> Any:
         rel = Q.calibration_bands(root, run_id, arrays=arrays)
@@ -292,7 +289,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
     dist: list[pd.DataFrame] = []
 
     def pareto_fig() -> Any:
-        pareto.append(A.pareto(root, [run_id], "si_snri", targets, curves={run_id: curves[0]} if curves else None))
+        pareto.append(A.pareto(root, [run_id], "si_snri", targets, curves={run_id: out.curves} if out.curves is not None else None))
         return F.pareto_figure(pareto[0], run_labels=labels)
 
     def exit_map() -> Any:
@@ -311,7 +308,7 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
         return F.distributions_figure(dist[0], run_labels=labels)
 
     with figure_style(paper):
-        out.panels.append(_panel("regret", "Regret vs compute", regret, lambda: _regret_caption(curves[0])))
+        out.panels.append(_panel("regret", "Regret vs compute", regret, lambda: _regret_caption(out.curves)))
         out.panels.append(_panel("calibration", "Calibration of the predicted uncertainty", calibration,
                                  lambda: _calibration_caption(calib[0], calib[1], arrays.num_utts)))
         out.panels.append(_panel("pareto", "Pareto front (SI-SNRi vs compute)", pareto_fig,
@@ -326,8 +323,8 @@ def run_figures(root: str | os.PathLike, run_id: str, targets: Sequence[float] =
                                  lambda: _distributions_caption(dist[0])))
     if tables:
         out.level_table = A.level_summary(root, run_id)
-        out.equal_compute_table = A.regret_at_equal_compute(curves[0]) if curves else None
-        out.matched_table = A.gain_over_matched(curves[0]) if curves else None
+        out.equal_compute_table = A.regret_at_equal_compute(out.curves) if out.curves is not None else None
+        out.matched_table = A.gain_over_matched(out.curves) if out.curves is not None else None
         out.condition_table = A.deciding_condition(root, run_id, arrays)
         try:
             out.policy_table = A.policy_summary(root, run_id, targets=targets, arrays=arrays)
@@ -873,10 +870,11 @@ def write_paper_figures(root: str | os.PathLike, run_ids: Sequence[str], out_dir
     out = Path(out_dir)
     paths: list[Path] = []
     skipped: list[str] = []
-    curves: dict[str, pd.DataFrame | None] = {}
+    curves: dict[str, pd.DataFrame] = {}  # each run's regret curves, for the Pareto front of all
     for run_id in run_ids:
         rf = run_figures(root, run_id, targets, utt_id, policy, paper=True, tables=False, run_labels=labels)
-        curves[run_id] = rf.curves
+        if rf.curves is not None:
+            curves[run_id] = rf.curves
         with figure_style(paper=True):
             for p in rf.panels:
                 if p.figure is None:
@@ -885,8 +883,7 @@ def write_paper_figures(root: str | os.PathLike, run_ids: Sequence[str], out_dir
                 paths += save_figure(p.figure, out / f"{run_id[:8]}-{p.key}", formats)
     if len(run_ids) > 1:
         with figure_style(paper=True):
-            done = {r: c for r, c in curves.items() if c is not None}
-            both = _panel("pareto", "", lambda: F.pareto_figure(A.pareto(root, run_ids, "si_snri", targets, done),
+            both = _panel("pareto", "", lambda: F.pareto_figure(A.pareto(root, run_ids, "si_snri", targets, curves),
                                                                 run_labels=labels))
             if both.figure is not None:
                 paths += save_figure(both.figure, out / "pareto-all-runs", formats)
